@@ -1,0 +1,26 @@
+//! The `wink-host` binary: parse arguments, set up logging, run the command.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use wink_host::cli::Cli;
+use wink_host::telemetry::{LogFormat, init_logging};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(LogFormat::from_env());
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(cli.execute()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

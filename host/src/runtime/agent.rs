@@ -1,0 +1,328 @@
+//! Running one agent job: instantiate, call `run`, account, attribute failures.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tracing::Instrument;
+use wasmtime::Engine;
+use wasmtime::component::{HasSelf, Linker};
+
+use super::{GuestFailure, LimitExceeded, Limits, LoadError, LogContext, Runtime, SandboxState, classify, one_line};
+use crate::bindings::agent::{Agent, AgentPre};
+use crate::bindings::{job, model, session, tools, types};
+use crate::job::{AgentFailureKind, JobError, JobReport, JobRequest, JobStats};
+use crate::model::{CallContext, ModelProvider, Usage};
+use crate::sandbox::{self, Workspace, WorkspaceAccess};
+use crate::session::{Session, SessionStore};
+use crate::tools::{ToolCallContext, ToolSet};
+
+/// A compiled agent component, ready to instantiate. Cheap to clone.
+#[derive(Clone)]
+pub struct AgentComponent {
+    name: Arc<str>,
+    digest: super::Digest,
+    pre: AgentPre<SandboxState<AgentHost>>,
+}
+
+impl std::fmt::Debug for AgentComponent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentComponent")
+            .field("name", &self.name)
+            .field("digest", &self.digest)
+            .finish()
+    }
+}
+
+impl AgentComponent {
+    /// The component's display name (its file stem).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The sha256 of the component's bytes.
+    pub fn digest(&self) -> &super::Digest {
+        &self.digest
+    }
+}
+
+/// Everything a job may use besides its own component and input.
+#[derive(Clone)]
+pub struct JobEnv {
+    /// Serves the agent's model calls.
+    pub model: Arc<dyn ModelProvider>,
+    /// The tools granted to the agent.
+    pub tools: Arc<ToolSet>,
+    /// Where checkpointed sessions live.
+    pub sessions: Arc<dyn SessionStore>,
+    /// The job's workspace, preopened read-only at `/workspace`.
+    pub workspace: Option<Arc<Workspace>>,
+    /// The job's limits.
+    pub limits: Limits,
+}
+
+/// The agent-specific part of a job's store.
+pub(crate) struct AgentHost {
+    runtime: Runtime,
+    request_id: Arc<str>,
+    job_id: Arc<str>,
+    env: JobEnv,
+    session: Session,
+    model_calls: u32,
+    tool_calls: u32,
+    usage: Usage,
+}
+
+pub(super) fn linker(engine: &Engine) -> wasmtime::Result<Linker<SandboxState<AgentHost>>> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    Agent::add_to_linker::<_, HasSelf<SandboxState<AgentHost>>>(&mut linker, |state| state)?;
+    Ok(linker)
+}
+
+impl Runtime {
+    /// Load an agent component from a file, compiling it unless cached.
+    pub async fn load_agent(&self, path: &Path) -> Result<AgentComponent, LoadError> {
+        let bytes = tokio::fs::read(path).await.map_err(|source| LoadError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let name = path
+            .file_stem()
+            .map_or_else(|| "agent".to_owned(), |s| s.to_string_lossy().into_owned());
+        self.load_agent_bytes(&name, bytes.into()).await
+    }
+
+    /// Load an agent component from its bytes.
+    pub async fn load_agent_bytes(&self, name: &str, bytes: Arc<[u8]>) -> Result<AgentComponent, LoadError> {
+        let (digest, component) = self.cache().get(name, bytes).await?;
+        let wrong_world = |err: wasmtime::Error| LoadError::WrongWorld {
+            name: name.to_owned(),
+            world: "agent",
+            message: one_line(&err),
+        };
+        let instance_pre = self.agent_linker().instantiate_pre(&component).map_err(wrong_world)?;
+        let pre = AgentPre::new(instance_pre).map_err(wrong_world)?;
+        Ok(AgentComponent {
+            name: name.into(),
+            digest,
+            pre,
+        })
+    }
+
+    /// Run one job to completion. Never panics on guest behaviour: every
+    /// failure is reported in [`JobReport::outcome`].
+    pub async fn run_agent(&self, agent: &AgentComponent, request: JobRequest, env: JobEnv) -> JobReport {
+        let span = tracing::info_span!(
+            "job",
+            request_id = %request.request_id,
+            job_id = %request.job_id,
+            attempt = request.attempt,
+            component = %agent.name,
+        );
+        self.run_agent_in_span(agent, request, env, span.clone())
+            .instrument(span)
+            .await
+    }
+
+    async fn run_agent_in_span(
+        &self,
+        agent: &AgentComponent,
+        request: JobRequest,
+        env: JobEnv,
+        span: tracing::Span,
+    ) -> JobReport {
+        let started = Instant::now();
+        let limits = self.clamp(&env.limits);
+        let deadline = started + limits.deadline;
+        let mut stats = JobStats::default();
+        if let Err(err) = serde_json::from_str::<serde::de::IgnoredAny>(&request.input) {
+            return finish(Err(JobError::InvalidInput(err.to_string())), stats, started);
+        }
+        let Ok(_slot) = tokio::time::timeout_at(deadline.into(), self.job_slots().acquire()).await else {
+            return finish(
+                Err(LimitExceeded::of(super::Limit::Deadline, &limits).into()),
+                stats,
+                started,
+            );
+        };
+        let (wasi, stdio) =
+            match sandbox::wasi_context(env.workspace.as_deref(), WorkspaceAccess::ReadOnly, limits.stdio_bytes) {
+                Ok(ctx) => ctx,
+                Err(err) => return finish(Err(err.into()), stats, started),
+            };
+        let session = env.sessions.load(&request.request_id).await;
+        let state = SandboxState {
+            wasi,
+            table: Default::default(),
+            limiter: super::StoreLimiter::new(&limits),
+            deadline,
+            deadline_hit: false,
+            log: LogContext {
+                span,
+                component: agent.name.clone(),
+            },
+            host: AgentHost {
+                runtime: self.clone(),
+                request_id: request.request_id.as_str().into(),
+                job_id: request.job_id.as_str().into(),
+                env,
+                session,
+                model_calls: 0,
+                tool_calls: 0,
+                usage: Usage::default(),
+            },
+        };
+        let mut store = self.new_store(state, &limits);
+        let job = job::Job {
+            request_id: request.request_id,
+            job_id: request.job_id,
+            attempt: request.attempt,
+            input: request.input,
+        };
+        // The epoch callback stops guest code at the deadline; this timeout
+        // also covers time the guest spends suspended inside host calls.
+        let call = async {
+            let agent = agent.pre.instantiate_async(&mut store).await?;
+            agent.call_run(&mut store, &job).await
+        };
+        let result = tokio::time::timeout_at(deadline.into(), call).await;
+
+        stats.fuel_consumed = limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
+        stats.stdout = stdio.stdout.captured();
+        stats.stderr = stdio.stderr.captured();
+        let state = store.data();
+        stats.model_calls = state.host.model_calls;
+        stats.tool_calls = state.host.tool_calls;
+        stats.usage = state.host.usage;
+        let outcome = match result {
+            Err(_elapsed) => Err(LimitExceeded::of(super::Limit::Deadline, &limits).into()),
+            Ok(Err(err)) => Err(guest_error(&err, state.limit_hit(), &limits)),
+            Ok(Ok(Err(agent_error))) => Err(agent_failure(agent_error)),
+            Ok(Ok(Ok(output))) => check_output(output, &limits),
+        };
+        finish(outcome, stats, started)
+    }
+}
+
+fn finish(outcome: Result<String, JobError>, mut stats: JobStats, started: Instant) -> JobReport {
+    stats.elapsed = started.elapsed();
+    match &outcome {
+        Ok(output) => tracing::info!(
+            elapsed_us = stats.elapsed.as_micros() as u64,
+            fuel = stats.fuel_consumed,
+            output_bytes = output.len(),
+            "job succeeded"
+        ),
+        Err(err) => tracing::warn!(
+            elapsed_us = stats.elapsed.as_micros() as u64,
+            fuel = stats.fuel_consumed,
+            error.kind = err.kind(),
+            error = %err,
+            "job failed"
+        ),
+    }
+    JobReport { outcome, stats }
+}
+
+fn guest_error(err: &wasmtime::Error, recorded: Option<super::Limit>, limits: &Limits) -> JobError {
+    match classify(err, recorded) {
+        GuestFailure::Limit(limit) => LimitExceeded::of(limit, limits).into(),
+        GuestFailure::Trap(message) if message.contains("instantiat") => JobError::Instantiate(message),
+        GuestFailure::Trap(message) => JobError::Trap(message),
+    }
+}
+
+fn agent_failure(error: job::AgentError) -> JobError {
+    let (kind, message) = match error {
+        job::AgentError::InvalidInput(m) => (AgentFailureKind::InvalidInput, m),
+        job::AgentError::Model(m) => (AgentFailureKind::Model, m),
+        job::AgentError::BudgetExceeded(m) => (AgentFailureKind::BudgetExceeded, m),
+        job::AgentError::Failed(m) => (AgentFailureKind::Failed, m),
+    };
+    JobError::Agent { kind, message }
+}
+
+fn check_output(output: String, limits: &Limits) -> Result<String, JobError> {
+    if output.len() > limits.output_bytes {
+        return Err(LimitExceeded::of(super::Limit::Output, limits).into());
+    }
+    serde_json::from_str::<serde::de::IgnoredAny>(&output).map_err(|err| JobError::InvalidOutput(err.to_string()))?;
+    Ok(output)
+}
+
+impl job::Host for SandboxState<AgentHost> {}
+
+impl model::Host for SandboxState<AgentHost> {
+    async fn converse(
+        &mut self,
+        request: model::ConverseRequest,
+    ) -> wasmtime::Result<Result<model::ConverseResponse, model::ModelError>> {
+        let host = &mut self.host;
+        let context = CallContext {
+            request_id: host.request_id.clone(),
+            job_id: host.job_id.clone(),
+            turn: host.model_calls,
+            deadline: self.deadline,
+        };
+        host.model_calls += 1;
+        let response = host.env.model.converse(&request, &context).await;
+        if let Ok(response) = &response {
+            host.usage += response.usage;
+        }
+        Ok(response.map_err(Into::into))
+    }
+
+    async fn budget(&mut self) -> wasmtime::Result<model::BudgetStatus> {
+        let remaining = self.deadline.saturating_duration_since(Instant::now());
+        Ok(model::BudgetStatus {
+            input_tokens: None,
+            output_tokens: None,
+            total_tokens: None,
+            micro_usd: None,
+            turns: None,
+            deadline_ms: u64::try_from(remaining.as_millis()).unwrap_or(u64::MAX),
+        })
+    }
+}
+
+impl tools::Host for SandboxState<AgentHost> {
+    async fn granted(&mut self) -> wasmtime::Result<Vec<types::ToolSpec>> {
+        Ok(self.host.env.tools.specs())
+    }
+
+    async fn call(&mut self, name: String, input: String) -> wasmtime::Result<Result<String, types::ToolError>> {
+        self.host.tool_calls += 1;
+        let context = ToolCallContext {
+            workspace: self.host.env.workspace.clone(),
+            deadline: self.deadline,
+            span: self.log.span.clone(),
+        };
+        let tools = self.host.env.tools.clone();
+        Ok(tools.call(&self.host.runtime, &name, input, &context).await)
+    }
+}
+
+impl session::Host for SandboxState<AgentHost> {
+    async fn get(&mut self, key: String) -> wasmtime::Result<Option<Vec<u8>>> {
+        Ok(self.host.session.get(&key).map(<[u8]>::to_vec))
+    }
+
+    async fn set(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<Result<(), session::SessionError>> {
+        Ok(self.host.session.set(key, value))
+    }
+
+    async fn delete(&mut self, key: String) -> wasmtime::Result<()> {
+        self.host.session.delete(&key);
+        Ok(())
+    }
+
+    async fn keys(&mut self) -> wasmtime::Result<Vec<String>> {
+        Ok(self.host.session.keys())
+    }
+
+    async fn checkpoint(&mut self) -> wasmtime::Result<Result<(), session::SessionError>> {
+        let host = &self.host;
+        Ok(host.env.sessions.save(&host.request_id, &host.session).await)
+    }
+}

@@ -1,0 +1,244 @@
+//! Compiled components, cached by the sha256 of their bytes.
+//!
+//! Compiling a component with Cranelift takes from milliseconds to seconds;
+//! instantiating a compiled one takes microseconds. The cache compiles each
+//! distinct component once per process, and, with a cache directory, once per
+//! machine: the precompiled artifact is written to disk and mapped back in on
+//! the next start. Artifacts are checked against a recorded digest before they
+//! are loaded, so a truncated or tampered file is recompiled, never executed.
+
+use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use cap_std::ambient_authority;
+use cap_std::fs::Dir;
+use sha2::{Digest as _, Sha256};
+use tokio::sync::OnceCell;
+use wasmtime::Engine;
+use wasmtime::component::Component;
+
+/// The sha256 of a component's bytes, as lowercase hex.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Digest(String);
+
+impl Digest {
+    /// The digest of `bytes`.
+    pub fn of(bytes: &[u8]) -> Self {
+        Self(hex::encode(Sha256::digest(bytes)))
+    }
+
+    /// The hex text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for Digest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Errors loading a component.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The component file could not be read.
+    #[error("cannot read component {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The bytes are not a valid component for this host.
+    #[error("invalid component {name}: {message}")]
+    Invalid {
+        /// File name or digest of the component.
+        name: String,
+        /// wasmtime's reason, on one line.
+        message: String,
+    },
+    /// The component does not provide the imports or exports a world needs.
+    #[error("component {name} does not fit the {world} world: {message}")]
+    WrongWorld {
+        /// File name or digest of the component.
+        name: String,
+        /// `agent` or `tool`.
+        world: &'static str,
+        /// wasmtime's reason, on one line.
+        message: String,
+    },
+    /// The cache directory could not be opened.
+    #[error("cannot open component cache {path}: {source}")]
+    CacheDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Compiled components by digest, in memory and optionally on disk.
+pub struct ComponentCache {
+    engine: Engine,
+    disk: Option<DiskCache>,
+    compiled: Mutex<HashMap<Digest, Arc<OnceCell<Component>>>>,
+}
+
+impl std::fmt::Debug for ComponentCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ComponentCache")
+            .field("disk", &self.disk.as_ref().map(|d| &d.path))
+            .finish_non_exhaustive()
+    }
+}
+
+impl ComponentCache {
+    /// A cache for `engine`, persisting artifacts under `dir` when given.
+    pub fn new(engine: Engine, dir: Option<&Path>) -> Result<Self, LoadError> {
+        let disk = dir.map(|dir| DiskCache::open(dir, &engine)).transpose()?;
+        Ok(Self {
+            engine,
+            disk,
+            compiled: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The compiled form of `bytes`, compiling at most once per digest even
+    /// when many jobs ask for the same component at the same moment.
+    pub async fn get(&self, name: &str, bytes: Arc<[u8]>) -> Result<(Digest, Component), LoadError> {
+        let digest = Digest::of(&bytes);
+        let cell = self
+            .compiled
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(digest.clone())
+            .or_default()
+            .clone();
+        let component = cell.get_or_try_init(|| self.load(name, &digest, bytes)).await?.clone();
+        Ok((digest, component))
+    }
+
+    async fn load(&self, name: &str, digest: &Digest, bytes: Arc<[u8]>) -> Result<Component, LoadError> {
+        let engine = self.engine.clone();
+        let disk = self.disk.clone();
+        let name = name.to_owned();
+        let digest = digest.clone();
+        // Compilation and file I/O are CPU- and disk-bound: keep them off the
+        // async worker threads.
+        tokio::task::spawn_blocking(move || {
+            if let Some(component) = disk.as_ref().and_then(|d| d.read(&engine, &digest)) {
+                return Ok(component);
+            }
+            let started = std::time::Instant::now();
+            let component = Component::new(&engine, &*bytes).map_err(|err| LoadError::Invalid {
+                name: name.clone(),
+                message: one_line(&err),
+            })?;
+            tracing::info!(component = %name, %digest, elapsed_ms = started.elapsed().as_millis() as u64, "compiled component");
+            if let Some(disk) = &disk {
+                disk.write(&digest, &component);
+            }
+            Ok(component)
+        })
+        .await
+        .map_err(|err| LoadError::Invalid {
+            name: "component".to_owned(),
+            message: format!("compilation task failed: {err}"),
+        })?
+    }
+}
+
+/// Precompiled artifacts in a directory, named by component digest and
+/// engine configuration so that an upgraded host never loads a stale one.
+#[derive(Clone)]
+struct DiskCache {
+    path: PathBuf,
+    dir: Arc<Dir>,
+    engine_key: String,
+}
+
+impl DiskCache {
+    fn open(path: &Path, engine: &Engine) -> Result<Self, LoadError> {
+        let cache_dir_error = |source| LoadError::CacheDir {
+            path: path.to_path_buf(),
+            source,
+        };
+        std::fs::create_dir_all(path).map_err(cache_dir_error)?;
+        let dir = Dir::open_ambient_dir(path, ambient_authority()).map_err(cache_dir_error)?;
+        let mut hasher = DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut hasher);
+        Ok(Self {
+            path: path.to_path_buf(),
+            dir: Arc::new(dir),
+            engine_key: format!("{:016x}", hasher.finish()),
+        })
+    }
+
+    fn artifact_name(&self, digest: &Digest) -> String {
+        format!("{digest}-{}.cwasm", self.engine_key)
+    }
+
+    /// The cached artifact, if present and intact. Any problem means a miss.
+    fn read(&self, engine: &Engine, digest: &Digest) -> Option<Component> {
+        let name = self.artifact_name(digest);
+        let artifact = self.dir.read(&name).ok()?;
+        let recorded = self.dir.read_to_string(format!("{name}.sha256")).ok()?;
+        if Digest::of(&artifact).as_str() != recorded.trim() {
+            tracing::warn!(artifact = %name, "cached artifact does not match its digest; recompiling");
+            return None;
+        }
+        // SAFETY: `Component::deserialize` trusts its input to be an artifact
+        // produced by `Component::serialize` of a compatible engine. The file
+        // name carries the engine compatibility hash, and the digest check
+        // above proves the bytes are exactly those this host wrote.
+        #[allow(unsafe_code)]
+        let component = unsafe { Component::deserialize(engine, &artifact) };
+        match component {
+            Ok(component) => Some(component),
+            Err(err) => {
+                tracing::warn!(artifact = %name, error = %one_line(&err), "cannot load cached artifact; recompiling");
+                None
+            }
+        }
+    }
+
+    /// Persist an artifact. Failure only costs a recompilation next start.
+    fn write(&self, digest: &Digest, component: &Component) {
+        let name = self.artifact_name(digest);
+        let result = component
+            .serialize()
+            .map_err(|err| std::io::Error::other(one_line(&err)))
+            .and_then(|artifact| {
+                self.write_atomically(&name, &artifact)?;
+                self.write_atomically(&format!("{name}.sha256"), Digest::of(&artifact).as_str().as_bytes())
+            });
+        if let Err(err) = result {
+            tracing::warn!(artifact = %name, error = %err, "cannot write component cache");
+        }
+    }
+
+    fn write_atomically(&self, name: &str, contents: &[u8]) -> std::io::Result<()> {
+        let temporary = format!(".{name}.{}.tmp", std::process::id());
+        let mut file = self.dir.create(&temporary)?;
+        file.write_all(contents)?;
+        file.sync_all()?;
+        self.dir.rename(&temporary, &self.dir, name)
+    }
+}
+
+/// A wasmtime error on one line: its message and root cause.
+pub(crate) fn one_line(err: &wasmtime::Error) -> String {
+    let message = err.to_string();
+    let root = err.root_cause().to_string();
+    if root == message || message.contains(&root) {
+        message
+    } else {
+        format!("{message}: {root}")
+    }
+}

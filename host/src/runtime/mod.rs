@@ -1,0 +1,245 @@
+//! The wasmtime engine, its component cache, and running guests under limits.
+//!
+//! One [`Runtime`] serves the whole process: one `Engine` with the pooling
+//! instance allocator and copy-on-write memory images, so that instantiating
+//! a cached component costs microseconds; an epoch ticker that lets the host
+//! preempt guest code; and admission control so that jobs beyond the pool's
+//! capacity wait for a slot instead of failing.
+
+mod agent;
+mod cache;
+mod limits;
+mod state;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
+use wasmtime::component::Linker;
+use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap, UpdateDeadline};
+
+pub use agent::{AgentComponent, JobEnv};
+pub use cache::{ComponentCache, Digest, LoadError};
+pub use limits::{Limit, LimitExceeded, Limits};
+
+pub(crate) use agent::AgentHost;
+pub(crate) use cache::one_line;
+pub(crate) use limits::StoreLimiter;
+pub(crate) use state::{LogContext, SandboxState};
+
+/// Process-wide runtime settings.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Agent jobs instantiated at once; further jobs wait for a slot.
+    pub max_concurrent_jobs: u32,
+    /// Tool instances alive at once; further calls wait for a slot.
+    pub max_concurrent_tool_calls: u32,
+    /// Ceiling for any job's or tool's memory limit, in bytes.
+    pub max_memory_bytes: usize,
+    /// Where precompiled components are kept across restarts (none: memory only).
+    pub cache_dir: Option<PathBuf>,
+    /// How often guests are checked against their deadline and yield.
+    pub epoch_tick: Duration,
+    /// Largest wasm call stack, in bytes.
+    pub max_wasm_stack: usize,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            max_concurrent_jobs: 1000,
+            max_concurrent_tool_calls: 256,
+            max_memory_bytes: 4 << 30,
+            cache_dir: None,
+            epoch_tick: Duration::from_millis(10),
+            max_wasm_stack: 512 << 10,
+        }
+    }
+}
+
+/// Errors creating the runtime.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// wasmtime rejected the engine configuration.
+    #[error("cannot create the wasm engine: {0}")]
+    Engine(String),
+    /// The host functions could not be linked.
+    #[error("cannot link host functions: {0}")]
+    Link(String),
+    /// The component cache could not be set up.
+    #[error(transparent)]
+    Cache(#[from] LoadError),
+}
+
+/// The process-wide engine and everything shared between jobs. Cheap to clone.
+#[derive(Clone)]
+pub struct Runtime {
+    inner: Arc<RuntimeInner>,
+}
+
+struct RuntimeInner {
+    engine: Engine,
+    cache: ComponentCache,
+    agent_linker: Linker<SandboxState<AgentHost>>,
+    tool_linker: Linker<SandboxState<()>>,
+    job_slots: Semaphore,
+    tool_slots: Semaphore,
+    max_memory_bytes: usize,
+    _ticker: EpochTicker,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("cache", &self.inner.cache)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Runtime {
+    /// Create the engine, linkers, cache and epoch ticker.
+    pub fn new(config: &RuntimeConfig) -> Result<Self, RuntimeError> {
+        let engine = Engine::new(&engine_config(config)).map_err(|e| RuntimeError::Engine(one_line(&e)))?;
+        let agent_linker = agent::linker(&engine).map_err(|e| RuntimeError::Link(one_line(&e)))?;
+        let tool_linker = crate::tools::linker(&engine).map_err(|e| RuntimeError::Link(one_line(&e)))?;
+        let cache = ComponentCache::new(engine.clone(), config.cache_dir.as_deref())?;
+        let ticker = EpochTicker::start(&engine, config.epoch_tick);
+        Ok(Self {
+            inner: Arc::new(RuntimeInner {
+                engine,
+                cache,
+                agent_linker,
+                tool_linker,
+                job_slots: Semaphore::new(config.max_concurrent_jobs as usize),
+                tool_slots: Semaphore::new(config.max_concurrent_tool_calls as usize),
+                max_memory_bytes: config.max_memory_bytes,
+                _ticker: ticker,
+            }),
+        })
+    }
+
+    /// The shared engine.
+    pub fn engine(&self) -> &Engine {
+        &self.inner.engine
+    }
+
+    /// The component cache.
+    pub fn cache(&self) -> &ComponentCache {
+        &self.inner.cache
+    }
+
+    pub(crate) fn agent_linker(&self) -> &Linker<SandboxState<AgentHost>> {
+        &self.inner.agent_linker
+    }
+
+    pub(crate) fn tool_linker(&self) -> &Linker<SandboxState<()>> {
+        &self.inner.tool_linker
+    }
+
+    pub(crate) fn job_slots(&self) -> &Semaphore {
+        &self.inner.job_slots
+    }
+
+    pub(crate) fn tool_slots(&self) -> &Semaphore {
+        &self.inner.tool_slots
+    }
+
+    /// `limits` with the memory limit clamped to what the pool can hold.
+    pub(crate) fn clamp(&self, limits: &Limits) -> Limits {
+        Limits {
+            memory_bytes: limits.memory_bytes.min(self.inner.max_memory_bytes),
+            ..*limits
+        }
+    }
+
+    /// A store for one guest, armed with its fuel, memory and deadline limits.
+    pub(crate) fn new_store<H: Send + 'static>(
+        &self,
+        state: SandboxState<H>,
+        limits: &Limits,
+    ) -> Store<SandboxState<H>> {
+        let mut store = Store::new(&self.inner.engine, state);
+        store.limiter(|state| &mut state.limiter);
+        // Fuel is only unavailable when the engine lacks `consume_fuel`,
+        // which `engine_config` always enables.
+        let _ = store.set_fuel(limits.fuel);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|mut ctx| {
+            let state = ctx.data_mut();
+            if Instant::now() >= state.deadline {
+                state.deadline_hit = true;
+                return Ok(UpdateDeadline::Interrupt);
+            }
+            // Yield at every tick so one busy guest cannot starve the others
+            // sharing this worker thread.
+            Ok(UpdateDeadline::Yield(1))
+        });
+        store
+    }
+}
+
+/// How a guest call failed, in terms of the limit that caused it if any.
+pub(crate) enum GuestFailure {
+    Limit(Limit),
+    Trap(String),
+}
+
+/// Attribute a failed guest call: a recorded limit hit wins (a memory-limit
+/// refusal usually surfaces as an `unreachable` trap from the guest's
+/// allocator), then wasmtime's own trap codes.
+pub(crate) fn classify(err: &wasmtime::Error, recorded: Option<Limit>) -> GuestFailure {
+    if let Some(limit) = recorded {
+        return GuestFailure::Limit(limit);
+    }
+    match err.downcast_ref::<Trap>() {
+        Some(Trap::OutOfFuel) => GuestFailure::Limit(Limit::Fuel),
+        Some(Trap::StackOverflow) => GuestFailure::Limit(Limit::Stack),
+        Some(Trap::Interrupt) => GuestFailure::Limit(Limit::Deadline),
+        _ => GuestFailure::Trap(one_line(err)),
+    }
+}
+
+fn engine_config(config: &RuntimeConfig) -> wasmtime::Config {
+    let instances = config.max_concurrent_jobs + config.max_concurrent_tool_calls;
+    let mut pool = PoolingAllocationConfig::default();
+    pool.total_component_instances(instances)
+        // A Rust component instantiates a handful of core modules (the
+        // program plus adapter shims); one linear memory and a few tables.
+        .total_core_instances(instances.saturating_mul(4))
+        .total_memories(instances)
+        .total_tables(instances.saturating_mul(4))
+        .total_stacks(instances)
+        .max_memory_size(config.max_memory_bytes);
+    let mut wasm = wasmtime::Config::new();
+    wasm.consume_fuel(true)
+        .epoch_interruption(true)
+        .max_wasm_stack(config.max_wasm_stack)
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    wasm
+}
+
+/// Advances the engine's epoch on a dedicated thread until the engine is gone.
+struct EpochTicker;
+
+impl EpochTicker {
+    fn start(engine: &Engine, tick: Duration) -> Self {
+        let engine = engine.weak();
+        std::thread::Builder::new()
+            .name("wink-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = engine.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(tick);
+                }
+            })
+            .map(|_| Self)
+            .unwrap_or_else(|err| {
+                // Without a ticker, deadlines still hold through the host-side
+                // timeout; guests merely lose preemption at epoch boundaries.
+                tracing::error!(error = %err, "cannot start the epoch ticker thread");
+                Self
+            })
+    }
+}

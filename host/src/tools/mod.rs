@@ -1,0 +1,234 @@
+//! Tools: separate components an agent calls through the host.
+//!
+//! Every call runs in a fresh instance with the tool's own fuel, memory,
+//! deadline and output limits, so a tool that loops, traps or floods output
+//! becomes a tool error for the agent, never a failure of the agent or host.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tracing::Instrument;
+use wasmtime::Engine;
+use wasmtime::component::{HasSelf, Linker};
+
+use crate::bindings::tool::{Tool, ToolPre};
+use crate::bindings::types::{ToolError, ToolSpec};
+use crate::runtime::{
+    GuestFailure, LimitExceeded, Limits, LoadError, LogContext, Runtime, SandboxState, classify, one_line,
+};
+use crate::sandbox::{self, Workspace, WorkspaceAccess};
+
+/// A compiled tool component and the spec it reported.
+#[derive(Clone)]
+pub struct ToolComponent {
+    spec: ToolSpec,
+    limits: Limits,
+    pre: ToolPre<SandboxState<()>>,
+}
+
+impl std::fmt::Debug for ToolComponent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ToolComponent")
+            .field("name", &self.spec.name)
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ToolComponent {
+    /// The tool's spec, as given to the model.
+    pub fn spec(&self) -> &ToolSpec {
+        &self.spec
+    }
+}
+
+/// Errors assembling a tool set.
+#[derive(Debug, thiserror::Error)]
+pub enum ToolSetError {
+    /// The component could not be loaded.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// Calling the component's `spec` failed.
+    #[error("tool component {path} failed to report its spec: {message}")]
+    Spec {
+        /// The component file.
+        path: String,
+        /// Why.
+        message: String,
+    },
+    /// Two tools report the same name.
+    #[error("two tools are named {0:?}")]
+    DuplicateName(String),
+}
+
+/// What a tool call needs from the job that makes it.
+#[derive(Debug, Clone)]
+pub struct ToolCallContext {
+    /// The job's workspace.
+    pub workspace: Option<Arc<Workspace>>,
+    /// The job's deadline: no tool call outlives it.
+    pub deadline: Instant,
+    /// The job's span.
+    pub span: tracing::Span,
+}
+
+/// The tools granted to an agent, by name.
+#[derive(Debug, Default)]
+pub struct ToolSet {
+    tools: BTreeMap<String, ToolComponent>,
+}
+
+pub(crate) fn linker(engine: &Engine) -> wasmtime::Result<Linker<SandboxState<()>>> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    Tool::add_to_linker::<_, HasSelf<SandboxState<()>>>(&mut linker, |state| state)?;
+    Ok(linker)
+}
+
+impl Runtime {
+    /// Load a tool component and ask it for its spec.
+    pub async fn load_tool(&self, path: &Path, limits: Limits) -> Result<ToolComponent, ToolSetError> {
+        let bytes = tokio::fs::read(path).await.map_err(|source| LoadError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let name = path.display().to_string();
+        let (_, component) = self.cache().get(&name, bytes.into()).await?;
+        let wrong_world = |err: wasmtime::Error| LoadError::WrongWorld {
+            name: name.clone(),
+            world: "tool",
+            message: one_line(&err),
+        };
+        let instance_pre = self.tool_linker().instantiate_pre(&component).map_err(wrong_world)?;
+        let pre = ToolPre::new(instance_pre).map_err(wrong_world)?;
+        let spec_error = |message| ToolSetError::Spec {
+            path: name.clone(),
+            message,
+        };
+        let limits = self.clamp(&limits);
+        let (state, _) = tool_state(
+            None,
+            &limits,
+            Instant::now() + limits.deadline,
+            &name,
+            tracing::Span::current(),
+        )
+        .map_err(|e| spec_error(e.to_string()))?;
+        let mut store = self.new_store(state, &limits);
+        let call = async {
+            let tool = pre.instantiate_async(&mut store).await?;
+            tool.call_spec(&mut store).await
+        };
+        let spec = tokio::time::timeout(limits.deadline, call)
+            .await
+            .map_err(|_| spec_error("timed out".into()))?
+            .map_err(|e| spec_error(one_line(&e)))?;
+        Ok(ToolComponent { spec, limits, pre })
+    }
+}
+
+impl ToolSet {
+    /// A set of tools; names must be unique.
+    pub fn new(tools: impl IntoIterator<Item = ToolComponent>) -> Result<Self, ToolSetError> {
+        let mut set = BTreeMap::new();
+        for tool in tools {
+            let name = tool.spec.name.clone();
+            if set.insert(name.clone(), tool).is_some() {
+                return Err(ToolSetError::DuplicateName(name));
+            }
+        }
+        Ok(Self { tools: set })
+    }
+
+    /// Specs of every tool, sorted by name.
+    pub fn specs(&self) -> Vec<ToolSpec> {
+        self.tools.values().map(|t| t.spec.clone()).collect()
+    }
+
+    /// Call `name` with `input` (JSON text) in a fresh sandbox.
+    pub async fn call(
+        &self,
+        runtime: &Runtime,
+        name: &str,
+        input: String,
+        context: &ToolCallContext,
+    ) -> Result<String, ToolError> {
+        let Some(tool) = self.tools.get(name) else {
+            tracing::warn!(parent: &context.span, tool = name, "denied call to a tool that is not granted");
+            return Err(ToolError::NotFound(format!(
+                "no tool named {name:?} is granted to this agent"
+            )));
+        };
+        let span = tracing::info_span!(parent: &context.span, "tool", tool = name);
+        let started = Instant::now();
+        let result = invoke(runtime, tool, input, context, span.clone())
+            .instrument(span.clone())
+            .await;
+        let elapsed_us = started.elapsed().as_micros() as u64;
+        match &result {
+            Ok(_) => tracing::info!(parent: &span, elapsed_us, "tool call succeeded"),
+            Err(err) => tracing::warn!(parent: &span, elapsed_us, error = ?err, "tool call failed"),
+        }
+        result
+    }
+}
+
+async fn invoke(
+    runtime: &Runtime,
+    tool: &ToolComponent,
+    input: String,
+    context: &ToolCallContext,
+    span: tracing::Span,
+) -> Result<String, ToolError> {
+    let limits = tool.limits;
+    let deadline = context.deadline.min(Instant::now() + limits.deadline);
+    let limit_error = |limit| ToolError::LimitExceeded(LimitExceeded::of(limit, &limits).to_string());
+    let Ok(_slot) = tokio::time::timeout_at(deadline.into(), runtime.tool_slots().acquire()).await else {
+        return Err(limit_error(crate::runtime::Limit::Deadline));
+    };
+    let (state, _stdio) = tool_state(context.workspace.as_deref(), &limits, deadline, &tool.spec.name, span)
+        .map_err(|e| ToolError::Failed(e.to_string()))?;
+    let mut store = runtime.new_store(state, &limits);
+    let call = async {
+        let instance = tool.pre.instantiate_async(&mut store).await?;
+        instance.call_invoke(&mut store, &input).await
+    };
+    match tokio::time::timeout_at(deadline.into(), call).await {
+        Err(_elapsed) => Err(limit_error(crate::runtime::Limit::Deadline)),
+        Ok(Err(err)) => Err(match classify(&err, store.data().limit_hit()) {
+            GuestFailure::Limit(limit) => limit_error(limit),
+            GuestFailure::Trap(message) => ToolError::Failed(format!("tool trapped: {message}")),
+        }),
+        Ok(Ok(Err(tool_error))) => Err(tool_error),
+        Ok(Ok(Ok(output))) if output.len() > limits.output_bytes => Err(limit_error(crate::runtime::Limit::Output)),
+        Ok(Ok(Ok(output))) => match serde_json::from_str::<serde::de::IgnoredAny>(&output) {
+            Ok(_) => Ok(output),
+            Err(err) => Err(ToolError::Failed(format!("tool output is not valid JSON: {err}"))),
+        },
+    }
+}
+
+fn tool_state(
+    workspace: Option<&Workspace>,
+    limits: &Limits,
+    deadline: Instant,
+    name: &str,
+    span: tracing::Span,
+) -> Result<(SandboxState<()>, sandbox::Stdio), sandbox::SandboxError> {
+    let (wasi, stdio) = sandbox::wasi_context(workspace, WorkspaceAccess::ReadOnly, limits.stdio_bytes)?;
+    let state = SandboxState {
+        wasi,
+        table: Default::default(),
+        limiter: crate::runtime::StoreLimiter::new(limits),
+        deadline,
+        deadline_hit: false,
+        log: LogContext {
+            span,
+            component: name.into(),
+        },
+        host: (),
+    };
+    Ok((state, stdio))
+}
