@@ -57,8 +57,8 @@ fn failures_exit_non_zero_with_a_one_line_reason() {
         assert!(!out.status.success(), "{args:?} should fail");
         assert!(out.stdout.is_empty(), "{args:?} printed to stdout");
         let err = stderr(&out);
-        let last = err.lines().last().unwrap_or_default();
-        assert!(last.contains(expected), "{args:?}: expected {expected:?} in {err}");
+        let reason = err.lines().find(|l| l.starts_with("error: ")).unwrap_or_default();
+        assert!(reason.contains(expected), "{args:?}: expected {expected:?} in {err}");
     }
 }
 

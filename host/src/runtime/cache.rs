@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use cap_std::ambient_authority;
@@ -224,7 +225,14 @@ impl DiskCache {
     }
 
     fn write_atomically(&self, name: &str, contents: &[u8]) -> std::io::Result<()> {
-        let temporary = format!(".{name}.{}.tmp", std::process::id());
+        // Unique per writer: threads and processes sharing a cache directory
+        // may compile the same component at the same moment.
+        static WRITES: AtomicU64 = AtomicU64::new(0);
+        let temporary = format!(
+            ".{name}.{}.{}.tmp",
+            std::process::id(),
+            WRITES.fetch_add(1, Ordering::Relaxed)
+        );
         let mut file = self.dir.create(&temporary)?;
         file.write_all(contents)?;
         file.sync_all()?;

@@ -52,11 +52,13 @@ pub fn guest(name: &str) -> PathBuf {
     path
 }
 
-/// A runtime sized for tests.
+/// A runtime sized for tests. All test runtimes share one on-disk component
+/// cache, so each guest is compiled once per test binary, not once per test.
 pub fn runtime() -> Runtime {
     Runtime::new(&RuntimeConfig {
         max_concurrent_jobs: 16,
         max_concurrent_tool_calls: 8,
+        cache_dir: Some(guest_dir().join("test-cache")),
         ..RuntimeConfig::default()
     })
     .expect("runtime")

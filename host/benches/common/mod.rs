@@ -1,0 +1,70 @@
+//! Shared benchmark plumbing: where the guests are, percentiles, the report.
+
+#![allow(dead_code, missing_docs)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A built guest component (`cargo xtask bench` sets `WINK_GUEST_DIR`).
+pub fn guest(name: &str) -> PathBuf {
+    let dir = std::env::var_os("WINK_GUEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target")));
+            target.join("wasm")
+        });
+    let path = dir.join(format!("{name}.wasm"));
+    assert!(path.exists(), "{} is missing: run `cargo xtask guests`", path.display());
+    path
+}
+
+/// p50/p99/mean/min/max of samples, in microseconds.
+pub fn summary(samples: &mut [Duration]) -> serde_json::Value {
+    samples.sort_unstable();
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    let at = |q: f64| us(samples[((samples.len() - 1) as f64 * q).round() as usize]);
+    let mean = samples.iter().map(|d| us(*d)).sum::<f64>() / samples.len() as f64;
+    serde_json::json!({
+        "samples": samples.len(),
+        "p50_us": round(at(0.50)),
+        "p99_us": round(at(0.99)),
+        "mean_us": round(mean),
+        "min_us": round(us(samples[0])),
+        "max_us": round(us(samples[samples.len() - 1])),
+    })
+}
+
+pub fn round(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+/// Write the report to `WINK_BENCH_OUT` (or print only) and echo it.
+pub fn write_report(scenario: &str, report: serde_json::Value) {
+    let text = serde_json::to_string_pretty(&report).expect("report");
+    match std::env::var_os("WINK_BENCH_OUT") {
+        Some(path) => {
+            std::fs::write(&path, &text).expect("write the bench report");
+            eprintln!("{scenario}: wrote {}", PathBuf::from(path).display());
+        }
+        None => println!("{text}"),
+    }
+}
+
+/// Resident set size of this process, in KiB, from /proc.
+pub fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+pub fn machine() -> serde_json::Value {
+    serde_json::json!({
+        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "os": std::env::consts::OS,
+    })
+}
