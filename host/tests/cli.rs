@@ -77,7 +77,9 @@ fn help_documents_every_run_flag() {
         "--memory",
         "--max-output",
         "--cache-dir",
+        "--no-cache",
         "WINK_MODEL",
+        "WINK_CACHE_DIR",
     ] {
         assert!(help.contains(flag), "--help lacks {flag}");
     }

@@ -44,7 +44,9 @@ pub fn init_logging(format: LogFormat) {
         .with_writer(std::io::stderr)
         .with_span_events(FmtSpan::NONE);
     let _ = match format {
-        LogFormat::Json => builder.json().with_current_span(true).with_span_list(false).try_init(),
+        // The span list carries the job's ids on lines logged inside nested
+        // spans (a tool call inside a job), not only the innermost span's fields.
+        LogFormat::Json => builder.json().with_current_span(true).with_span_list(true).try_init(),
         LogFormat::Text => builder.try_init(),
     };
 }
