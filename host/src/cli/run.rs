@@ -57,9 +57,14 @@ pub struct RunArgs {
     #[arg(long, default_value_t = Limits::default().output_bytes)]
     pub max_output: usize,
 
-    /// Keep precompiled components here so later runs skip compilation.
+    /// Keep precompiled components here so later runs skip compilation
+    /// [default: $XDG_CACHE_HOME/wink-host, else ~/.cache/wink-host].
     #[arg(long, env = "WINK_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
+
+    /// Compile components in memory only; read and write no cache directory.
+    #[arg(long, conflicts_with = "cache_dir")]
+    pub no_cache: bool,
 }
 
 impl RunArgs {
@@ -76,7 +81,7 @@ impl RunArgs {
         let runtime = Runtime::new(&RuntimeConfig {
             max_concurrent_jobs: 1,
             max_concurrent_tool_calls: 4,
-            cache_dir: self.cache_dir.clone(),
+            cache_dir: self.cache_dir(),
             ..RuntimeConfig::default()
         })?;
         let agent = runtime.load_agent(&self.component).await?;
@@ -106,6 +111,13 @@ impl RunArgs {
         Ok(())
     }
 
+    fn cache_dir(&self) -> Option<PathBuf> {
+        if self.no_cache {
+            return None;
+        }
+        self.cache_dir.clone().or_else(default_cache_dir)
+    }
+
     async fn read_input(&self) -> anyhow::Result<String> {
         let input = match self.input.strip_prefix('@') {
             Some(path) => tokio::fs::read_to_string(path)
@@ -116,6 +128,14 @@ impl RunArgs {
         serde_json::from_str::<serde::de::IgnoredAny>(&input).context("--input is not valid JSON")?;
         Ok(input)
     }
+}
+
+/// `$XDG_CACHE_HOME/wink-host`, else `$HOME/.cache/wink-host`.
+fn default_cache_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))?;
+    Some(base.join("wink-host"))
 }
 
 /// The provider a model spec names.
