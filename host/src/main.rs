@@ -4,11 +4,18 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use wink_host::cli::Cli;
-use wink_host::telemetry::{LogFormat, init_logging};
+use wink_host::telemetry::{LogFormat, Redactor, init_logging};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(LogFormat::from_env());
+    let redactor = match Redactor::from_env() {
+        Ok(redactor) => redactor,
+        Err(err) => {
+            eprintln!("error: {err} (from WINK_REDACT_PATTERNS)");
+            return ExitCode::FAILURE;
+        }
+    };
+    init_logging(LogFormat::from_env(), redactor.clone());
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
@@ -19,7 +26,8 @@ fn main() -> ExitCode {
     match runtime.block_on(cli.execute()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            // The final reason bypasses the log pipeline, so redact it here.
+            eprintln!("error: {}", redactor.redact(&format!("{err:#}")));
             ExitCode::FAILURE
         }
     }

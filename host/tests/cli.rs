@@ -84,3 +84,29 @@ fn help_documents_every_run_flag() {
         assert!(help.contains(flag), "--help lacks {flag}");
     }
 }
+
+#[test]
+fn secrets_are_redacted_from_everything_printed_on_stderr() {
+    let secret_path = "/nonexistent/AKIAIOSFODNN7EXAMPLE/agent.wasm";
+    let out = Command::new(env!("CARGO_BIN_EXE_wink-host"))
+        .args(["run", secret_path])
+        .env("WINK_LOG", "debug")
+        .output()
+        .expect("run wink-host");
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("/nonexistent/[REDACTED]/agent.wasm"), "{err}");
+    assert!(!err.contains("AKIAIOSFODNN7EXAMPLE"), "{err}");
+}
+
+#[test]
+fn an_invalid_redaction_pattern_is_named() {
+    let out = Command::new(env!("CARGO_BIN_EXE_wink-host"))
+        .args(["run", "agent.wasm"])
+        .env("WINK_REDACT_PATTERNS", "(unclosed")
+        .output()
+        .expect("run wink-host");
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.starts_with("error: invalid redaction pattern \"(unclosed\""), "{err}");
+}

@@ -3,12 +3,16 @@
 //! Human-readable lines on a terminal, JSON lines otherwise (or with
 //! `WINK_LOG_FORMAT=json`); the level comes from `WINK_LOG`, then
 //! `RUST_LOG`, defaulting to `info`. Logs always go to stderr, keeping stdout
-//! for command output.
+//! for command output, and pass through a [`Redactor`] first.
+
+mod redact;
 
 use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::format::FmtSpan;
+
+pub use redact::{REDACTED, RedactError, RedactingMakeWriter, RedactingWriter, Redactor};
 
 /// Output format for log lines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,8 +36,9 @@ impl LogFormat {
     }
 }
 
-/// Install the global subscriber. Calling it twice is harmless.
-pub fn init_logging(format: LogFormat) {
+/// Install the global subscriber, redacting with `redactor`. Calling it twice
+/// is harmless.
+pub fn init_logging(format: LogFormat, redactor: Redactor) {
     let filter = std::env::var("WINK_LOG")
         .ok()
         .and_then(|directives| EnvFilter::try_new(directives).ok())
@@ -41,7 +46,7 @@ pub fn init_logging(format: LogFormat) {
         .unwrap_or_else(|| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(RedactingMakeWriter::new(std::io::stderr, redactor))
         .with_span_events(FmtSpan::NONE);
     let _ = match format {
         // The span list carries the job's ids on lines logged inside nested
