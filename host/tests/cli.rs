@@ -108,5 +108,8 @@ fn an_invalid_redaction_pattern_is_named() {
         .expect("run wink-host");
     assert!(!out.status.success());
     let err = stderr(&out);
-    assert!(err.starts_with("error: invalid redaction pattern \"(unclosed\""), "{err}");
+    assert!(
+        err.starts_with("error: invalid redaction pattern \"(unclosed\""),
+        "{err}"
+    );
 }

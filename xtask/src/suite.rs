@@ -7,7 +7,12 @@ use crate::guests;
 use crate::toolchain::Toolchain;
 
 /// System tools the tests use, as `(binary, apt package)` pairs.
-const TEST_PACKAGES: &[(&str, &str)] = &[("redis-server", "redis-server"), ("bwrap", "bubblewrap")];
+const TEST_PACKAGES: &[(&str, &str)] = &[
+    ("redis-server", "redis-server"),
+    ("bwrap", "bubblewrap"),
+    // promtool lints a real /metrics scrape in the host's tests.
+    ("promtool", "prometheus"),
+];
 
 /// Checks formatting, prepares tools and guests, then runs the guest SDK's
 /// native tests and the host and xtask tests (`extra` goes to the latter).

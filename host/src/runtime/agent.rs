@@ -133,14 +133,21 @@ impl Runtime {
         span: tracing::Span,
     ) -> JobReport {
         let started = Instant::now();
+        let _active = self.metrics().job_started();
         let limits = self.clamp(&env.limits);
         let deadline = started + limits.deadline;
         let mut stats = JobStats::default();
         if let Err(err) = serde_json::from_str::<serde::de::IgnoredAny>(&request.input) {
-            return finish(Err(JobError::InvalidInput(err.to_string())), stats, started);
+            return self.finish(
+                &agent.name,
+                Err(JobError::InvalidInput(err.to_string())),
+                stats,
+                started,
+            );
         }
         let Ok(_slot) = tokio::time::timeout_at(deadline.into(), self.job_slots().acquire()).await else {
-            return finish(
+            return self.finish(
+                &agent.name,
                 Err(LimitExceeded::of(super::Limit::Deadline, &limits).into()),
                 stats,
                 started,
@@ -149,7 +156,7 @@ impl Runtime {
         let (wasi, stdio) =
             match sandbox::wasi_context(env.workspace.as_deref(), WorkspaceAccess::ReadOnly, limits.stdio_bytes) {
                 Ok(ctx) => ctx,
-                Err(err) => return finish(Err(err.into()), stats, started),
+                Err(err) => return self.finish(&agent.name, Err(err.into()), stats, started),
             };
         let session = env.sessions.load(&request.request_id).await;
         let state = SandboxState {
@@ -201,13 +208,33 @@ impl Runtime {
             Ok(Ok(Err(agent_error))) => Err(agent_failure(agent_error)),
             Ok(Ok(Ok(output))) => check_output(output, &limits),
         };
-        finish(outcome, stats, started)
+        self.finish(&agent.name, outcome, stats, started)
     }
 }
 
-fn finish(outcome: Result<String, JobError>, mut stats: JobStats, started: Instant) -> JobReport {
-    stats.elapsed = started.elapsed();
-    match &outcome {
+impl Runtime {
+    /// Log and count a finished job, and package its report.
+    fn finish(
+        &self,
+        agent: &str,
+        outcome: Result<String, JobError>,
+        mut stats: JobStats,
+        started: Instant,
+    ) -> JobReport {
+        stats.elapsed = started.elapsed();
+        let metrics = self.metrics();
+        let outcome_label = outcome.as_ref().map_or_else(JobError::kind, |_| "succeeded");
+        metrics.job_finished(agent, outcome_label, stats.elapsed, stats.fuel_consumed);
+        if let Err(JobError::LimitExceeded(hit)) = &outcome {
+            metrics.limit_hit("agent", hit.limit.as_str());
+        }
+        log_finished(&outcome, &stats);
+        JobReport { outcome, stats }
+    }
+}
+
+fn log_finished(outcome: &Result<String, JobError>, stats: &JobStats) {
+    match outcome {
         Ok(output) => tracing::info!(
             elapsed_us = stats.elapsed.as_micros() as u64,
             fuel = stats.fuel_consumed,
@@ -222,7 +249,6 @@ fn finish(outcome: Result<String, JobError>, mut stats: JobStats, started: Insta
             "job failed"
         ),
     }
-    JobReport { outcome, stats }
 }
 
 fn guest_error(err: &wasmtime::Error, recorded: Option<super::Limit>, limits: &Limits) -> JobError {

@@ -16,6 +16,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
+
+use crate::telemetry::Metrics;
 use wasmtime::component::Linker;
 use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap, UpdateDeadline};
 
@@ -86,6 +88,7 @@ struct RuntimeInner {
     job_slots: Semaphore,
     tool_slots: Semaphore,
     max_memory_bytes: usize,
+    metrics: Arc<Metrics>,
     _ticker: EpochTicker,
 }
 
@@ -114,6 +117,7 @@ impl Runtime {
                 job_slots: Semaphore::new(config.max_concurrent_jobs as usize),
                 tool_slots: Semaphore::new(config.max_concurrent_tool_calls as usize),
                 max_memory_bytes: config.max_memory_bytes,
+                metrics: Arc::new(Metrics::new()),
                 _ticker: ticker,
             }),
         })
@@ -122,6 +126,11 @@ impl Runtime {
     /// The shared engine.
     pub fn engine(&self) -> &Engine {
         &self.inner.engine
+    }
+
+    /// The metrics every job and tool call is recorded into.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
     }
 
     /// The component cache.

@@ -5,6 +5,7 @@
 //! `RUST_LOG`, defaulting to `info`. Logs always go to stderr, keeping stdout
 //! for command output, and pass through a [`Redactor`] first.
 
+mod metrics;
 mod redact;
 
 use std::io::IsTerminal;
@@ -12,6 +13,7 @@ use std::io::IsTerminal;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::format::FmtSpan;
 
+pub use metrics::{Metrics, PROMETHEUS_TEXT_CONTENT_TYPE};
 pub use redact::{REDACTED, RedactError, RedactingMakeWriter, RedactingWriter, Redactor};
 
 /// Output format for log lines.

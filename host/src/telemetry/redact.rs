@@ -107,7 +107,9 @@ impl Redactor {
             } else {
                 REDACTED.to_owned()
             };
-            text = self.patterns[index].replace_all(&text, replacement.as_str()).into_owned();
+            text = self.patterns[index]
+                .replace_all(&text, replacement.as_str())
+                .into_owned();
         }
         Cow::Owned(text)
     }
@@ -179,14 +181,26 @@ mod tests {
                 "aws_secret_access_key=wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
                 "aws_secret_access_key=[REDACTED]",
             ),
-            (r#"{"SessionToken": "FwoGZXIvYXdzEBYaDH7gJvA0example+token=="}"#, r#"{"SessionToken": "[REDACTED]"}"#),
-            ("x-amz-security-token: IQoJb3JpZ2luX2VjEXAMPLE", "x-amz-security-token: [REDACTED]"),
+            (
+                r#"{"SessionToken": "FwoGZXIvYXdzEBYaDH7gJvA0example+token=="}"#,
+                r#"{"SessionToken": "[REDACTED]"}"#,
+            ),
+            (
+                "x-amz-security-token: IQoJb3JpZ2luX2VjEXAMPLE",
+                "x-amz-security-token: [REDACTED]",
+            ),
             (
                 "Authorization: AWS4-HMAC-SHA256 Credential=AKIA.../aws4_request, Signature=abc",
                 "Authorization: [REDACTED]",
             ),
-            (r#""authorization":"Basic dXNlcjpwYXNz","x":1"#, r#""authorization":"[REDACTED]","x":1"#),
-            ("sent Bearer eyJhbGciOiJIUzI1NiJ9.payload.sig now", "sent Bearer [REDACTED] now"),
+            (
+                r#""authorization":"Basic dXNlcjpwYXNz","x":1"#,
+                r#""authorization":"[REDACTED]","x":1"#,
+            ),
+            (
+                "sent Bearer eyJhbGciOiJIUzI1NiJ9.payload.sig now",
+                "sent Bearer [REDACTED] now",
+            ),
             ("env leaked s3cr3t-value here", "env leaked [REDACTED] here"),
             ("see ticket-1234", "see [REDACTED]"),
         ];

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tracing::Instrument;
 use wasmtime::Engine;
@@ -157,6 +157,11 @@ impl ToolSet {
     ) -> Result<String, ToolError> {
         let Some(tool) = self.tools.get(name) else {
             tracing::warn!(parent: &context.span, tool = name, "denied call to a tool that is not granted");
+            // The name is guest-chosen: one shared label keeps a hostile guest
+            // from minting unbounded metric series.
+            runtime
+                .metrics()
+                .tool_call_finished(UNGRANTED_TOOL_LABEL, "not_found", Duration::ZERO);
             return Err(ToolError::NotFound(format!(
                 "no tool named {name:?} is granted to this agent"
             )));
@@ -171,7 +176,25 @@ impl ToolSet {
             Ok(_) => tracing::info!(parent: &span, elapsed_us, "tool call succeeded"),
             Err(err) => tracing::warn!(parent: &span, elapsed_us, error = ?err, "tool call failed"),
         }
+        runtime
+            .metrics()
+            .tool_call_finished(name, outcome_label(&result), started.elapsed());
         result
+    }
+}
+
+/// The metric label for calls naming a tool the agent was not granted.
+const UNGRANTED_TOOL_LABEL: &str = "_ungranted";
+
+/// Stable metric label for a tool call's outcome.
+fn outcome_label(result: &Result<String, ToolError>) -> &'static str {
+    match result {
+        Ok(_) => "succeeded",
+        Err(ToolError::NotFound(_)) => "not_found",
+        Err(ToolError::Denied(_)) => "denied",
+        Err(ToolError::InvalidInput(_)) => "invalid_input",
+        Err(ToolError::LimitExceeded(_)) => "limit_exceeded",
+        Err(ToolError::Failed(_)) => "failed",
     }
 }
 

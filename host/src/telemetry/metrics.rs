@@ -1,0 +1,253 @@
+//! Prometheus metrics, named and unitted per Prometheus conventions.
+//!
+//! One [`Metrics`] lives in the [`Runtime`](crate::runtime::Runtime); the
+//! runtime records every job and tool call into it, and the health server
+//! exposes [`Metrics::encode`] at `/metrics`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+
+/// Labels of a finished job.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct JobLabels {
+    agent: String,
+    /// `succeeded`, or the error kind (`limit_exceeded`, `trap`, `agent`, ...).
+    outcome: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct AgentLabels {
+    agent: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct LimitLabels {
+    /// `agent` or `tool`.
+    guest: String,
+    limit: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ToolLabels {
+    tool: String,
+    /// `succeeded`, or the tool error kind (`denied`, `limit_exceeded`, ...).
+    outcome: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ToolNameLabels {
+    tool: String,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// The process's metrics registry and the instruments the host records into.
+pub struct Metrics {
+    registry: Registry,
+    jobs: Family<JobLabels, Counter>,
+    job_duration: HistogramFamily<AgentLabels>,
+    jobs_active: Gauge,
+    fuel: Family<AgentLabels, Counter>,
+    limit_hits: Family<LimitLabels, Counter>,
+    tool_calls: Family<ToolLabels, Counter>,
+    tool_duration: HistogramFamily<ToolNameLabels>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+/// Seconds buckets from 100 µs to about 7 minutes.
+fn duration_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0001, 3.0, 14))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A registry with every instrument registered under the `wink` prefix.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("wink");
+        let metrics = Self {
+            jobs: Family::default(),
+            job_duration: Family::new_with_constructor(duration_histogram),
+            jobs_active: Gauge::default(),
+            fuel: Family::default(),
+            limit_hits: Family::default(),
+            tool_calls: Family::default(),
+            tool_duration: Family::new_with_constructor(duration_histogram),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "jobs",
+            "Agent jobs finished, by agent and outcome",
+            metrics.jobs.clone(),
+        );
+        registry.register_with_unit(
+            "job_duration",
+            "Wall-clock time of agent jobs",
+            Unit::Seconds,
+            metrics.job_duration.clone(),
+        );
+        registry.register("jobs_active", "Agent jobs running now", metrics.jobs_active.clone());
+        registry.register("fuel_consumed", "Fuel burned by agent code", metrics.fuel.clone());
+        registry.register(
+            "sandbox_limit_hits",
+            "Guests stopped by a sandbox limit, by guest kind and limit",
+            metrics.limit_hits.clone(),
+        );
+        registry.register(
+            "tool_calls",
+            "Tool calls finished, by tool and outcome",
+            metrics.tool_calls.clone(),
+        );
+        registry.register_with_unit(
+            "tool_call_duration",
+            "Wall-clock time of tool calls",
+            Unit::Seconds,
+            metrics.tool_duration.clone(),
+        );
+        Self { registry, ..metrics }
+    }
+
+    /// The registry, for other modules to register their own instruments.
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
+    }
+
+    /// Every metric in the Prometheus text exposition format (version 0.0.4),
+    /// which every Prometheus and `promtool check metrics` accept.
+    pub fn encode(&self) -> String {
+        let mut open_metrics = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut open_metrics, &self.registry);
+        to_prometheus_text(&open_metrics)
+    }
+
+    /// Count a job as running until the guard is dropped.
+    pub(crate) fn job_started(self: &Arc<Self>) -> ActiveJob {
+        self.jobs_active.inc();
+        ActiveJob(self.clone())
+    }
+
+    /// Record a finished job.
+    pub(crate) fn job_finished(&self, agent: &str, outcome: &str, elapsed: Duration, fuel: u64) {
+        self.jobs
+            .get_or_create(&JobLabels {
+                agent: agent.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+        let agent = AgentLabels {
+            agent: agent.to_owned(),
+        };
+        self.job_duration.get_or_create(&agent).observe(elapsed.as_secs_f64());
+        self.fuel.get_or_create(&agent).inc_by(fuel);
+    }
+
+    /// Record a guest stopped by a limit.
+    pub(crate) fn limit_hit(&self, guest: &str, limit: &str) {
+        self.limit_hits
+            .get_or_create(&LimitLabels {
+                guest: guest.to_owned(),
+                limit: limit.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Record a finished tool call.
+    pub(crate) fn tool_call_finished(&self, tool: &str, outcome: &str, elapsed: Duration) {
+        self.tool_calls
+            .get_or_create(&ToolLabels {
+                tool: tool.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+        self.tool_duration
+            .get_or_create(&ToolNameLabels { tool: tool.to_owned() })
+            .observe(elapsed.as_secs_f64());
+    }
+}
+
+/// The content type of [`Metrics::encode`]'s output.
+pub const PROMETHEUS_TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Convert the OpenMetrics text that prometheus-client writes into the classic
+/// Prometheus text format: OpenMetrics names a counter family without its
+/// `_total` suffix in `# HELP`/`# TYPE` and adds `# UNIT` and `# EOF` lines,
+/// which the classic parser (and promtool's linter) does not understand.
+fn to_prometheus_text(open_metrics: &str) -> String {
+    let counters: Vec<&str> = open_metrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut text = String::with_capacity(open_metrics.len());
+    for line in open_metrics.lines() {
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters.contains(&name).then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        text.push_str(renamed.as_deref().unwrap_or(line));
+        text.push('\n');
+    }
+    text
+}
+
+/// Decrements the active-jobs gauge when dropped, however the job ends.
+pub(crate) struct ActiveJob(Arc<Metrics>);
+
+impl Drop for ActiveJob {
+    fn drop(&mut self) {
+        self.0.jobs_active.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_recorded_values_with_conventional_names() {
+        let metrics = Arc::new(Metrics::new());
+        {
+            let _active = metrics.job_started();
+            metrics.job_finished("hello", "succeeded", Duration::from_millis(3), 1000);
+            assert!(metrics.encode().contains("wink_jobs_active 1"));
+        }
+        metrics.limit_hit("agent", "fuel");
+        metrics.tool_call_finished("read_file", "denied", Duration::from_micros(80));
+        let text = metrics.encode();
+        for line in [
+            r#"wink_jobs_total{agent="hello",outcome="succeeded"} 1"#,
+            r#"wink_fuel_consumed_total{agent="hello"} 1000"#,
+            r#"wink_job_duration_seconds_count{agent="hello"} 1"#,
+            "wink_jobs_active 0",
+            r#"wink_sandbox_limit_hits_total{guest="agent",limit="fuel"} 1"#,
+            r#"wink_tool_calls_total{tool="read_file",outcome="denied"} 1"#,
+            r#"wink_tool_call_duration_seconds_count{tool="read_file"} 1"#,
+            "# TYPE wink_jobs_total counter",
+            "# HELP wink_jobs_total Agent jobs finished, by agent and outcome.",
+            "# TYPE wink_job_duration_seconds histogram",
+        ] {
+            assert!(text.contains(line), "missing {line} in:\n{text}");
+        }
+        assert!(!text.contains("# EOF") && !text.contains("# UNIT"), "{text}");
+    }
+}
