@@ -19,7 +19,7 @@ use tokio::sync::Semaphore;
 
 use crate::telemetry::Metrics;
 use wasmtime::component::Linker;
-use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap, UpdateDeadline};
+use wasmtime::{Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap, UpdateDeadline};
 
 pub use agent::{AgentComponent, JobEnv};
 pub use cache::{ComponentCache, Digest, LoadError};
@@ -233,6 +233,10 @@ fn engine_config(config: &RuntimeConfig) -> wasmtime::Config {
         // Reset a freed slot by zeroing its first pages in place instead of
         // handing them back to the kernel: the next job on that slot then
         // touches no fresh pages, which is most of an instantiation's cost.
+        // Reset only the pages a job dirtied (Linux 6.7+ PAGEMAP_SCAN; off by
+        // default in wasmtime). Without it the whole keep-resident window is
+        // zeroed on every teardown, faulting in pages no job ever touched.
+        .pagemap_scan(Enabled::Auto)
         .linear_memory_keep_resident(MEMORY_KEEP_RESIDENT_BYTES)
         .table_keep_resident(STACK_AND_TABLE_KEEP_RESIDENT_BYTES)
         .async_stack_keep_resident(STACK_AND_TABLE_KEEP_RESIDENT_BYTES);
