@@ -88,6 +88,8 @@ pub mod tools;
 
 #[cfg(feature = "tool")]
 pub mod tool;
+#[cfg(feature = "tool")]
+pub mod workspace;
 
 #[cfg(feature = "agent")]
 pub use agent::{Agent, Job};

@@ -80,6 +80,7 @@ async fn hold(jobs: usize) -> serde_json::Value {
             deadline: Duration::from_secs(600),
             ..Limits::default()
         },
+        model_policy: Default::default(),
     };
     // One job first, so one-time costs (lazy statics, first-touch pages of
     // the component image) are not charged to the N.

@@ -64,6 +64,7 @@ async fn measure_wink() -> serde_json::Value {
         sessions: Arc::new(MemorySessionStore::default()),
         workspace: None,
         limits: Limits::default(),
+        model_policy: Default::default(),
     };
     let request = JobRequest::new("bench", r#"{"n":1}"#);
     let mut samples = Vec::with_capacity(ITERATIONS);

@@ -13,6 +13,7 @@ pub mod bindings;
 pub mod cli;
 pub mod job;
 pub mod model;
+pub mod policy;
 pub mod runtime;
 pub mod sandbox;
 pub mod session;

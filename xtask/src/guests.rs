@@ -19,6 +19,9 @@ const GUEST_DIRS: &[(&str, Kind)] = &[
     ("examples", Kind::Agent),
     ("tests/guests", Kind::Agent),
     ("tools", Kind::Tool),
+    // Adversarial tools for the host's isolation tests; kept out of tools/
+    // so that only production tools ship from there.
+    ("tests/tools", Kind::Tool),
 ];
 
 /// The first bytes of a WebAssembly component (magic, version 0xd, layer 1).
@@ -89,7 +92,7 @@ pub fn ensure_and_build(ctx: &mut Ctx, profile: &str) -> Result<Vec<Built>> {
 pub fn build(ctx: &Ctx, toolchain: Toolchain, profile: &str) -> Result<Vec<Built>> {
     let guests = discover(&ctx.root)?;
     if guests.is_empty() {
-        eprintln!("xtask: no guest crates found under examples/, tests/guests/ or tools/");
+        eprintln!("xtask: no guest crates found under examples/, tests/guests/, tools/ or tests/tools/");
         return Ok(Vec::new());
     }
     for kind in [Kind::Agent, Kind::Tool] {
@@ -283,6 +286,7 @@ name = { path = "x" }
             ("examples/a", "a"),
             ("tools/t", "t"),
             ("tests/guests/g", "g"),
+            ("tests/tools/e", "e"),
         ] {
             fs::create_dir_all(root.join(dir))?;
             let manifest = format!("[package]\nname = \"{name}\"\n");
@@ -296,6 +300,7 @@ name = { path = "x" }
             ("b", Kind::Agent),
             ("g", Kind::Agent),
             ("t", Kind::Tool),
+            ("e", Kind::Tool),
         ];
         let expected: Vec<_> = expected.iter().map(|(n, k)| (n.to_string(), *k)).collect();
         assert_eq!(found, expected);

@@ -48,7 +48,7 @@ enum Command {
     /// Check formatting, install test dependencies, build guests and run all tests.
     ///
     /// Runs `cargo fmt --all --check`, installs the guest toolchain and the
-    /// system tools tests need (redis-server, bubblewrap), builds guests,
+    /// system tools tests need (redis-server, bubblewrap, promtool), builds guests,
     /// runs the guest SDK's native tests, then `cargo test -p wink-host -p
     /// xtask` with WINK_GUEST_DIR=T/wasm. This is what CI runs (alias `ci`).
     #[command(visible_alias = "ci")]
@@ -63,7 +63,7 @@ enum Command {
     /// Runs `cargo bench -p wink-host --bench <SCENARIO>` with
     /// WINK_GUEST_DIR=T/wasm and WINK_BENCH_OUT=T/bench/<SCENARIO>.json.
     Bench {
-        /// The scenario to run: instantiate or concurrency.
+        /// The scenario to run: instantiate, concurrency or model.
         scenario: String,
         /// Also export telemetry from the benchmark (sets WINK_BENCH_OTEL=1).
         #[arg(long)]
@@ -124,7 +124,7 @@ mod tests {
             .unwrap_or_default();
         assert_eq!(
             err,
-            "unknown bench scenario `nonsense` (known: instantiate, concurrency)"
+            "unknown bench scenario `nonsense` (known: instantiate, concurrency, model, tool)"
         );
         Ok(())
     }

@@ -1,9 +1,11 @@
 //! The `wink-host` command line.
 
+mod policy;
 mod run;
 
 use clap::{Parser, Subcommand};
 
+pub use policy::PolicyArgs;
 pub use run::RunArgs;
 
 /// Runs AI agents and the tools they call as sandboxed WebAssembly components.
@@ -16,10 +18,14 @@ pub struct Cli {
 }
 
 /// The subcommands.
+// Parsed once per process: boxing `RunArgs` would only add noise.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run one agent job in-process and print its output JSON on stdout.
     Run(RunArgs),
+    /// Validate policy files and print the effective policy.
+    Policy(PolicyArgs),
 }
 
 impl Cli {
@@ -27,6 +33,7 @@ impl Cli {
     pub async fn execute(self) -> anyhow::Result<()> {
         match self.command {
             Command::Run(args) => args.execute().await,
+            Command::Policy(args) => args.execute().await,
         }
     }
 }

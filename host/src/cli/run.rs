@@ -9,11 +9,11 @@ use anyhow::Context;
 use clap::Args;
 
 use crate::job::JobRequest;
-use crate::model::{ModelProvider, ModelSpec, Script, ScriptedProvider};
+use crate::model::bedrock::{BedrockOptions, BedrockProvider};
+use crate::model::{Budget, ModelPolicy, ModelProvider, ModelSpec, PriceTable, Script, ScriptedProvider};
 use crate::runtime::{JobEnv, Limits, Runtime, RuntimeConfig};
 use crate::sandbox::Workspace;
 use crate::session::MemorySessionStore;
-use crate::tools::ToolSet;
 
 /// Arguments of `wink-host run`.
 #[derive(Debug, Args)]
@@ -29,13 +29,30 @@ pub struct RunArgs {
     #[arg(long, short)]
     pub workspace: Option<PathBuf>,
 
-    /// Model provider: `echo` (answers with the last user text) or `scripted:FILE`.
+    /// Model provider: `echo` (answers with the last user text), `scripted:FILE` or `bedrock:MODEL_ID`.
     #[arg(long, short, env = "WINK_MODEL", default_value = "echo")]
     pub model: ModelSpec,
+
+    /// Bedrock settings (used with `--model bedrock:MODEL_ID`).
+    #[command(flatten)]
+    pub bedrock: BedrockArgs,
+
+    /// The job's model allowlist and budget.
+    #[command(flatten)]
+    pub model_policy: ModelPolicyArgs,
 
     /// A tool component (.wasm) to grant to the agent; repeat for several.
     #[arg(long = "tool", short = 't')]
     pub tools: Vec<PathBuf>,
+
+    /// Policy file (TOML, see docs/policy.md): the agent must have a section
+    /// in it, and every `--tool` must be granted to it, or the run is refused.
+    #[arg(long, env = "WINK_POLICY")]
+    pub policy: Option<PathBuf>,
+
+    /// Narrow the agent's policy for this job (TOML); needs `--policy`.
+    #[arg(long, requires = "policy")]
+    pub narrow: Option<PathBuf>,
 
     /// Request id (idempotency key) of the job.
     #[arg(long, default_value = "local")]
@@ -91,11 +108,21 @@ impl RunArgs {
         }
         let workspace = self.workspace.as_ref().map(Workspace::open).transpose()?;
         let env = JobEnv {
-            model: model_provider(&self.model).await?,
-            tools: Arc::new(ToolSet::new(tools)?),
+            model: model_provider(&self.model, &self.bedrock).await?,
+            tools: Arc::new(
+                super::policy::tool_set(
+                    &runtime,
+                    agent.name(),
+                    tools,
+                    self.policy.as_deref(),
+                    self.narrow.as_deref(),
+                )
+                .await?,
+            ),
             sessions: Arc::new(MemorySessionStore::default()),
             workspace: workspace.map(Arc::new),
             limits,
+            model_policy: self.model_policy.policy().await?,
         };
         let report = runtime
             .run_agent(&agent, JobRequest::new(self.request_id, input), env)
@@ -130,6 +157,89 @@ impl RunArgs {
     }
 }
 
+/// Which models the agent may call and how much it may spend (docs/models.md).
+#[derive(Debug, Clone, Default, Args)]
+pub struct ModelPolicyArgs {
+    /// Grant this model id to the agent; repeat for several (none given: any model).
+    #[arg(long = "allow-model")]
+    pub allow_models: Vec<String>,
+
+    /// Most prompt tokens across the job's model calls.
+    #[arg(long)]
+    pub max_input_tokens: Option<u64>,
+
+    /// Most generated tokens across the job's model calls.
+    #[arg(long)]
+    pub max_output_tokens: Option<u64>,
+
+    /// Most prompt plus generated tokens.
+    #[arg(long)]
+    pub max_total_tokens: Option<u64>,
+
+    /// Most spend in US dollars, priced per model (e.g. 0.25).
+    #[arg(long)]
+    pub max_usd: Option<f64>,
+
+    /// Most model calls.
+    #[arg(long)]
+    pub max_turns: Option<u32>,
+
+    /// JSON price overrides `{"MODEL_PREFIX": {"input_usd_per_mtok": N, "output_usd_per_mtok": N}}`.
+    #[arg(long, env = "WINK_MODEL_PRICES")]
+    pub prices: Option<PathBuf>,
+}
+
+impl ModelPolicyArgs {
+    /// The policy these flags describe.
+    pub async fn policy(&self) -> anyhow::Result<ModelPolicy> {
+        let prices = match &self.prices {
+            Some(path) => {
+                let text = tokio::fs::read_to_string(path)
+                    .await
+                    .with_context(|| format!("cannot read price file {}", path.display()))?;
+                PriceTable::with_overrides(&text)
+                    .map_err(|reason| anyhow::anyhow!("invalid price file {}: {reason}", path.display()))?
+            }
+            None => PriceTable::default(),
+        };
+        let max_micro_usd = self
+            .max_usd
+            .map(|usd| {
+                anyhow::ensure!(usd.is_finite() && usd >= 0.0, "--max-usd must be a non-negative number");
+                Ok((usd * 1e6).round() as u64)
+            })
+            .transpose()?;
+        Ok(ModelPolicy {
+            allowed_models: (!self.allow_models.is_empty()).then(|| self.allow_models.clone()),
+            budget: Budget {
+                max_input_tokens: self.max_input_tokens,
+                max_output_tokens: self.max_output_tokens,
+                max_total_tokens: self.max_total_tokens,
+                max_micro_usd,
+                max_turns: self.max_turns,
+            },
+            prices: Arc::new(prices),
+            ..ModelPolicy::default()
+        })
+    }
+}
+
+/// How to reach Bedrock; credentials always come from the AWS default chain.
+#[derive(Debug, Clone, Default, Args)]
+pub struct BedrockArgs {
+    /// AWS region for Bedrock (default: the AWS chain's, e.g. `AWS_REGION`).
+    #[arg(long = "bedrock-region", env = "WINK_BEDROCK_REGION")]
+    pub region: Option<String>,
+
+    /// Bedrock Runtime endpoint override, e.g. a VPC endpoint.
+    #[arg(long = "bedrock-endpoint", env = "WINK_BEDROCK_ENDPOINT")]
+    pub endpoint_url: Option<String>,
+
+    /// Call ConverseStream and assemble the response instead of Converse.
+    #[arg(long = "bedrock-stream", env = "WINK_BEDROCK_STREAM")]
+    pub stream: bool,
+}
+
 /// `$XDG_CACHE_HOME/wink-host`, else `$HOME/.cache/wink-host`.
 fn default_cache_dir() -> Option<PathBuf> {
     let base = std::env::var_os("XDG_CACHE_HOME")
@@ -139,9 +249,19 @@ fn default_cache_dir() -> Option<PathBuf> {
 }
 
 /// The provider a model spec names.
-pub async fn model_provider(spec: &ModelSpec) -> anyhow::Result<Arc<dyn ModelProvider>> {
+pub async fn model_provider(spec: &ModelSpec, bedrock: &BedrockArgs) -> anyhow::Result<Arc<dyn ModelProvider>> {
     Ok(match spec {
         ModelSpec::Echo => Arc::new(ScriptedProvider::echo()),
         ModelSpec::Scripted(path) => Arc::new(ScriptedProvider::new(Script::load(path).await?)),
+        ModelSpec::Bedrock(model) => Arc::new(
+            BedrockProvider::from_environment(BedrockOptions {
+                default_model: Some(model.clone()),
+                region: bedrock.region.clone(),
+                endpoint_url: bedrock.endpoint_url.clone(),
+                stream: bedrock.stream,
+                ..BedrockOptions::default()
+            })
+            .await,
+        ),
     })
 }

@@ -5,6 +5,9 @@
 //! request and response types are those of the WIT contract
 //! ([`crate::bindings::model`]), which follows the Bedrock Converse shape.
 
+pub mod bedrock;
+pub mod budget;
+mod policy;
 mod scripted;
 mod spec;
 
@@ -16,6 +19,8 @@ use async_trait::async_trait;
 pub use crate::bindings::model::{
     ContentBlock, ConverseRequest, ConverseResponse, InferenceConfig, Message, Role, StopReason, ToolResult, ToolUse,
 };
+pub use budget::{Budget, MemoryUsageLedger, Price, PriceTable, Remaining, Spent, UsageLedger};
+pub use policy::ModelPolicy;
 pub use scripted::{Script, ScriptError, ScriptedProvider};
 pub use spec::{ModelSpec, ModelSpecError};
 
@@ -90,6 +95,12 @@ impl From<ModelError> for crate::bindings::model::ModelError {
 pub trait ModelProvider: Send + Sync + std::fmt::Debug {
     /// Answer one converse request.
     async fn converse(&self, request: &ConverseRequest, context: &CallContext) -> Result<ConverseResponse, ModelError>;
+
+    /// The model serving requests that name none, if the provider has one
+    /// (used for allowlists and prices).
+    fn default_model(&self) -> Option<&str> {
+        None
+    }
 }
 
 /// The text blocks of a message, concatenated.

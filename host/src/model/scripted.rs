@@ -29,6 +29,52 @@ struct ScriptedResponse {
     stop_reason: StopReason,
     usage: Option<WitUsage>,
     delay: Duration,
+    expect: Option<Expectation>,
+}
+
+/// What the request answered by a scripted response must look like; a
+/// mismatch fails the call, so a script doubles as a recorded transcript
+/// that checks the agent still asks what it asked when it was recorded.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Expectation {
+    /// The request's `model` (after the job's default is applied).
+    model: Option<String>,
+    /// A substring of the last user message's text.
+    last_user_text_contains: Option<String>,
+    /// The last user message answers this tool-use id.
+    tool_result_for: Option<String>,
+}
+
+impl Expectation {
+    /// The first unmet expectation, described for the agent's developer.
+    fn check(&self, request: &ConverseRequest) -> Result<(), String> {
+        if let Some(model) = &self.model
+            && request.model.as_deref() != Some(model.as_str())
+        {
+            return Err(format!("expected model {model}, got {:?}", request.model));
+        }
+        let last_user = request.messages.iter().rev().find(|m| m.role == Role::User);
+        if let Some(needle) = &self.last_user_text_contains {
+            let text = last_user.map(message_text).unwrap_or_default();
+            if !text.contains(needle.as_str()) {
+                return Err(format!(
+                    "expected the last user text to contain {needle:?}, got {text:?}"
+                ));
+            }
+        }
+        if let Some(id) = &self.tool_result_for {
+            let answered = last_user.is_some_and(|m| {
+                m.content
+                    .iter()
+                    .any(|b| matches!(b, ContentBlock::ToolResult(r) if &r.tool_use_id == id))
+            });
+            if !answered {
+                return Err(format!("expected a tool result for {id} in the last user message"));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A script file that cannot be used.
@@ -88,6 +134,7 @@ impl Script {
                 stop_reason: StopReason::EndTurn,
                 usage: None,
                 delay,
+                expect: None,
             }],
         }
     }
@@ -159,6 +206,14 @@ impl ModelProvider for ScriptedProvider {
             return Ok(echo(request));
         };
         let scripted = self.scripted(script, context.turn as usize)?;
+        if let Some(expect) = &scripted.expect {
+            expect.check(request).map_err(|unmet| {
+                ModelError::Provider(format!(
+                    "model script expectation failed at call {}: {unmet}",
+                    context.turn + 1
+                ))
+            })?;
+        }
         if !scripted.delay.is_zero() {
             tokio::time::sleep(scripted.delay).await;
         }
@@ -223,6 +278,8 @@ struct ResponseFile {
     usage: Option<UsageFile>,
     #[serde(default)]
     delay_ms: u64,
+    #[serde(default)]
+    expect: Option<Expectation>,
 }
 
 #[derive(Deserialize)]
@@ -285,6 +342,7 @@ impl ResponseFile {
                 output_tokens: u.output_tokens,
             }),
             delay: Duration::from_millis(self.delay_ms),
+            expect: self.expect,
         })
     }
 }
@@ -367,6 +425,46 @@ mod tests {
         let response = ScriptedProvider::echo().converse(&user("hi"), &context(0)).await?;
         assert_eq!(message_text(&response.message), "echo: hi");
         assert_eq!(response.stop_reason, StopReason::EndTurn);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn expectations_check_each_request_and_name_the_mismatch() -> Result<(), String> {
+        let script = Script::parse(
+            r#"{"responses": [
+                {"content": [{"text": "a"}], "expect": {"last_user_text_contains": "notes", "model": "m1"}},
+                {"content": [{"text": "b"}], "expect": {"tool_result_for": "t1"}}
+            ]}"#,
+        )?;
+        let provider = ScriptedProvider::new(script);
+        let mut request = user("read the notes");
+        request.model = Some("m1".into());
+        provider
+            .converse(&request, &context(0))
+            .await
+            .map_err(|e| e.to_string())?;
+        let err = provider
+            .converse(&user("go"), &context(1))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("expectation failed at call 2: expected a tool result for t1"),
+            "{err}"
+        );
+        let err = provider
+            .converse(&user("other"), &context(0))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("expected model m1, got None"), "{err}");
+        let mut other = user("other");
+        other.model = Some("m1".into());
+        let err = provider.converse(&other, &context(0)).await.unwrap_err().to_string();
+        assert!(
+            err.contains("expected the last user text to contain \"notes\""),
+            "{err}"
+        );
         Ok(())
     }
 

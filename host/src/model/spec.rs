@@ -10,6 +10,8 @@ pub enum ModelSpec {
     Echo,
     /// Responses replayed in order from a script file.
     Scripted(PathBuf),
+    /// Amazon Bedrock; the model or inference-profile id serves requests that name none.
+    Bedrock(String),
 }
 
 impl Default for ModelSpec {
@@ -21,7 +23,7 @@ impl Default for ModelSpec {
 
 /// A model spec that does not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid model spec {spec:?}: {reason} (expected `echo` or `scripted:FILE`)")]
+#[error("invalid model spec {spec:?}: {reason} (expected `echo`, `scripted:FILE` or `bedrock:MODEL_ID`)")]
 pub struct ModelSpecError {
     spec: String,
     reason: &'static str,
@@ -39,6 +41,9 @@ impl FromStr for ModelSpec {
             None if spec == "echo" => Ok(Self::Echo),
             Some(("scripted", "")) => Err(error("scripted needs a file")),
             Some(("scripted", file)) => Ok(Self::Scripted(PathBuf::from(file))),
+            Some(("bedrock", "")) => Err(error("bedrock needs a model id")),
+            // Model ids contain `:` themselves (`anthropic.claude-3-haiku-20240307-v1:0`).
+            Some(("bedrock", model)) => Ok(Self::Bedrock(model.to_owned())),
             _ => Err(error("unknown provider")),
         }
     }
@@ -57,6 +62,12 @@ mod tests {
         );
         let err = "gpt:4".parse::<ModelSpec>().unwrap_err().to_string();
         assert!(err.contains("\"gpt:4\"") && err.contains("unknown provider"), "{err}");
+        assert_eq!(
+            "bedrock:us.anthropic.claude-3-5-haiku-20241022-v1:0".parse(),
+            Ok(ModelSpec::Bedrock("us.anthropic.claude-3-5-haiku-20241022-v1:0".into()))
+        );
+        let err = "bedrock:".parse::<ModelSpec>().unwrap_err().to_string();
+        assert!(err.contains("needs a model id"), "{err}");
         let err = "scripted:".parse::<ModelSpec>().unwrap_err().to_string();
         assert!(err.contains("needs a file"), "{err}");
     }

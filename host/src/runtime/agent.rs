@@ -12,7 +12,7 @@ use super::{GuestFailure, LimitExceeded, Limits, LoadError, LogContext, Runtime,
 use crate::bindings::agent::{Agent, AgentPre};
 use crate::bindings::{job, model, session, tools, types};
 use crate::job::{AgentFailureKind, JobError, JobReport, JobRequest, JobStats};
-use crate::model::{CallContext, ModelProvider, Usage};
+use crate::model::{CallContext, ModelPolicy, ModelProvider, Usage};
 use crate::sandbox::{self, Workspace, WorkspaceAccess};
 use crate::session::{Session, SessionStore};
 use crate::tools::{ToolCallContext, ToolSet};
@@ -59,6 +59,23 @@ pub struct JobEnv {
     pub workspace: Option<Arc<Workspace>>,
     /// The job's limits.
     pub limits: Limits,
+    /// Which models the agent may call, and its model budget.
+    pub model_policy: ModelPolicy,
+}
+
+impl JobEnv {
+    /// An environment with `model`, no tools, in-memory sessions, no
+    /// workspace, default limits and an unrestricted model policy.
+    pub fn new(model: Arc<dyn ModelProvider>) -> Self {
+        Self {
+            model,
+            tools: Arc::new(ToolSet::default()),
+            sessions: Arc::new(crate::session::MemorySessionStore::default()),
+            workspace: None,
+            limits: Limits::default(),
+            model_policy: ModelPolicy::default(),
+        }
+    }
 }
 
 /// The agent-specific part of a job's store.
@@ -292,22 +309,39 @@ impl model::Host for SandboxState<AgentHost> {
             deadline: self.deadline,
         };
         host.model_calls += 1;
-        let response = host.env.model.converse(&request, &context).await;
-        if let Ok(response) = &response {
-            host.usage += response.usage;
+        // A child of the job span, so retries, stream deltas and accounting
+        // are tagged with the job's ids.
+        let span = tracing::info_span!(
+            parent: &self.log.span,
+            "model_call",
+            request_id = %context.request_id,
+            job_id = %context.job_id,
+            turn = context.turn,
+            model = request.model.as_deref().unwrap_or("default"),
+        );
+        let response = host
+            .env
+            .model_policy
+            .converse(host.env.model.as_ref(), request, &context)
+            .instrument(span)
+            .await;
+        match &response {
+            Ok(response) => host.usage += response.usage,
+            Err(err) => tracing::warn!(parent: &self.log.span, error = %err, "model call failed"),
         }
         Ok(response.map_err(Into::into))
     }
 
     async fn budget(&mut self) -> wasmtime::Result<model::BudgetStatus> {
-        let remaining = self.deadline.saturating_duration_since(Instant::now());
+        let left = self.host.env.model_policy.remaining(&self.host.request_id).await;
+        let deadline = self.deadline.saturating_duration_since(Instant::now());
         Ok(model::BudgetStatus {
-            input_tokens: None,
-            output_tokens: None,
-            total_tokens: None,
-            micro_usd: None,
-            turns: None,
-            deadline_ms: u64::try_from(remaining.as_millis()).unwrap_or(u64::MAX),
+            input_tokens: left.input_tokens,
+            output_tokens: left.output_tokens,
+            total_tokens: left.total_tokens,
+            micro_usd: left.micro_usd,
+            turns: left.turns,
+            deadline_ms: u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX),
         })
     }
 }

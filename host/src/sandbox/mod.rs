@@ -6,13 +6,18 @@
 //! arguments, no other preopens and no sockets.
 
 mod capture;
+mod staging;
 mod workspace;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder};
 
 pub use capture::{Capture, Captured};
+
+use tokio::sync::OwnedMutexGuard;
+
+use crate::policy::{Access, GrantPath, ToolPolicy};
 pub use workspace::{GUEST_WORKSPACE, Workspace};
 
 /// Errors setting up a sandbox.
@@ -34,6 +39,23 @@ pub enum SandboxError {
         path: PathBuf,
         /// wasmtime-wasi's reason.
         message: String,
+    },
+    /// The staging copy of a read-write grant could not be prepared or synced.
+    #[error("cannot stage read-write grant {path:?}: {source}")]
+    Staging {
+        /// The granted path, relative to the workspace.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A filesystem grant cannot be given safely.
+    #[error("filesystem grant {path:?} denied: {reason}")]
+    Grant {
+        /// The granted path, relative to the workspace.
+        path: String,
+        /// Why it was refused.
+        reason: String,
     },
 }
 
@@ -61,6 +83,157 @@ pub fn wasi_context(
     access: WorkspaceAccess,
     stdio_bytes: usize,
 ) -> Result<(WasiCtx, Stdio), SandboxError> {
+    let (mut builder, stdio) = isolated_builder(stdio_bytes);
+    if let Some(workspace) = workspace {
+        let perms = match access {
+            WorkspaceAccess::ReadOnly => FsPerms::ReadOnly,
+            WorkspaceAccess::ReadWrite => FsPerms::ReadWrite,
+        };
+        preopen_dir(&mut builder, workspace.path(), GUEST_WORKSPACE, perms)?;
+    }
+    Ok((builder.build(), stdio))
+}
+
+/// One directory preopened for a tool call.
+#[derive(Debug, Clone)]
+pub struct Preopen {
+    /// The host directory (for read-write grants, the staging copy).
+    pub host: PathBuf,
+    /// The grant, which gives the guest path `/workspace/<path>`.
+    pub grant: GrantPath,
+    /// How the tool may use it.
+    pub access: Access,
+}
+
+/// The workspace side of one tool call: its preopens, and for read-write
+/// grants the staging copies to commit or reset when the call ends.
+pub struct ToolCallFs {
+    /// What to preopen.
+    pub preopens: Vec<Preopen>,
+    staged: Vec<(GrantPath, PathBuf)>,
+    guard: Option<OwnedMutexGuard<staging::Stagings>>,
+}
+
+impl ToolCallFs {
+    /// Resolve `policy`'s grants in `workspace`; read-write grants are
+    /// redirected to staging copies (see `docs/policy.md`, transactions).
+    pub async fn begin(workspace: Option<&Workspace>, policy: &ToolPolicy) -> Result<Self, SandboxError> {
+        let mut call = Self {
+            preopens: Vec::new(),
+            staged: Vec::new(),
+            guard: None,
+        };
+        let Some(workspace) = workspace else {
+            return Ok(call);
+        };
+        for grant in &policy.fs {
+            if let Some(host) = workspace.resolve_grant(&grant.path)? {
+                call.preopens.push(Preopen {
+                    host,
+                    grant: grant.path.clone(),
+                    access: grant.access,
+                });
+            }
+        }
+        if call.preopens.iter().any(|p| p.access == Access::ReadWrite) {
+            let guard = workspace.staging().clone().lock_owned().await;
+            let (guard, preopens, staged) = blocking(move || stage(guard, call.preopens)).await?;
+            call = Self {
+                preopens,
+                staged,
+                guard: Some(guard),
+            };
+        }
+        Ok(call)
+    }
+
+    /// End the call: on `commit`, apply the staged changes to the
+    /// workspace; otherwise discard them, leaving the workspace untouched.
+    pub async fn finish(self, commit: bool) -> Result<(), SandboxError> {
+        let Some(mut guard) = self.guard else {
+            return Ok(());
+        };
+        let staged = self.staged;
+        blocking(move || {
+            for (grant, original) in &staged {
+                guard
+                    .finish(grant, original, commit)
+                    .map_err(|source| SandboxError::Staging {
+                        path: grant.as_str().to_owned(),
+                        source,
+                    })?;
+            }
+            Ok(())
+        })
+        .await
+    }
+}
+
+type Staged = (
+    OwnedMutexGuard<staging::Stagings>,
+    Vec<Preopen>,
+    Vec<(GrantPath, PathBuf)>,
+);
+
+fn stage(mut guard: OwnedMutexGuard<staging::Stagings>, mut preopens: Vec<Preopen>) -> Result<Staged, SandboxError> {
+    let mut staged = Vec::new();
+    for preopen in preopens.iter_mut().filter(|p| p.access == Access::ReadWrite) {
+        let copy = guard
+            .begin(&preopen.grant, &preopen.host)
+            .map_err(|source| SandboxError::Staging {
+                path: preopen.grant.as_str().to_owned(),
+                source,
+            })?;
+        staged.push((preopen.grant.clone(), std::mem::replace(&mut preopen.host, copy)));
+    }
+    Ok((guard, preopens, staged))
+}
+
+/// Run filesystem-heavy work off the async worker threads.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, SandboxError> + Send + 'static,
+) -> Result<T, SandboxError> {
+    tokio::task::spawn_blocking(work).await.unwrap_or_else(|err| {
+        Err(SandboxError::Staging {
+            path: String::new(),
+            source: std::io::Error::other(err.to_string()),
+        })
+    })
+}
+
+/// Build the WASI context for one tool call: only `preopens`, each at
+/// `/workspace/<path>`, and only the environment variables `env` names,
+/// with their values from the host's environment.
+///
+/// Overlapping grants (say `.` read-only and `out` read-write) work because
+/// the guest's libc resolves a path through the longest matching preopen.
+pub fn tool_context(
+    preopens: &[Preopen],
+    env: &[String],
+    stdio_bytes: usize,
+) -> Result<(WasiCtx, Stdio), SandboxError> {
+    let (mut builder, stdio) = isolated_builder(stdio_bytes);
+    for name in env {
+        if let Ok(value) = std::env::var(name) {
+            builder.env(name, value);
+        }
+    }
+    for preopen in preopens {
+        let guest_path = match preopen.grant.relative().as_os_str().is_empty() {
+            true => GUEST_WORKSPACE.to_owned(),
+            false => format!("{GUEST_WORKSPACE}/{}", preopen.grant),
+        };
+        let perms = match preopen.access {
+            Access::ReadOnly => FsPerms::ReadOnly,
+            Access::ReadWrite => FsPerms::ReadWrite,
+        };
+        preopen_dir(&mut builder, &preopen.host, &guest_path, perms)?;
+    }
+    Ok((builder.build(), stdio))
+}
+
+/// A context builder with captured stdio and no network, files or environment.
+fn isolated_builder(stdio_bytes: usize) -> (WasiCtxBuilder, Stdio) {
     let stdio = Stdio {
         stdout: Capture::new(stdio_bytes),
         stderr: Capture::new(stdio_bytes),
@@ -73,17 +246,15 @@ pub fn wasi_context(
         .allow_udp(false)
         .allow_ip_name_lookup(false)
         .socket_addr_check(|_, _| Box::pin(async { false }));
-    if let Some(workspace) = workspace {
-        let perms = match access {
-            WorkspaceAccess::ReadOnly => FsPerms::ReadOnly,
-            WorkspaceAccess::ReadWrite => FsPerms::ReadWrite,
-        };
-        builder
-            .preopened_dir(workspace.path(), GUEST_WORKSPACE, perms)
-            .map_err(|err| SandboxError::Preopen {
-                path: workspace.path().to_path_buf(),
-                message: err.to_string(),
-            })?;
-    }
-    Ok((builder.build(), stdio))
+    (builder, stdio)
+}
+
+fn preopen_dir(builder: &mut WasiCtxBuilder, host: &Path, guest: &str, perms: FsPerms) -> Result<(), SandboxError> {
+    builder
+        .preopened_dir(host, guest, perms)
+        .map(|_| ())
+        .map_err(|err| SandboxError::Preopen {
+            path: host.to_path_buf(),
+            message: err.to_string(),
+        })
 }

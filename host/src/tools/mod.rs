@@ -15,16 +15,18 @@ use wasmtime::component::{HasSelf, Linker};
 
 use crate::bindings::tool::{Tool, ToolPre};
 use crate::bindings::types::{ToolError, ToolSpec};
+use crate::policy::{Access, EffectivePolicy, FsGrant, GrantPath, ToolPolicy};
 use crate::runtime::{
     GuestFailure, LimitExceeded, Limits, LoadError, LogContext, Runtime, SandboxState, classify, one_line,
 };
-use crate::sandbox::{self, Workspace, WorkspaceAccess};
+use crate::sandbox::{self, Preopen, SandboxError, ToolCallFs, Workspace};
 
 /// A compiled tool component and the spec it reported.
 #[derive(Clone)]
 pub struct ToolComponent {
     spec: ToolSpec,
     limits: Limits,
+    policy: Arc<ToolPolicy>,
     pre: ToolPre<SandboxState<()>>,
 }
 
@@ -33,6 +35,7 @@ impl std::fmt::Debug for ToolComponent {
         f.debug_struct("ToolComponent")
             .field("name", &self.spec.name)
             .field("limits", &self.limits)
+            .field("policy", &self.policy)
             .finish_non_exhaustive()
     }
 }
@@ -41,6 +44,37 @@ impl ToolComponent {
     /// The tool's spec, as given to the model.
     pub fn spec(&self) -> &ToolSpec {
         &self.spec
+    }
+
+    /// The limits each call runs under.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// What each call may reach.
+    pub fn policy(&self) -> &ToolPolicy {
+        &self.policy
+    }
+
+    /// This tool restricted to `policy`: its filesystem grants, environment
+    /// variables, and limits (those the policy leaves unset keep their value).
+    pub fn with_policy(self, runtime: &Runtime, policy: &ToolPolicy) -> Self {
+        Self {
+            limits: runtime.clamp(&policy.limits(self.limits)),
+            policy: Arc::new(policy.clone()),
+            ..self
+        }
+    }
+}
+
+/// Without a policy, a tool sees the whole workspace read-only and nothing else.
+fn default_tool_policy() -> ToolPolicy {
+    ToolPolicy {
+        fs: vec![FsGrant {
+            path: GrantPath::root(),
+            access: Access::ReadOnly,
+        }],
+        ..ToolPolicy::default()
     }
 }
 
@@ -61,6 +95,14 @@ pub enum ToolSetError {
     /// Two tools report the same name.
     #[error("two tools are named {0:?}")]
     DuplicateName(String),
+    /// The policy does not grant a supplied tool to the agent.
+    #[error("tool {tool:?} is not granted to agent {agent:?} by the policy")]
+    NotGranted {
+        /// The tool's name.
+        tool: String,
+        /// The agent.
+        agent: String,
+    },
 }
 
 /// What a tool call needs from the job that makes it.
@@ -109,7 +151,8 @@ impl Runtime {
         };
         let limits = self.clamp(&limits);
         let (state, _) = tool_state(
-            None,
+            &[],
+            &[],
             &limits,
             Instant::now() + limits.deadline,
             &name,
@@ -125,7 +168,12 @@ impl Runtime {
             .await
             .map_err(|_| spec_error("timed out".into()))?
             .map_err(|e| spec_error(one_line(&e)))?;
-        Ok(ToolComponent { spec, limits, pre })
+        Ok(ToolComponent {
+            spec,
+            limits,
+            policy: Arc::new(default_tool_policy()),
+            pre,
+        })
     }
 }
 
@@ -140,6 +188,24 @@ impl ToolSet {
             }
         }
         Ok(Self { tools: set })
+    }
+
+    /// The tools of `tools` that `policy` grants, each restricted to its
+    /// tool policy. A tool the policy does not grant is refused, so that a
+    /// misconfigured deployment fails at start, not at the model's first call.
+    pub fn granted(
+        runtime: &Runtime,
+        tools: impl IntoIterator<Item = ToolComponent>,
+        policy: &EffectivePolicy,
+    ) -> Result<Self, ToolSetError> {
+        let restricted = tools.into_iter().map(|tool| match policy.tool(&tool.spec.name) {
+            Some(tool_policy) => Ok(tool.with_policy(runtime, tool_policy)),
+            None => Err(ToolSetError::NotGranted {
+                tool: tool.spec.name.clone(),
+                agent: policy.agent.clone(),
+            }),
+        });
+        Self::new(restricted.collect::<Result<Vec<_>, _>>()?)
     }
 
     /// Specs of every tool, sorted by name.
@@ -174,6 +240,9 @@ impl ToolSet {
         let elapsed_us = started.elapsed().as_micros() as u64;
         match &result {
             Ok(_) => tracing::info!(parent: &span, elapsed_us, "tool call succeeded"),
+            Err(ToolError::Denied(denied)) => {
+                tracing::warn!(parent: &context.span, tool = name, elapsed_us, %denied, "tool call denied");
+            }
             Err(err) => tracing::warn!(parent: &span, elapsed_us, error = ?err, "tool call failed"),
         }
         runtime
@@ -211,8 +280,36 @@ async fn invoke(
     let Ok(_slot) = tokio::time::timeout_at(deadline.into(), runtime.tool_slots().acquire()).await else {
         return Err(limit_error(crate::runtime::Limit::Deadline));
     };
-    let (state, _stdio) = tool_state(context.workspace.as_deref(), &limits, deadline, &tool.spec.name, span)
-        .map_err(|e| ToolError::Failed(e.to_string()))?;
+    let fs = ToolCallFs::begin(context.workspace.as_deref(), &tool.policy)
+        .await
+        .map_err(sandbox_error)?;
+    let result = run_instance(tool, input, &fs.preopens, runtime, deadline, span).await;
+    // A failed call's writes went to staging copies only: discarding them
+    // leaves the workspace exactly as it was.
+    fs.finish(result.is_ok()).await.map_err(sandbox_error)?;
+    result
+}
+
+fn sandbox_error(err: SandboxError) -> ToolError {
+    match err {
+        SandboxError::Grant { .. } => ToolError::Denied(err.to_string()),
+        _ => ToolError::Failed(err.to_string()),
+    }
+}
+
+/// Instantiate the tool over `preopens` and call it once, under its limits.
+async fn run_instance(
+    tool: &ToolComponent,
+    input: String,
+    preopens: &[Preopen],
+    runtime: &Runtime,
+    deadline: Instant,
+    span: tracing::Span,
+) -> Result<String, ToolError> {
+    let limits = tool.limits;
+    let limit_error = |limit| ToolError::LimitExceeded(LimitExceeded::of(limit, &limits).to_string());
+    let (state, _stdio) =
+        tool_state(preopens, &tool.policy.env, &limits, deadline, &tool.spec.name, span).map_err(sandbox_error)?;
     let mut store = runtime.new_store(state, &limits);
     let call = async {
         let instance = tool.pre.instantiate_async(&mut store).await?;
@@ -234,13 +331,14 @@ async fn invoke(
 }
 
 fn tool_state(
-    workspace: Option<&Workspace>,
+    preopens: &[Preopen],
+    env: &[String],
     limits: &Limits,
     deadline: Instant,
     name: &str,
     span: tracing::Span,
 ) -> Result<(SandboxState<()>, sandbox::Stdio), sandbox::SandboxError> {
-    let (wasi, stdio) = sandbox::wasi_context(workspace, WorkspaceAccess::ReadOnly, limits.stdio_bytes)?;
+    let (wasi, stdio) = sandbox::tool_context(preopens, env, limits.stdio_bytes)?;
     let state = SandboxState {
         wasi,
         table: Default::default(),

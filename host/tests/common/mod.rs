@@ -86,6 +86,7 @@ pub fn env_with(model: Arc<dyn ModelProvider>) -> JobEnv {
         sessions: Arc::new(MemorySessionStore::default()),
         workspace: None,
         limits: test_limits(),
+        model_policy: Default::default(),
     }
 }
 

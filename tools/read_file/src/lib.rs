@@ -5,14 +5,12 @@
 
 use std::fs::File;
 use std::io::{self, Read as _};
-use std::path::{Component, Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use wink_guest::{Tool, ToolError, ToolSpec};
+use wink_guest::{Tool, ToolError, ToolSpec, workspace};
 
-/// The host preopens the job's workspace read-only here.
-const WORKSPACE: &str = "/workspace";
 const DEFAULT_MAX_BYTES: u64 = 64 * 1024;
 const MAX_MAX_BYTES: u64 = 1024 * 1024;
 
@@ -77,8 +75,9 @@ impl Tool for ReadFile {
                 "max_bytes must be between 1 and {MAX_MAX_BYTES}"
             )));
         }
-        let full_path = workspace_path(&input.path)?;
-        let (content, bytes) = read_prefix(&full_path, input.max_bytes).map_err(|err| io_error(&input.path, &err))?;
+        let full_path = workspace::path(&input.path)?;
+        let (content, bytes) =
+            read_prefix(&full_path, input.max_bytes).map_err(|err| workspace::io_error(&input.path, &err))?;
         let truncated = bytes > content.len() as u64;
         Ok(Output {
             path: input.path,
@@ -87,26 +86,6 @@ impl Tool for ReadFile {
             truncated,
         })
     }
-}
-
-/// `/workspace/<path>` for a relative path that stays inside the workspace.
-///
-/// The host's read-only preopen is the real barrier; checking here gives the
-/// model a clear reason instead of an opaque I/O error.
-fn workspace_path(path: &str) -> Result<PathBuf, ToolError> {
-    let relative = Path::new(path);
-    if path.is_empty() {
-        return Err(ToolError::InvalidInput("path is empty".into()));
-    }
-    if relative.has_root() {
-        return Err(ToolError::Denied(format!(
-            "{path}: the path must be relative to the workspace"
-        )));
-    }
-    if relative.components().any(|c| c == Component::ParentDir) {
-        return Err(ToolError::Denied(format!("{path}: the path must not contain `..`")));
-    }
-    Ok(Path::new(WORKSPACE).join(relative))
 }
 
 /// The first `max_bytes` bytes of a regular file, and the file's total size.
@@ -119,14 +98,6 @@ fn read_prefix(path: &Path, max_bytes: u64) -> io::Result<(Vec<u8>, u64)> {
     let mut content = Vec::new();
     file.take(max_bytes).read_to_end(&mut content)?;
     Ok((content, metadata.len()))
-}
-
-fn io_error(path: &str, err: &io::Error) -> ToolError {
-    let reason = format!("{path}: {err}");
-    match err.kind() {
-        io::ErrorKind::PermissionDenied => ToolError::Denied(reason),
-        _ => ToolError::Failed(reason),
-    }
 }
 
 /// Decodes UTF-8, replacing invalid bytes. An incomplete character at the end,
@@ -145,22 +116,6 @@ wink_guest::export_tool!(ReadFile);
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn relative_paths_resolve_under_the_workspace() {
-        assert_eq!(workspace_path("a/b.txt"), Ok(PathBuf::from("/workspace/a/b.txt")));
-        assert_eq!(
-            workspace_path("./notes.txt"),
-            Ok(PathBuf::from("/workspace/./notes.txt"))
-        );
-    }
-
-    #[test]
-    fn escaping_paths_are_denied() {
-        assert!(matches!(workspace_path("/etc/passwd"), Err(ToolError::Denied(_))));
-        assert!(matches!(workspace_path("a/../../b"), Err(ToolError::Denied(_))));
-        assert!(matches!(workspace_path(""), Err(ToolError::InvalidInput(_))));
-    }
 
     #[test]
     fn cut_characters_are_dropped() {

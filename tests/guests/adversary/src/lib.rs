@@ -24,8 +24,8 @@ struct Adversary;
 
 impl Agent for Adversary {
     /// Modes: `spin`, `alloc`, `recurse`, `trap` never return; `read`, `write`,
-    /// `list`, `env`, `net`, `output`, `stdout`, `model`, `tool`, `session`
-    /// and `echo` probe one capability each.
+    /// `list`, `env`, `net`, `output`, `stdout`, `model`, `models`, `tool`,
+    /// `session` and `echo` probe one capability each.
     fn run(job: Job) -> Result<Value, AgentError> {
         let Some(mode) = job.input.get("mode").and_then(Value::as_str) else {
             return Err(AgentError::InvalidInput("expected a string field `mode`".into()));
@@ -43,6 +43,7 @@ impl Agent for Adversary {
             "output" => Ok(output(job.input_as()?)),
             "stdout" => Ok(print(job.input_as()?)),
             "model" => Ok(converse(job.input_as()?)),
+            "models" => Ok(converse_many(job.input_as()?)),
             "tool" => Ok(call_tool(job.input_as()?)),
             "session" => round_trip_session(job.input_as()?),
             "echo" => Ok(job.input),
@@ -170,6 +171,48 @@ fn converse(params: ModelParams) -> Value {
         Ok(response) => json!({ "text": response.message.text() }),
         Err(err) => json!({ "error": format!("{err:?}") }),
     }
+}
+
+#[derive(Deserialize)]
+struct ManyParams {
+    count: u32,
+    #[serde(default = "default_prompt")]
+    prompt: String,
+    model: Option<String>,
+    max_tokens: Option<u32>,
+}
+
+/// Up to `count` model calls, stopping at the first error. Output:
+/// `{"texts": [..], "error"?: "<model error>", "max_tokens_seen": [..], "budget": {..}}`
+/// where `budget` is what `budget()` reports at the end.
+fn converse_many(params: ManyParams) -> Value {
+    let mut texts = Vec::new();
+    let mut error = Value::Null;
+    for _ in 0..params.count {
+        let mut request = ConverseRequest::new(vec![Message::user(params.prompt.clone())]);
+        request.model = params.model.clone();
+        request.config.max_tokens = params.max_tokens;
+        match model::converse(&request) {
+            Ok(response) => texts.push(response.message.text()),
+            Err(err) => {
+                error = json!(format!("{err:?}"));
+                break;
+            }
+        }
+    }
+    let left = model::budget();
+    json!({
+        "texts": texts,
+        "error": error,
+        "budget": {
+            "input_tokens": left.input_tokens,
+            "output_tokens": left.output_tokens,
+            "total_tokens": left.total_tokens,
+            "micro_usd": left.micro_usd,
+            "turns": left.turns,
+            "deadline_ms": left.deadline_ms,
+        },
+    })
 }
 
 #[derive(Deserialize)]

@@ -1,0 +1,233 @@
+//! Retries with exponential backoff and full jitter, bounded by the job's
+//! deadline, and a per-model circuit breaker.
+//!
+//! The SDK's own retries are disabled: only this layer knows the job's
+//! deadline and feeds the breaker, so it owns every retry decision.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::model::ModelError;
+
+/// How failed attempts are retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts per call, the first included (1: never retry).
+    pub max_attempts: u32,
+    /// Backoff ceiling before the first retry; doubles on each retry.
+    pub base_delay: Duration,
+    /// Largest backoff ceiling.
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    /// 6 attempts, 200 ms doubling to at most 10 s: about 20 s of backoff in
+    /// the worst case, enough to ride out a burst of throttling.
+    fn default() -> Self {
+        Self {
+            max_attempts: 6,
+            base_delay: Duration::from_millis(200),
+            max_delay: Duration::from_secs(10),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The pause before retry number `retry` (1-based), or none when the
+    /// attempts are used up or the pause would end past `deadline`.
+    pub(super) fn backoff(&self, retry: u32, deadline: Instant) -> Option<Duration> {
+        if retry >= self.max_attempts {
+            return None;
+        }
+        let ceiling = self
+            .base_delay
+            .saturating_mul(1u32.checked_shl(retry.saturating_sub(1)).unwrap_or(u32::MAX))
+            .min(self.max_delay);
+        let delay = full_jitter(ceiling);
+        (Instant::now() + delay < deadline).then_some(delay)
+    }
+}
+
+/// A uniformly random duration in `[0, ceiling]` ("full jitter"), so that
+/// jobs throttled together do not retry together.
+fn full_jitter(ceiling: Duration) -> Duration {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    ceiling.mul_f64(hasher.finish() as f64 / u64::MAX as f64)
+}
+
+/// When a model's circuit opens and how long it stays open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BreakerConfig {
+    /// Consecutive failed attempts that open the circuit.
+    pub failure_threshold: u32,
+    /// How long an open circuit rejects calls before one probe is let through.
+    pub cool_down: Duration,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        Self {
+            failure_threshold: 10,
+            cool_down: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum State {
+    Closed { failures: u32 },
+    Open { until: Instant },
+    HalfOpen { probing: bool },
+}
+
+/// One model's circuit.
+#[derive(Debug)]
+pub(super) struct Breaker {
+    config: BreakerConfig,
+    model: String,
+    state: Mutex<State>,
+}
+
+impl Breaker {
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Let an attempt through, or fail fast while the circuit is open. After
+    /// the cool-down exactly one attempt (the probe) goes through.
+    pub(super) fn admit(&self) -> Result<(), ModelError> {
+        let mut state = self.state();
+        let now = Instant::now();
+        match *state {
+            State::Closed { .. } => Ok(()),
+            State::Open { until } if now >= until => {
+                *state = State::HalfOpen { probing: true };
+                tracing::info!(model = %self.model, "circuit half-open: probing");
+                Ok(())
+            }
+            State::HalfOpen { probing: false } => {
+                *state = State::HalfOpen { probing: true };
+                Ok(())
+            }
+            State::Open { until } => Err(self.open_error(until.saturating_duration_since(now))),
+            State::HalfOpen { probing: true } => Err(self.open_error(Duration::ZERO)),
+        }
+    }
+
+    fn open_error(&self, left: Duration) -> ModelError {
+        ModelError::Provider(format!(
+            "circuit open for model {}: too many consecutive failures; retry in {} ms",
+            self.model,
+            left.as_millis()
+        ))
+    }
+
+    pub(super) fn success(&self) {
+        let mut state = self.state();
+        if !matches!(*state, State::Closed { failures: 0 }) {
+            tracing::info!(model = %self.model, "circuit closed");
+        }
+        *state = State::Closed { failures: 0 };
+    }
+
+    pub(super) fn failure(&self) {
+        let mut state = self.state();
+        let open = State::Open {
+            until: Instant::now() + self.config.cool_down,
+        };
+        *state = match *state {
+            State::Closed { failures } if failures + 1 < self.config.failure_threshold => {
+                State::Closed { failures: failures + 1 }
+            }
+            State::Open { until } => State::Open { until },
+            _ => {
+                tracing::warn!(model = %self.model, cool_down_ms = self.config.cool_down.as_millis() as u64, "circuit opened");
+                open
+            }
+        };
+    }
+
+    /// An attempt that says nothing about the model's health (e.g. an
+    /// invalid request) ends: release the probe slot without a verdict.
+    pub(super) fn neutral(&self) {
+        let mut state = self.state();
+        if let State::HalfOpen { probing: true } = *state {
+            *state = State::HalfOpen { probing: false };
+        }
+    }
+}
+
+/// The circuits of every model a provider has called.
+#[derive(Debug, Default)]
+pub(super) struct Breakers {
+    config: BreakerConfig,
+    by_model: Mutex<HashMap<String, Arc<Breaker>>>,
+}
+
+impl Breakers {
+    pub(super) fn new(config: BreakerConfig) -> Self {
+        Self {
+            config,
+            by_model: Mutex::default(),
+        }
+    }
+
+    pub(super) fn get(&self, model: &str) -> Arc<Breaker> {
+        let mut map = self.by_model.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.entry(model.to_owned())
+            .or_insert_with(|| {
+                Arc::new(Breaker {
+                    config: self.config,
+                    model: model.to_owned(),
+                    state: Mutex::new(State::Closed { failures: 0 }),
+                })
+            })
+            .clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_stays_under_its_ceiling_and_respects_the_deadline() {
+        let policy = RetryPolicy {
+            max_attempts: 10,
+            base_delay: Duration::from_millis(100),
+            max_delay: Duration::from_millis(400),
+        };
+        let far = Instant::now() + Duration::from_secs(60);
+        for retry in 1..10 {
+            let delay = policy.backoff(retry, far).expect("time left");
+            let ceiling = Duration::from_millis(100 * (1 << (retry - 1).min(2)));
+            assert!(delay <= ceiling, "retry {retry}: {delay:?} > {ceiling:?}");
+        }
+        assert_eq!(policy.backoff(10, far), None, "attempts used up");
+        assert_eq!(policy.backoff(1, Instant::now()), None, "no time left");
+    }
+
+    #[test]
+    fn breaker_opens_fails_fast_then_probes_once_and_closes() {
+        let breakers = Breakers::new(BreakerConfig {
+            failure_threshold: 2,
+            cool_down: Duration::from_millis(30),
+        });
+        let breaker = breakers.get("m");
+        breaker.failure();
+        assert!(breaker.admit().is_ok(), "one failure keeps it closed");
+        breaker.failure();
+        let err = breaker.admit().unwrap_err().to_string();
+        assert!(err.contains("circuit open for model m"), "{err}");
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(breaker.admit().is_ok(), "the probe goes through");
+        assert!(breaker.admit().is_err(), "only one probe at a time");
+        breaker.success();
+        assert!(breaker.admit().is_ok() && breaker.admit().is_ok());
+    }
+}

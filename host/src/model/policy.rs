@@ -1,0 +1,99 @@
+//! What a job may do with models: which ones, and how much. The host applies
+//! it around every provider call, so no provider can bypass it.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::budget::{Budget, MemoryUsageLedger, PriceTable, Remaining, Spent, UsageLedger};
+use super::{CallContext, ConverseRequest, ConverseResponse, ModelError, ModelProvider};
+
+/// A job's model allowlist, default model, budget and accounting.
+#[derive(Debug, Clone)]
+pub struct ModelPolicy {
+    /// Model ids the agent may call; none: any.
+    pub allowed_models: Option<Vec<String>>,
+    /// The model for requests that name none (before the provider's own default).
+    pub default_model: Option<String>,
+    /// Per-request limits.
+    pub budget: Budget,
+    /// Prices for the USD dimension.
+    pub prices: Arc<PriceTable>,
+    /// Where spend is recorded per request id.
+    pub ledger: Arc<dyn UsageLedger>,
+}
+
+impl Default for ModelPolicy {
+    /// Any model, no budget, default prices, an in-memory ledger.
+    fn default() -> Self {
+        Self {
+            allowed_models: None,
+            default_model: None,
+            budget: Budget::default(),
+            prices: Arc::new(PriceTable::default()),
+            ledger: Arc::new(MemoryUsageLedger::default()),
+        }
+    }
+}
+
+impl ModelPolicy {
+    /// Serve one call: deadline, allowlist and budget checks, the provider
+    /// call with `max-tokens` clamped to what is left, then accounting.
+    pub async fn converse(
+        &self,
+        provider: &dyn ModelProvider,
+        mut request: ConverseRequest,
+        context: &CallContext,
+    ) -> Result<ConverseResponse, ModelError> {
+        if Instant::now() >= context.deadline {
+            return Err(ModelError::DeadlineExceeded);
+        }
+        if request.model.is_none() {
+            request.model = self.default_model.clone();
+        }
+        let model = request.model.as_deref().or(provider.default_model()).map(str::to_owned);
+        self.check_allowed(model.as_deref())?;
+        let price = model.as_deref().and_then(|m| self.prices.price(m));
+        let spent = self.ledger.spent(&context.request_id).await;
+        request.config.max_tokens = self.budget.admit(&spent, &request, price)?;
+        let response = provider.converse(&request, context).await?;
+        let (input_tokens, output_tokens) = (
+            u64::from(response.usage.input_tokens),
+            u64::from(response.usage.output_tokens),
+        );
+        let spend = Spent {
+            input_tokens,
+            output_tokens,
+            micro_usd: price.map_or(0, |p| p.cost(input_tokens, output_tokens)),
+            turns: 1,
+        };
+        let total = self.ledger.add(&context.request_id, spend).await;
+        tracing::debug!(
+            input_tokens,
+            output_tokens,
+            micro_usd = spend.micro_usd,
+            total_micro_usd = total.micro_usd,
+            "model call accounted"
+        );
+        Ok(response)
+    }
+
+    fn check_allowed(&self, model: Option<&str>) -> Result<(), ModelError> {
+        let Some(allowed) = &self.allowed_models else {
+            return Ok(());
+        };
+        match model {
+            Some(model) if allowed.iter().any(|a| a == model) => Ok(()),
+            Some(model) => Err(ModelError::NotAllowed(format!(
+                "model {model} is not granted to this agent"
+            ))),
+            None => Err(ModelError::NotAllowed(
+                "the request names no model and the job has no default".into(),
+            )),
+        }
+    }
+
+    /// What is left of the budget for `request_id`.
+    pub async fn remaining(&self, request_id: &str) -> Remaining {
+        self.budget.remaining(&self.ledger.spent(request_id).await)
+    }
+}
