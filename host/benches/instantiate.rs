@@ -7,9 +7,8 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde_json::json;
 use wink_host::job::JobRequest;
@@ -21,6 +20,18 @@ use wink_host::tools::ToolSet;
 const WARMUP: usize = 500;
 const ITERATIONS: usize = 20_000;
 const BWRAP_ITERATIONS: usize = 200;
+const BWRAP_ARGS: [&str; 10] = [
+    "--ro-bind",
+    "/",
+    "/",
+    "--dev",
+    "/dev",
+    "--proc",
+    "/proc",
+    "--unshare-all",
+    "--die-with-parent",
+    "true",
+];
 
 fn main() {
     let tokio = tokio::runtime::Builder::new_current_thread()
@@ -28,7 +39,7 @@ fn main() {
         .build()
         .expect("tokio");
     let wink = tokio.block_on(measure_wink());
-    let bwrap = measure_bwrap();
+    let bwrap = common::measure_bwrap("instantiate", &BWRAP_ARGS, BWRAP_ITERATIONS);
     let speedup = bwrap
         .as_ref()
         .map(|b| common::round(b["p50_us"].as_f64().unwrap_or(0.0) / wink["p50_us"].as_f64().unwrap_or(1.0)));
@@ -39,7 +50,7 @@ fn main() {
             "what": "instantiate + run + tear down a trivial agent component, sequentially, warm cache, pooling allocator",
             "wink": wink,
             "bwrap": bwrap,
-            "bwrap_command": "bwrap --ro-bind / / --dev /dev --proc /proc --unshare-all --die-with-parent true",
+            "bwrap_command": format!("bwrap {}", BWRAP_ARGS.join(" ")),
             "speedup_p50": speedup,
             "target": {"p50_us": 50, "speedup_p50": 200},
             "machine": common::machine(),
@@ -78,44 +89,4 @@ async fn measure_wink() -> serde_json::Value {
         }
     }
     common::summary(&mut samples)
-}
-
-fn measure_bwrap() -> Option<serde_json::Value> {
-    let spawn = || {
-        Command::new("bwrap")
-            .args([
-                "--ro-bind",
-                "/",
-                "/",
-                "--dev",
-                "/dev",
-                "--proc",
-                "/proc",
-                "--unshare-all",
-                "--die-with-parent",
-                "true",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-    };
-    match spawn() {
-        Ok(status) if status.success() => {}
-        Ok(status) => {
-            eprintln!("instantiate: bwrap exits with {status} here; skipping the comparison");
-            return None;
-        }
-        Err(_) => {
-            eprintln!("instantiate: bwrap is not installed; skipping the comparison");
-            return None;
-        }
-    }
-    let mut samples: Vec<Duration> = (0..BWRAP_ITERATIONS)
-        .map(|_| {
-            let started = Instant::now();
-            let _ = spawn();
-            started.elapsed()
-        })
-        .collect();
-    Some(common::summary(&mut samples))
 }

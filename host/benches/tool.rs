@@ -8,7 +8,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -38,7 +37,7 @@ fn main() {
         .build()
         .expect("tokio");
     let wink = tokio.block_on(measure_wink(workspace.path()));
-    let bwrap = measure_bwrap(workspace.path());
+    let bwrap = common::measure_bwrap("tool", &bwrap_args(workspace.path()), BWRAP_ITERATIONS);
     let speedup = bwrap
         .as_ref()
         .map(|b| common::round(b["p50_us"].as_f64().unwrap_or(0.0) / wink["p50_us"].as_f64().unwrap_or(1.0)));
@@ -119,34 +118,4 @@ fn bwrap_args(dir: &Path) -> Vec<String> {
     .map(|s| (*s).to_owned())
     .chain([format!("/w/{FILE}")])
     .collect()
-}
-
-fn measure_bwrap(dir: &Path) -> Option<serde_json::Value> {
-    let args = bwrap_args(dir);
-    let spawn = || {
-        Command::new("bwrap")
-            .args(&args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-    };
-    match spawn() {
-        Ok(status) if status.success() => {}
-        Ok(status) => {
-            eprintln!("tool: bwrap exits with {status} here; skipping the comparison");
-            return None;
-        }
-        Err(_) => {
-            eprintln!("tool: bwrap is not installed; skipping the comparison");
-            return None;
-        }
-    }
-    let mut samples: Vec<Duration> = (0..BWRAP_ITERATIONS)
-        .map(|_| {
-            let started = Instant::now();
-            let _ = spawn();
-            started.elapsed()
-        })
-        .collect();
-    Some(common::summary(&mut samples))
 }

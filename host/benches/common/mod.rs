@@ -3,7 +3,8 @@
 #![allow(dead_code, missing_docs)]
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 /// A built guest component (`cargo xtask bench` sets `WINK_GUEST_DIR`).
 pub fn guest(name: &str) -> PathBuf {
@@ -67,4 +68,39 @@ pub fn machine() -> serde_json::Value {
         "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         "os": std::env::consts::OS,
     })
+}
+
+/// p50/p99 of `iterations` runs of `bwrap <args>`, or none (with the reason
+/// on stderr) when bwrap is missing or cannot run here.
+pub fn measure_bwrap<S: AsRef<std::ffi::OsStr>>(
+    scenario: &str,
+    args: &[S],
+    iterations: usize,
+) -> Option<serde_json::Value> {
+    let spawn = || {
+        Command::new("bwrap")
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+    };
+    match spawn() {
+        Ok(status) if status.success() => {}
+        Ok(status) => {
+            eprintln!("{scenario}: bwrap exits with {status} here; skipping the comparison");
+            return None;
+        }
+        Err(_) => {
+            eprintln!("{scenario}: bwrap is not installed; skipping the comparison");
+            return None;
+        }
+    }
+    let mut samples: Vec<Duration> = (0..iterations)
+        .map(|_| {
+            let started = Instant::now();
+            let _ = spawn();
+            started.elapsed()
+        })
+        .collect();
+    Some(summary(&mut samples))
 }
