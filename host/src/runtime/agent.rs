@@ -8,7 +8,7 @@ use tracing::Instrument;
 use wasmtime::Engine;
 use wasmtime::component::{HasSelf, Linker};
 
-use super::{GuestFailure, LimitExceeded, Limits, LoadError, LogContext, Runtime, SandboxState, classify, one_line};
+use super::{GuestFailure, LimitExceeded, Limits, LoadError, LogContext, Runtime, SandboxState, classify};
 use crate::bindings::agent::{Agent, AgentPre};
 use crate::bindings::{job, model, session, tools, types};
 use crate::job::{AgentFailureKind, JobError, JobReport, JobRequest, JobStats};
@@ -100,26 +100,17 @@ pub(super) fn linker(engine: &Engine) -> wasmtime::Result<Linker<SandboxState<Ag
 impl Runtime {
     /// Load an agent component from a file, compiling it unless cached.
     pub async fn load_agent(&self, path: &Path) -> Result<AgentComponent, LoadError> {
-        let bytes = tokio::fs::read(path).await.map_err(|source| LoadError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let bytes = Self::read_component(path).await?;
         let name = path
             .file_stem()
             .map_or_else(|| "agent".to_owned(), |s| s.to_string_lossy().into_owned());
-        self.load_agent_bytes(&name, bytes.into()).await
+        self.load_agent_bytes(&name, bytes).await
     }
 
     /// Load an agent component from its bytes.
     pub async fn load_agent_bytes(&self, name: &str, bytes: Arc<[u8]>) -> Result<AgentComponent, LoadError> {
-        let (digest, component) = self.cache().get(name, bytes).await?;
-        let wrong_world = |err: wasmtime::Error| LoadError::WrongWorld {
-            name: name.to_owned(),
-            world: "agent",
-            message: one_line(&err),
-        };
-        let instance_pre = self.agent_linker().instantiate_pre(&component).map_err(wrong_world)?;
-        let pre = AgentPre::new(instance_pre).map_err(wrong_world)?;
+        let (digest, instance_pre) = self.prepare(name, bytes, self.agent_linker(), "agent").await?;
+        let pre = AgentPre::new(instance_pre).map_err(|err| LoadError::wrong_world(name, "agent", &err))?;
         Ok(AgentComponent {
             name: name.into(),
             digest,

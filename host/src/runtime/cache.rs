@@ -84,6 +84,17 @@ pub enum LoadError {
     },
 }
 
+impl LoadError {
+    /// The component `name` lacks what `world` needs, as wasmtime reported.
+    pub(crate) fn wrong_world(name: &str, world: &'static str, err: &wasmtime::Error) -> Self {
+        Self::WrongWorld {
+            name: name.to_owned(),
+            world,
+            message: one_line(err),
+        }
+    }
+}
+
 /// Compiled components by digest, in memory and optionally on disk.
 pub struct ComponentCache {
     engine: Engine,

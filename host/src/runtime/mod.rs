@@ -188,6 +188,33 @@ impl Runtime {
     }
 }
 
+impl Runtime {
+    /// Read a component file.
+    pub(crate) async fn read_component(path: &std::path::Path) -> Result<Arc<[u8]>, LoadError> {
+        let bytes = tokio::fs::read(path).await.map_err(|source| LoadError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok(bytes.into())
+    }
+
+    /// Compile `bytes` (or fetch them from the cache) and pre-instantiate the
+    /// component against `linker`, which provides the imports of `world`.
+    pub(crate) async fn prepare<T: 'static>(
+        &self,
+        name: &str,
+        bytes: Arc<[u8]>,
+        linker: &Linker<T>,
+        world: &'static str,
+    ) -> Result<(Digest, wasmtime::component::InstancePre<T>), LoadError> {
+        let (digest, component) = self.cache().get(name, bytes).await?;
+        let instance_pre = linker
+            .instantiate_pre(&component)
+            .map_err(|err| LoadError::wrong_world(name, world, &err))?;
+        Ok((digest, instance_pre))
+    }
+}
+
 /// How a guest call failed, in terms of the limit that caused it if any.
 pub(crate) enum GuestFailure {
     Limit(Limit),

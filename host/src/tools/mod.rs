@@ -132,19 +132,10 @@ pub(crate) fn linker(engine: &Engine) -> wasmtime::Result<Linker<SandboxState<()
 impl Runtime {
     /// Load a tool component and ask it for its spec.
     pub async fn load_tool(&self, path: &Path, limits: Limits) -> Result<ToolComponent, ToolSetError> {
-        let bytes = tokio::fs::read(path).await.map_err(|source| LoadError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let bytes = Self::read_component(path).await?;
         let name = path.display().to_string();
-        let (_, component) = self.cache().get(&name, bytes.into()).await?;
-        let wrong_world = |err: wasmtime::Error| LoadError::WrongWorld {
-            name: name.clone(),
-            world: "tool",
-            message: one_line(&err),
-        };
-        let instance_pre = self.tool_linker().instantiate_pre(&component).map_err(wrong_world)?;
-        let pre = ToolPre::new(instance_pre).map_err(wrong_world)?;
+        let (_, instance_pre) = self.prepare(&name, bytes, self.tool_linker(), "tool").await?;
+        let pre = ToolPre::new(instance_pre).map_err(|err| LoadError::wrong_world(&name, "tool", &err))?;
         let spec_error = |message| ToolSetError::Spec {
             path: name.clone(),
             message,
