@@ -35,9 +35,16 @@ impl Default for RetryPolicy {
     }
 }
 
+/// Time a retry needs after its pause to be worth making. Without it, a pause
+/// that ends just before the deadline starts an attempt the deadline then
+/// cuts, and the job fails on its deadline instead of handing the guest a
+/// typed `throttled` error it still has time to act on.
+const MIN_ATTEMPT_TIME: Duration = Duration::from_millis(250);
+
 impl RetryPolicy {
     /// The pause before retry number `retry` (1-based), or none when the
-    /// attempts are used up or the pause would end past `deadline`.
+    /// attempts are used up or the pause would leave less than
+    /// [`MIN_ATTEMPT_TIME`] before `deadline`.
     pub(super) fn backoff(&self, retry: u32, deadline: Instant) -> Option<Duration> {
         if retry >= self.max_attempts {
             return None;
@@ -47,7 +54,7 @@ impl RetryPolicy {
             .saturating_mul(1u32.checked_shl(retry.saturating_sub(1)).unwrap_or(u32::MAX))
             .min(self.max_delay);
         let delay = full_jitter(ceiling);
-        (Instant::now() + delay < deadline).then_some(delay)
+        (Instant::now() + delay + MIN_ATTEMPT_TIME < deadline).then_some(delay)
     }
 }
 
@@ -210,6 +217,12 @@ mod tests {
         }
         assert_eq!(policy.backoff(10, far), None, "attempts used up");
         assert_eq!(policy.backoff(1, Instant::now()), None, "no time left");
+        let soon = Instant::now() + MIN_ATTEMPT_TIME;
+        assert_eq!(
+            policy.backoff(1, soon),
+            None,
+            "no time left for the attempt after the pause"
+        );
     }
 
     #[test]
