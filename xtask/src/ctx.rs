@@ -21,8 +21,14 @@ pub struct Ctx {
 
 impl Ctx {
     /// Locates the workspace from xtask's own manifest directory.
+    ///
+    /// `cargo run` sets `CARGO_MANIFEST_DIR` for the running binary; that is
+    /// preferred over the compile-time value, because a target directory
+    /// shared between checkouts can hand this checkout an xtask binary built
+    /// in another one, whose baked-in path points there.
     pub fn new() -> Result<Self> {
-        let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let manifest_dir =
+            env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
         let root = manifest_dir
             .parent()
             .with_context(|| format!("{} has no parent directory", manifest_dir.display()))?

@@ -15,9 +15,13 @@ use wink_host::sandbox::Workspace;
 use wink_host::session::MemorySessionStore;
 use wink_host::tools::ToolSet;
 
-/// The repository root.
+/// The repository root. `cargo test` sets `CARGO_MANIFEST_DIR` at run time;
+/// that beats the compile-time value when a target directory shared between
+/// checkouts reuses a test binary built in another checkout.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
+        .join("..")
 }
 
 /// Directory holding the built guest components. `cargo xtask test` sets
