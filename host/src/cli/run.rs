@@ -63,7 +63,7 @@ pub struct RunArgs {
     pub fuel: u64,
 
     /// Wall-clock limit for the whole job, e.g. 500ms, 30s, 5m.
-    #[arg(long, default_value = "300s", value_parser = super::parse_duration)]
+    #[arg(long, default_value = "300s", value_parser = crate::policy::parse_duration)]
     pub timeout: Duration,
 
     /// Linear-memory limit in bytes.

@@ -21,7 +21,7 @@ use crate::runtime::Limits;
 
 pub use grants::{Access, AllowedUrl, FsGrant, GrantPath, is_private_ip_literal};
 pub use narrow::{PolicyNarrowing, ToolNarrowing};
-pub use units::{ByteSize, HumanDuration};
+pub use units::{ByteSize, HumanDuration, parse_duration};
 
 /// Errors loading, validating or narrowing a policy.
 #[derive(Debug, thiserror::Error)]

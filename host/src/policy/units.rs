@@ -21,11 +21,36 @@ enum Quantity {
     Text(String),
 }
 
+/// Split `text` into its leading digits and the unit after them.
+fn split_quantity(text: &str) -> (&str, &str) {
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    text.split_at(split)
+}
+
+/// Parse a duration such as `250ms`, `30s`, `5m`, `1h` or a bare number of
+/// seconds (the syntax of policy files and of the CLI's duration flags).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = split_quantity(text);
+    let value: u64 = number
+        .parse()
+        .map_err(|_| format!("invalid duration {text:?} (expected e.g. 500ms, 30s, 5m)"))?;
+    let millis = match unit {
+        "ms" => Some(value),
+        "" | "s" => value.checked_mul(1_000),
+        "m" => value.checked_mul(60_000),
+        "h" => value.checked_mul(3_600_000),
+        _ => return Err(format!("invalid duration unit in {text:?} (use ms, s, m or h)")),
+    };
+    millis
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("duration {text:?} is too large"))
+}
+
 impl ByteSize {
     fn parse(text: &str) -> Result<Self, String> {
         let text = text.trim();
-        let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-        let (number, unit) = text.split_at(split);
+        let (number, unit) = split_quantity(text);
         let value: usize = number
             .parse()
             .map_err(|_| format!("invalid size {text:?} (expected e.g. 65536, \"64KiB\", \"64MiB\")"))?;
@@ -76,9 +101,7 @@ impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         match Quantity::deserialize(d)? {
             Quantity::Number(seconds) => Ok(Self(Duration::from_secs(seconds))),
-            Quantity::Text(text) => crate::cli::parse_duration(&text)
-                .map(Self)
-                .map_err(serde::de::Error::custom),
+            Quantity::Text(text) => parse_duration(&text).map(Self).map_err(serde::de::Error::custom),
         }
     }
 }
@@ -92,6 +115,15 @@ impl Serialize for HumanDuration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parses_durations_and_names_bad_ones() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("3 weeks").unwrap_err().contains("\"3 weeks\""));
+        assert!(parse_duration("ms").unwrap_err().contains("invalid duration"));
+    }
 
     #[test]
     fn sizes_take_binary_units_and_name_bad_ones() {
