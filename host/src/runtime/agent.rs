@@ -198,8 +198,15 @@ impl Runtime {
         // The epoch callback stops guest code at the deadline; this timeout
         // also covers time the guest spends suspended inside host calls.
         let call = async {
-            let agent = agent.pre.instantiate_async(&mut store).await?;
-            agent.call_run(&mut store, &job).await
+            let agent = agent
+                .pre
+                .instantiate_async(&mut store)
+                .await
+                .map_err(|err| (GuestStep::Instantiate, err))?;
+            agent
+                .call_run(&mut store, &job)
+                .await
+                .map_err(|err| (GuestStep::Run, err))
         };
         let result = tokio::time::timeout_at(deadline.into(), call).await;
 
@@ -212,7 +219,7 @@ impl Runtime {
         stats.usage = state.host.usage;
         let outcome = match result {
             Err(_elapsed) => Err(LimitExceeded::of(super::Limit::Deadline, &limits).into()),
-            Ok(Err(err)) => Err(guest_error(&err, state.limit_hit(), &limits)),
+            Ok(Err((step, err))) => Err(guest_error(step, &err, state.limit_hit(), &limits)),
             Ok(Ok(Err(agent_error))) => Err(agent_failure(agent_error)),
             Ok(Ok(Ok(output))) => check_output(output, &limits),
         };
@@ -259,11 +266,18 @@ fn log_finished(outcome: &Result<String, JobError>, stats: &JobStats) {
     }
 }
 
-fn guest_error(err: &wasmtime::Error, recorded: Option<super::Limit>, limits: &Limits) -> JobError {
-    match classify(err, recorded) {
-        GuestFailure::Limit(limit) => LimitExceeded::of(limit, limits).into(),
-        GuestFailure::Trap(message) if message.contains("instantiat") => JobError::Instantiate(message),
-        GuestFailure::Trap(message) => JobError::Trap(message),
+/// Which step of a job a guest failure came from.
+#[derive(Clone, Copy)]
+enum GuestStep {
+    Instantiate,
+    Run,
+}
+
+fn guest_error(step: GuestStep, err: &wasmtime::Error, recorded: Option<super::Limit>, limits: &Limits) -> JobError {
+    match (classify(err, recorded), step) {
+        (GuestFailure::Limit(limit), _) => LimitExceeded::of(limit, limits).into(),
+        (GuestFailure::Trap(message), GuestStep::Instantiate) => JobError::Instantiate(message),
+        (GuestFailure::Trap(message), GuestStep::Run) => JobError::Trap(message),
     }
 }
 
