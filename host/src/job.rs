@@ -17,6 +17,8 @@ pub struct JobRequest {
     pub attempt: u32,
     /// The input, as JSON text.
     pub input: String,
+    /// The caller's W3C `traceparent`, continued by the job's trace.
+    pub traceparent: Option<String>,
 }
 
 impl JobRequest {
@@ -28,6 +30,7 @@ impl JobRequest {
             request_id,
             attempt: 1,
             input: input.into(),
+            traceparent: None,
         }
     }
 }
