@@ -12,6 +12,7 @@
 pub mod bindings;
 pub mod cli;
 pub mod job;
+pub mod mailbox;
 pub mod model;
 pub mod policy;
 pub mod runtime;
