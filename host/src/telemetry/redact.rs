@@ -82,15 +82,25 @@ impl Redactor {
     /// From the environment: `WINK_REDACT_PATTERNS` (regexes, one per line)
     /// and `WINK_SECRET_ENV` (comma-separated names of variables whose
     /// values are secrets). `AWS_SECRET_ACCESS_KEY` and `AWS_SESSION_TOKEN`
-    /// are always treated as secret.
+    /// are always treated as secret, and so are the values of the OTLP
+    /// exporter's headers (`OTEL_EXPORTER_OTLP_[TRACES_]HEADERS`), which
+    /// usually carry an API key.
     pub fn from_env() -> Result<Self, RedactError> {
         let extra = std::env::var("WINK_REDACT_PATTERNS").unwrap_or_default();
         let names = std::env::var("WINK_SECRET_ENV").unwrap_or_default();
+        let header_values = super::traces::HEADER_VARS.into_iter().flat_map(|var| {
+            // A malformed variable is reported when tracing is set up.
+            super::traces::parse_pairs(var, std::env::var(var).ok().as_deref())
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(_, value)| value)
+        });
         let secret_values = ["AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"]
             .into_iter()
             .chain(names.split(',').map(str::trim))
             .filter(|name| !name.is_empty())
-            .filter_map(|name| std::env::var(name).ok());
+            .filter_map(|name| std::env::var(name).ok())
+            .chain(header_values);
         Self::new(extra.lines().map(str::trim).filter(|l| !l.is_empty()), secret_values)
     }
 
