@@ -31,11 +31,13 @@ pub(super) async fn converse(
     parent: &tracing::Span,
 ) -> Result<ConverseResponse, ModelError> {
     let model = policy.resolve_model(&request, provider);
-    let model_name = model.as_deref().unwrap_or(NO_MODEL_LABEL);
+    let name = model
+        .as_deref()
+        .map_or_else(|| "chat".to_owned(), |model| format!("chat {model}"));
     let span = tracing::info_span!(
         parent: parent,
         "model_call",
-        otel.name = %format_args!("chat {model_name}"),
+        otel.name = %name,
         otel.kind = "client",
         otel.status_code = Empty,
         request_id = %context.request_id,
@@ -44,7 +46,7 @@ pub(super) async fn converse(
         turn = i64::from(context.turn),
         gen_ai.operation.name = "chat",
         gen_ai.system = provider.provider_name(),
-        gen_ai.request.model = model_name,
+        gen_ai.request.model = model.as_deref(),
         gen_ai.request.max_tokens = Empty,
         gen_ai.usage.input_tokens = Empty,
         gen_ai.usage.output_tokens = Empty,
