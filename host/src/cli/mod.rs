@@ -8,9 +8,24 @@ use clap::{Parser, Subcommand};
 pub use policy::PolicyArgs;
 pub use run::RunArgs;
 
+/// Telemetry settings, which every command reads from the environment.
+const TELEMETRY_HELP: &str = "\
+Logging and tracing (environment; see docs/observability.md):
+  WINK_LOG, RUST_LOG                  log filter [default: info]
+  WINK_LOG_FORMAT                     json or text [default: text on a terminal, else json]
+  WINK_SECRET_ENV, WINK_REDACT_PATTERNS
+                                      more secrets to redact from logs and spans
+  OTEL_EXPORTER_OTLP_ENDPOINT         export spans over OTLP to this URL [default: no export]
+  OTEL_EXPORTER_OTLP_TRACES_ENDPOINT  full traces URL, overriding the above
+  OTEL_EXPORTER_OTLP_PROTOCOL         grpc or http/protobuf [default: http/protobuf]
+  OTEL_EXPORTER_OTLP_HEADERS          key=value,... sent with every export (e.g. an API key)
+  OTEL_EXPORTER_OTLP_TIMEOUT          export timeout in ms [default: 10000]
+  OTEL_SERVICE_NAME                   service.name [default: wink-host]
+  OTEL_RESOURCE_ATTRIBUTES            more resource attributes, key=value,...";
+
 /// Runs AI agents and the tools they call as sandboxed WebAssembly components.
 #[derive(Debug, Parser)]
-#[command(name = "wink-host", version, about, long_about = None)]
+#[command(name = "wink-host", version, about, long_about = None, after_help = TELEMETRY_HELP)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tracing::Instrument;
+use tracing::field::Empty;
 use wasmtime::Engine;
 use wasmtime::component::{HasSelf, Linker};
 
@@ -213,7 +214,13 @@ impl ToolSet {
         context: &ToolCallContext,
     ) -> Result<String, ToolError> {
         let Some(tool) = self.tools.get(name) else {
-            tracing::warn!(parent: &context.span, tool = name, "denied call to a tool that is not granted");
+            runtime.metrics().policy_denied("tool_not_granted");
+            tracing::warn!(
+                parent: &context.span,
+                denial.kind = "tool_not_granted",
+                tool = name,
+                "policy denied"
+            );
             // The name is guest-chosen: one shared label keeps a hostile guest
             // from minting unbounded metric series.
             runtime
@@ -223,22 +230,35 @@ impl ToolSet {
                 "no tool named {name:?} is granted to this agent"
             )));
         };
-        let span = tracing::info_span!(parent: &context.span, "tool", tool = name);
+        let span = tracing::info_span!(
+            parent: &context.span,
+            "tool",
+            otel.name = %format_args!("execute_tool {name}"),
+            otel.status_code = Empty,
+            tool = name,
+            gen_ai.operation.name = "execute_tool",
+            gen_ai.tool.name = name,
+            error.type = Empty,
+        );
         let started = Instant::now();
         let result = invoke(runtime, tool, input, context, span.clone())
             .instrument(span.clone())
             .await;
         let elapsed_us = started.elapsed().as_micros() as u64;
+        let outcome = outcome_label(&result);
         match &result {
             Ok(_) => tracing::info!(parent: &span, elapsed_us, "tool call succeeded"),
             Err(ToolError::Denied(denied)) => {
-                tracing::warn!(parent: &context.span, tool = name, elapsed_us, %denied, "tool call denied");
+                runtime.metrics().policy_denied("tool_fs_denied");
+                tracing::warn!(parent: &span, denial.kind = "tool_fs_denied", elapsed_us, %denied, "policy denied");
             }
             Err(err) => tracing::warn!(parent: &span, elapsed_us, error = ?err, "tool call failed"),
         }
-        runtime
-            .metrics()
-            .tool_call_finished(name, outcome_label(&result), started.elapsed());
+        if result.is_err() {
+            span.record("otel.status_code", "error");
+            span.record("error.type", outcome);
+        }
+        runtime.metrics().tool_call_finished(name, outcome, started.elapsed());
         result
     }
 }
@@ -267,9 +287,8 @@ async fn invoke(
 ) -> Result<String, ToolError> {
     let limits = tool.limits;
     let deadline = context.deadline.min(Instant::now() + limits.deadline);
-    let limit_error = |limit| ToolError::LimitExceeded(LimitExceeded::of(limit, &limits).to_string());
     let Ok(_slot) = tokio::time::timeout_at(deadline.into(), runtime.tool_slots().acquire()).await else {
-        return Err(limit_error(crate::runtime::Limit::Deadline));
+        return Err(limit_exceeded(runtime, crate::runtime::Limit::Deadline, &limits));
     };
     let fs = ToolCallFs::begin(context.workspace.as_deref(), &tool.policy)
         .await
@@ -279,6 +298,13 @@ async fn invoke(
     // leaves the workspace exactly as it was.
     fs.finish(result.is_ok()).await.map_err(sandbox_error)?;
     result
+}
+
+/// A tool stopped by `limit`: counted, and an event on the tool's span.
+fn limit_exceeded(runtime: &Runtime, limit: crate::runtime::Limit, limits: &Limits) -> ToolError {
+    runtime.metrics().limit_hit("tool", limit.as_str());
+    tracing::warn!(guest = "tool", limit = limit.as_str(), "sandbox limit hit");
+    ToolError::LimitExceeded(LimitExceeded::of(limit, limits).to_string())
 }
 
 fn sandbox_error(err: SandboxError) -> ToolError {
@@ -298,7 +324,7 @@ async fn run_instance(
     span: tracing::Span,
 ) -> Result<String, ToolError> {
     let limits = tool.limits;
-    let limit_error = |limit| ToolError::LimitExceeded(LimitExceeded::of(limit, &limits).to_string());
+    let limit_error = |limit| limit_exceeded(runtime, limit, &limits);
     let (state, _stdio) =
         tool_state(preopens, &tool.policy.env, &limits, deadline, &tool.spec.name, span).map_err(sandbox_error)?;
     let mut store = runtime.new_store(state, &limits);
