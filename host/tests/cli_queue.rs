@@ -14,7 +14,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use indicatif::ProgressBar;
 use wink_host::cli::queue::{
-    EnqueueSummary, JsonlOptions, Rejection, dead_letter_views, enqueue_jsonl, format_rfc3339_ms, render_dead_letters,
+    EnqueueSummary, JsonlOptions, MAX_LINE_BYTES, Rejection, dead_letter_views, enqueue_jsonl, format_rfc3339_ms,
+    render_dead_letters,
 };
 use wink_host::mailbox::{
     Acked, DeadLetter, DeadLetterReason, DeadSelection, Delivery, Depth, Envelope, Lease, Mailbox, MailboxError,
@@ -559,6 +560,28 @@ async fn every_valid_line_is_sent_once_with_its_canonical_envelope() {
     ids.sort();
     ids.dedup();
     assert_eq!(ids.len() as u64, summary.enqueued, "each id sent once");
+}
+
+#[tokio::test]
+async fn an_overlong_line_is_rejected_and_the_next_line_still_read() {
+    let long = format!("{{\"pad\":\"{}\"}}", "x".repeat(MAX_LINE_BYTES));
+    let input = [envelope_line("before"), long, envelope_line("after")].join("\n");
+    let mailbox = Arc::new(MemoryMailbox::new("jobs"));
+    let summary = enqueue_jsonl(
+        input.as_bytes(),
+        Some(mailbox.clone()),
+        options(2),
+        &ProgressBar::hidden(),
+    )
+    .await
+    .expect("enqueue");
+    assert_eq!(
+        (summary.lines, summary.enqueued, summary.rejected),
+        (3, 2, 1),
+        "{summary:?}"
+    );
+    assert_eq!(summary.rejections[0].line, 2);
+    assert!(summary.rejections[0].reason.contains("longer than"), "{summary:?}");
 }
 
 #[tokio::test]

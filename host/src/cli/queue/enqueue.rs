@@ -16,7 +16,7 @@ use bytes::Bytes;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
-use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::task::JoinSet;
 
 use super::{EXIT_CODES_HELP, MailboxArgs, print_line, time};
@@ -31,6 +31,8 @@ const FIRST_RETRY_PAUSE: Duration = Duration::from_millis(200);
 /// Rejected lines listed in the summary; the rest are only counted, so a
 /// file of garbage cannot fill memory or the terminal.
 pub const MAX_LISTED_REJECTIONS: usize = 1000;
+/// Longest JSONL line accepted; longer ones are rejected without being held in memory.
+pub const MAX_LINE_BYTES: usize = 16 << 20;
 
 /// Flags that describe one job, so make no sense with `--jsonl` (listed one
 /// by one, so that clap's error names the one given).
@@ -168,25 +170,6 @@ fn parse_usd(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
         Ok(usd) if usd.is_finite() && usd >= 0.0 => Ok(usd),
         _ => Err(format!("`{text}` is not a non-negative amount of US dollars")),
-    }
-}
-
-/// What happened to one send.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SendOutcome {
-    /// Now queued.
-    Enqueued,
-    /// The request id was already known; nothing was added.
-    Duplicate,
-}
-
-impl From<Sent> for SendOutcome {
-    fn from(sent: Sent) -> Self {
-        match sent {
-            Sent::Enqueued => Self::Enqueued,
-            Sent::Duplicate => Self::Duplicate,
-        }
     }
 }
 
@@ -361,20 +344,27 @@ where
     let mut line = 0;
     loop {
         buffer.clear();
-        let read = reader
-            .read_until(b'\n', &mut buffer)
+        let read = read_line_capped(&mut reader, &mut buffer)
             .await
             .map_err(|source| JsonlError::Read { line, source })?;
-        if read == 0 {
+        if read.bytes == 0 {
             break;
         }
         line += 1;
-        progress.inc(read as u64);
+        progress.inc(read.bytes);
         let text = buffer.trim_ascii();
-        if text.is_empty() {
+        if text.is_empty() && !read.too_long {
             continue;
         }
         summary.lines += 1;
+        if read.too_long {
+            summary.reject(line, format!("longer than {MAX_LINE_BYTES} bytes"));
+            if options.strict {
+                summary.stop(line, format!("--strict, and line {line} was rejected"));
+                break;
+            }
+            continue;
+        }
         let envelope = match Envelope::parse(text) {
             Ok(envelope) => envelope,
             Err(err) => {
@@ -422,6 +412,42 @@ where
     summary.failed.sort_by_key(|r| r.line);
     progress.set_message(summary.progress_message());
     Ok(summary)
+}
+
+/// One line read by [`read_line_capped`].
+struct LineRead {
+    /// Bytes consumed, newline included; 0 at the end of the input.
+    bytes: u64,
+    /// The line was longer than [`MAX_LINE_BYTES`]: the buffer holds only its
+    /// start, and the rest was skipped.
+    too_long: bool,
+}
+
+/// Read one line into `buffer`, holding at most [`MAX_LINE_BYTES`] of it in
+/// memory: a file without newlines cannot exhaust memory.
+async fn read_line_capped<R: AsyncBufRead + Unpin>(reader: &mut R, buffer: &mut Vec<u8>) -> std::io::Result<LineRead> {
+    let cap = MAX_LINE_BYTES as u64 + 1;
+    let mut bytes = (&mut *reader).take(cap).read_until(b'\n', buffer).await? as u64;
+    let too_long = bytes == cap && buffer.last() != Some(&b'\n');
+    if too_long {
+        // Skip to the end of the line without keeping it.
+        loop {
+            let chunk = reader.fill_buf().await?;
+            if chunk.is_empty() {
+                break;
+            }
+            let (used, done) = match chunk.iter().position(|&b| b == b'\n') {
+                Some(end) => (end + 1, true),
+                None => (chunk.len(), false),
+            };
+            reader.consume(used);
+            bytes += used as u64;
+            if done {
+                break;
+            }
+        }
+    }
+    Ok(LineRead { bytes, too_long })
 }
 
 fn record(
