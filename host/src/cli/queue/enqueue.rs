@@ -15,7 +15,7 @@ use anyhow::Context;
 use bytes::Bytes;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::task::JoinSet;
 
@@ -200,7 +200,7 @@ pub struct JsonlOptions {
 }
 
 /// One line that was not enqueued, and why.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rejection {
     /// 1-based line number in the file (blank lines count).
     pub line: u64,
@@ -208,8 +208,9 @@ pub struct Rejection {
     pub reason: String,
 }
 
-/// What an [`enqueue_jsonl`] run did with every line it read.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+/// What an [`enqueue_jsonl`] run did with every line it read (printed by
+/// `enqueue --jsonl --json`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EnqueueSummary {
     /// Non-blank lines read.
     pub lines: u64,
@@ -226,10 +227,10 @@ pub struct EnqueueSummary {
     /// Valid lines whose send failed because the mailbox failed.
     pub failed: Vec<Rejection>,
     /// The last line read, when reading stopped before the end of the input.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stopped_after_line: Option<u64>,
     /// Why reading stopped early.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_reason: Option<String>,
 }
 
