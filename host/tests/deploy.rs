@@ -138,62 +138,72 @@ fn yaml_number(yaml: &str, key: &str) -> u64 {
         .unwrap_or_else(|| panic!("no numeric `{key}:` found"))
 }
 
-/// The worker settings embedded in the ConfigMap as `worker.toml: |`.
-fn worker_settings() -> toml::Table {
+/// The value of `key:` in the ConfigMap's data, quotes removed.
+fn setting(key: &str) -> String {
     let configmap = read("k8s/configmap.yaml");
-    let block: Vec<&str> = configmap
+    configmap
         .lines()
-        .skip_while(|line| line.trim() != "worker.toml: |")
-        .skip(1)
-        .take_while(|line| line.is_empty() || line.starts_with("    "))
-        .map(|line| line.get(4..).unwrap_or_default())
-        .collect();
-    block.join("\n").parse().expect("worker.toml in configmap.yaml is TOML")
+        .find_map(|line| line.strip_prefix("  ")?.strip_prefix(key)?.strip_prefix(':'))
+        .map(|value| value.trim().trim_matches('"').to_owned())
+        .unwrap_or_else(|| panic!("configmap.yaml sets no `{key}`"))
 }
 
-fn duration(settings: &toml::Table, key: &str) -> Duration {
-    let value = settings
-        .get(key)
-        .and_then(toml::Value::as_str)
-        .unwrap_or_else(|| panic!("worker.toml sets no `{key}`"));
-    parse_duration(value).unwrap_or_else(|err| panic!("worker.toml `{key}`: {err}"))
+fn duration(key: &str) -> Duration {
+    parse_duration(&setting(key)).unwrap_or_else(|err| panic!("configmap.yaml `{key}`: {err}"))
+}
+
+fn number(key: &str) -> u64 {
+    setting(key)
+        .parse()
+        .unwrap_or_else(|err| panic!("configmap.yaml `{key}`: {err}"))
 }
 
 #[test]
 fn calibration_holds_across_the_manifests() {
-    let settings = worker_settings();
-    let lease = duration(&settings, "lease");
-    let heartbeat = duration(&settings, "heartbeat");
-    let drain = duration(&settings, "grace_period");
+    let lease = duration("WINK_LEASE");
+    let heartbeat = duration("WINK_HEARTBEAT");
+    let drain = duration("WINK_GRACE_PERIOD");
     assert!(
         heartbeat * 2 <= lease,
         "heartbeat {heartbeat:?} must be at most half the lease {lease:?}"
     );
+    assert!(duration("WINK_READY_THRESHOLD") > duration("WINK_POLL_WAIT"));
 
     let deployment = read("k8s/deployment.yaml");
     let termination = Duration::from_secs(yaml_number(&deployment, "terminationGracePeriodSeconds"));
     assert!(
         termination >= lease + drain,
-        "terminationGracePeriodSeconds {termination:?} < lease {lease:?} + grace_period {drain:?}"
+        "terminationGracePeriodSeconds {termination:?} < lease {lease:?} + grace period {drain:?}"
     );
 
-    let port = settings
-        .get("health_port")
-        .and_then(toml::Value::as_integer)
-        .unwrap_or(9090);
-    assert_eq!(yaml_number(&deployment, "containerPort"), port as u64);
+    let port = number("WINK_HEALTH_PORT");
+    assert_eq!(yaml_number(&deployment, "containerPort"), port);
     assert!(read("docker/Dockerfile").contains(&format!("EXPOSE {port}")));
     for probe in ["/health/live", "/health/ready"] {
         assert!(deployment.contains(&format!("path: {probe}")), "no probe on {probe}");
     }
 
-    // One replica per `concurrency` jobs of backlog, and backlog counts running jobs.
+    // Every job may grow to its memory limit: the pod's limit must hold them all.
+    let memory_limit_gib = deployment
+        .lines()
+        .filter_map(|line| {
+            line.trim()
+                .strip_prefix("memory:")?
+                .trim()
+                .strip_suffix("Gi")?
+                .parse::<u64>()
+                .ok()
+        })
+        .max()
+        .expect("a memory limit in Gi");
+    assert!(
+        number("WINK_CONCURRENCY") * number("WINK_MEMORY") < memory_limit_gib << 30,
+        "WINK_CONCURRENCY x WINK_MEMORY does not fit the pod's {memory_limit_gib}Gi"
+    );
+
+    // One replica per `WINK_CONCURRENCY` jobs of backlog, and backlog counts running jobs.
     let scaled = read("k8s/keda/scaledobject.yaml");
-    let concurrency = settings
-        .get("concurrency")
-        .and_then(toml::Value::as_integer)
-        .expect("concurrency");
-    assert_eq!(yaml_number(&scaled, "threshold"), concurrency as u64);
+    assert_eq!(yaml_number(&scaled, "threshold"), number("WINK_CONCURRENCY"));
     let query = scaled
         .lines()
         .find_map(|line| line.trim().strip_prefix("query:"))
