@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use wink_host::cli::Cli;
+use wink_host::cli::{Cli, exit_code};
 use wink_host::telemetry::{self, LogFormat, Redactor};
 
 fn main() -> ExitCode {
@@ -44,7 +44,7 @@ fn main() -> ExitCode {
         Err(err) => {
             // The final reason bypasses the log pipeline, so redact it here.
             eprintln!("error: {}", redactor.redact(&format!("{err:#}")));
-            ExitCode::FAILURE
+            ExitCode::from(exit_code(&err))
         }
     }
 }

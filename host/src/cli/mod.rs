@@ -1,10 +1,13 @@
 //! The `wink-host` command line.
 
+mod exit;
 mod policy;
+pub mod queue;
 mod run;
 
 use clap::{Parser, Subcommand};
 
+pub use exit::{Exit, exit_code};
 pub use policy::PolicyArgs;
 pub use run::RunArgs;
 
@@ -41,6 +44,12 @@ pub enum Command {
     Run(RunArgs),
     /// Validate policy files and print the effective policy.
     Policy(PolicyArgs),
+    /// Put jobs on a queue: one from flags, or many from a JSONL file of envelopes.
+    Enqueue(queue::EnqueueArgs),
+    /// Inspect a queue: depth by state, stored replies; purge pending jobs.
+    Queue(queue::QueueArgs),
+    /// Inspect, requeue or purge a queue's dead letters.
+    Dlq(queue::DlqArgs),
 }
 
 impl Cli {
@@ -49,6 +58,9 @@ impl Cli {
         match self.command {
             Command::Run(args) => args.execute().await,
             Command::Policy(args) => args.execute().await,
+            Command::Enqueue(args) => args.execute().await,
+            Command::Queue(args) => args.execute().await,
+            Command::Dlq(args) => args.execute().await,
         }
     }
 }
