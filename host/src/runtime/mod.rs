@@ -89,7 +89,7 @@ struct RuntimeInner {
     engine: Engine,
     cache: ComponentCache,
     agent_linker: Linker<SandboxState<AgentHost>>,
-    tool_linker: Linker<SandboxState<()>>,
+    tool_linker: Linker<SandboxState<crate::tools::ToolHost>>,
     job_slots: Semaphore,
     tool_slots: Semaphore,
     max_memory_bytes: usize,
@@ -154,7 +154,7 @@ impl Runtime {
         &self.inner.agent_linker
     }
 
-    pub(crate) fn tool_linker(&self) -> &Linker<SandboxState<()>> {
+    pub(crate) fn tool_linker(&self) -> &Linker<SandboxState<crate::tools::ToolHost>> {
         &self.inner.tool_linker
     }
 
