@@ -8,6 +8,7 @@ mod bench;
 mod ctx;
 mod demo;
 mod guests;
+mod python;
 mod runner;
 mod suite;
 mod toolchain;
@@ -48,7 +49,8 @@ enum Command {
     /// Check formatting, install test dependencies, build guests and run all tests.
     ///
     /// Runs `cargo fmt --all --check`, installs the guest toolchain and the
-    /// system tools tests need (redis-server, bubblewrap, promtool), builds guests,
+    /// system tools tests need (redis-server, bubblewrap, promtool; pip's
+    /// moto[server] for SQS), builds guests,
     /// runs the guest SDK's native tests, then `cargo test -p wink-host -p
     /// xtask` with WINK_GUEST_DIR=T/wasm. This is what CI runs (alias `ci`).
     #[command(visible_alias = "ci")]

@@ -4,6 +4,7 @@ use anyhow::{Context, Result};
 
 use crate::ctx::Ctx;
 use crate::guests;
+use crate::python;
 use crate::toolchain::Toolchain;
 
 /// System tools the tests use, as `(binary, apt package)` pairs.
@@ -12,6 +13,12 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("bwrap", "bubblewrap"),
     // promtool lints a real /metrics scrape in the host's tests.
     ("promtool", "prometheus"),
+];
+
+/// Python packages the tests use, as `(module, pip requirement)` pairs.
+const TEST_PYTHON_PACKAGES: &[(&str, &str)] = &[
+    // moto's server emulates SQS for the SQS mailbox tests.
+    ("moto.server", "moto[server]==5.2.1"),
 ];
 
 /// Checks formatting, prepares tools and guests, then runs the guest SDK's
@@ -25,6 +32,7 @@ pub fn run(ctx: &mut Ctx, extra: &[String]) -> Result<()> {
     let toolchain = Toolchain::ensure(ctx)?;
     ctx.ensure_apt_packages(TEST_PACKAGES)
         .context("installing test dependencies")?;
+    python::ensure_packages(ctx, TEST_PYTHON_PACKAGES).context("installing Python test dependencies")?;
     eprintln!("xtask: building guests...");
     guests::build(ctx, toolchain, guests::DEFAULT_PROFILE)?;
     eprintln!("xtask: testing the guest SDK (native)...");
