@@ -2,11 +2,13 @@
 
 mod policy;
 mod run;
+mod worker;
 
 use clap::{Parser, Subcommand};
 
 pub use policy::PolicyArgs;
 pub use run::RunArgs;
+pub use worker::{WorkerArgs, WorkerOptions};
 
 /// Runs AI agents and the tools they call as sandboxed WebAssembly components.
 #[derive(Debug, Parser)]
@@ -26,6 +28,8 @@ pub enum Command {
     Run(RunArgs),
     /// Validate policy files and print the effective policy.
     Policy(PolicyArgs),
+    /// Claim jobs from a mailbox queue and run them until SIGTERM/SIGINT.
+    Worker(WorkerArgs),
 }
 
 impl Cli {
@@ -34,6 +38,7 @@ impl Cli {
         match self.command {
             Command::Run(args) => args.execute().await,
             Command::Policy(args) => args.execute().await,
+            Command::Worker(args) => args.execute().await,
         }
     }
 }

@@ -46,6 +46,25 @@ struct ToolNameLabels {
     tool: String,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct QueueLabels {
+    queue: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct DeadLetterLabels {
+    queue: String,
+    /// The dead-letter kind (`malformed_envelope`, `max_attempts`, ...).
+    reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct QueueStateLabels {
+    queue: String,
+    /// `ready`, `in_flight`, `delayed` or `dead`.
+    state: &'static str,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// The process's metrics registry and the instruments the host records into.
@@ -58,6 +77,11 @@ pub struct Metrics {
     limit_hits: Family<LimitLabels, Counter>,
     tool_calls: Family<ToolLabels, Counter>,
     tool_duration: HistogramFamily<ToolNameLabels>,
+    mailbox_claimed: Family<QueueLabels, Counter>,
+    mailbox_acked: Family<QueueLabels, Counter>,
+    mailbox_nacked: Family<QueueLabels, Counter>,
+    mailbox_dead_lettered: Family<DeadLetterLabels, Counter>,
+    mailbox_depth: Family<QueueStateLabels, Gauge>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -89,6 +113,11 @@ impl Metrics {
             limit_hits: Family::default(),
             tool_calls: Family::default(),
             tool_duration: Family::new_with_constructor(duration_histogram),
+            mailbox_claimed: Family::default(),
+            mailbox_acked: Family::default(),
+            mailbox_nacked: Family::default(),
+            mailbox_dead_lettered: Family::default(),
+            mailbox_depth: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -119,6 +148,31 @@ impl Metrics {
             "Wall-clock time of tool calls",
             Unit::Seconds,
             metrics.tool_duration.clone(),
+        );
+        registry.register(
+            "mailbox_claimed",
+            "Messages claimed from a mailbox queue",
+            metrics.mailbox_claimed.clone(),
+        );
+        registry.register(
+            "mailbox_acked",
+            "Messages finished with a reply",
+            metrics.mailbox_acked.clone(),
+        );
+        registry.register(
+            "mailbox_nacked",
+            "Messages given back to their queue for a retry or on shutdown",
+            metrics.mailbox_nacked.clone(),
+        );
+        registry.register(
+            "mailbox_dead_lettered",
+            "Messages moved to the dead-letter queue, by reason",
+            metrics.mailbox_dead_lettered.clone(),
+        );
+        registry.register(
+            "mailbox_depth",
+            "Messages in a mailbox queue by state, as last polled",
+            metrics.mailbox_depth.clone(),
         );
         Self { registry, ..metrics }
     }
@@ -179,6 +233,59 @@ impl Metrics {
         self.tool_duration
             .get_or_create(&ToolNameLabels { tool: tool.to_owned() })
             .observe(elapsed.as_secs_f64());
+    }
+}
+
+impl Metrics {
+    /// Record `n` messages claimed from `queue`.
+    pub fn mailbox_claimed(&self, queue: &str, n: u64) {
+        Self::count(&self.mailbox_claimed, queue, n);
+    }
+
+    /// Record `n` messages of `queue` acked with a reply.
+    pub fn mailbox_acked(&self, queue: &str, n: u64) {
+        Self::count(&self.mailbox_acked, queue, n);
+    }
+
+    /// Record `n` messages of `queue` given back (retry or shutdown).
+    pub fn mailbox_nacked(&self, queue: &str, n: u64) {
+        Self::count(&self.mailbox_nacked, queue, n);
+    }
+
+    /// Record `n` messages of `queue` dead-lettered for `reason` (a dead-letter kind).
+    pub fn mailbox_dead_lettered(&self, queue: &str, reason: &str, n: u64) {
+        self.mailbox_dead_lettered
+            .get_or_create(&DeadLetterLabels {
+                queue: queue.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .inc_by(n);
+    }
+
+    /// Record the depth of `queue` by state.
+    pub fn mailbox_depth(&self, queue: &str, ready: u64, in_flight: u64, delayed: u64, dead: u64) {
+        for (state, value) in [
+            ("ready", ready),
+            ("in_flight", in_flight),
+            ("delayed", delayed),
+            ("dead", dead),
+        ] {
+            let labels = QueueStateLabels {
+                queue: queue.to_owned(),
+                state,
+            };
+            self.mailbox_depth
+                .get_or_create(&labels)
+                .set(i64::try_from(value).unwrap_or(i64::MAX));
+        }
+    }
+
+    fn count(family: &Family<QueueLabels, Counter>, queue: &str, n: u64) {
+        family
+            .get_or_create(&QueueLabels {
+                queue: queue.to_owned(),
+            })
+            .inc_by(n);
     }
 }
 
@@ -249,5 +356,27 @@ mod tests {
             assert!(text.contains(line), "missing {line} in:\n{text}");
         }
         assert!(!text.contains("# EOF") && !text.contains("# UNIT"), "{text}");
+    }
+
+    #[test]
+    fn encodes_mailbox_counters_and_depth_by_queue() {
+        let metrics = Metrics::new();
+        metrics.mailbox_claimed("jobs", 3);
+        metrics.mailbox_acked("jobs", 2);
+        metrics.mailbox_nacked("jobs", 1);
+        metrics.mailbox_dead_lettered("jobs", "max_attempts", 1);
+        metrics.mailbox_depth("jobs", 5, 2, 1, 4);
+        metrics.mailbox_depth("jobs", 4, 2, 1, 4);
+        let text = metrics.encode();
+        for line in [
+            r#"wink_mailbox_claimed_total{queue="jobs"} 3"#,
+            r#"wink_mailbox_acked_total{queue="jobs"} 2"#,
+            r#"wink_mailbox_nacked_total{queue="jobs"} 1"#,
+            r#"wink_mailbox_dead_lettered_total{queue="jobs",reason="max_attempts"} 1"#,
+            r#"wink_mailbox_depth{queue="jobs",state="ready"} 4"#,
+            r#"wink_mailbox_depth{queue="jobs",state="dead"} 4"#,
+        ] {
+            assert!(text.contains(line), "missing {line} in:\n{text}");
+        }
     }
 }
