@@ -19,7 +19,7 @@ use async_trait::async_trait;
 pub use crate::bindings::model::{
     ContentBlock, ConverseRequest, ConverseResponse, InferenceConfig, Message, Role, StopReason, ToolResult, ToolUse,
 };
-pub use budget::{Budget, MemoryUsageLedger, Price, PriceTable, Remaining, Spent, UsageLedger};
+pub use budget::{Budget, LedgerError, MemoryUsageLedger, Price, PriceTable, Remaining, Spent, UsageLedger};
 pub use policy::ModelPolicy;
 pub use scripted::{Script, ScriptError, ScriptedProvider};
 pub use spec::{ModelSpec, ModelSpecError};
