@@ -37,7 +37,9 @@ pub fn run(ctx: &mut Ctx, extra: &[String]) -> Result<()> {
     let toolchain = Toolchain::ensure(ctx)?;
     ctx.ensure_apt_packages(TEST_PACKAGES)
         .context("installing test dependencies")?;
-    let pip_bin = ctx.ensure_pip_packages(PIP_TOOLS).context("installing Python test tools")?;
+    let pip_bin = ctx
+        .ensure_pip_packages(PIP_TOOLS)
+        .context("installing Python test tools")?;
     eprintln!("xtask: building guests...");
     guests::build(ctx, toolchain, guests::DEFAULT_PROFILE)?;
     eprintln!("xtask: testing the guest SDK (native)...");
