@@ -20,3 +20,4 @@ pub mod sandbox;
 pub mod session;
 pub mod telemetry;
 pub mod tools;
+pub mod worker;

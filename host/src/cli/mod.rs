@@ -4,12 +4,14 @@ mod exit;
 mod policy;
 pub mod queue;
 mod run;
+mod worker;
 
 use clap::{Parser, Subcommand};
 
 pub use exit::{Exit, exit_code};
 pub use policy::PolicyArgs;
 pub use run::RunArgs;
+pub use worker::{WorkerArgs, WorkerOptions};
 
 /// Telemetry settings, which every command reads from the environment.
 const TELEMETRY_HELP: &str = "\
@@ -50,6 +52,8 @@ pub enum Command {
     Queue(queue::QueueArgs),
     /// Inspect, requeue or purge a queue's dead letters.
     Dlq(queue::DlqArgs),
+    /// Claim jobs from a mailbox queue and run them until SIGTERM/SIGINT.
+    Worker(WorkerArgs),
 }
 
 impl Cli {
@@ -61,6 +65,7 @@ impl Cli {
             Command::Enqueue(args) => args.execute().await,
             Command::Queue(args) => args.execute().await,
             Command::Dlq(args) => args.execute().await,
+            Command::Worker(args) => args.execute().await,
         }
     }
 }

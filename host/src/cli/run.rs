@@ -241,7 +241,7 @@ pub struct BedrockArgs {
 }
 
 /// `$XDG_CACHE_HOME/wink-host`, else `$HOME/.cache/wink-host`.
-fn default_cache_dir() -> Option<PathBuf> {
+pub(super) fn default_cache_dir() -> Option<PathBuf> {
     let base = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))?;

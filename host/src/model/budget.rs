@@ -277,6 +277,9 @@ pub trait UsageLedger: Send + Sync + std::fmt::Debug {
     async fn spent(&self, request_id: &str) -> Spent;
     /// Add one call's spend and return the new total.
     async fn add(&self, request_id: &str, spend: Spent) -> Spent;
+    /// Drop what is kept for `request_id`: its job is finished (answered or
+    /// dead-lettered) and will not be delivered again. Default: keep it.
+    async fn forget(&self, _request_id: &str) {}
 }
 
 /// An in-process [`UsageLedger`].
@@ -304,6 +307,10 @@ impl UsageLedger for MemoryUsageLedger {
         let total = map.entry(request_id.to_owned()).or_default();
         *total += spend;
         *total
+    }
+
+    async fn forget(&self, request_id: &str) {
+        self.map().remove(request_id);
     }
 }
 

@@ -77,6 +77,9 @@ pub trait SessionStore: Send + Sync {
     async fn load(&self, request_id: &str) -> Session;
     /// Replace the checkpoint for `request_id`.
     async fn save(&self, request_id: &str, session: &Session) -> Result<(), SessionError>;
+    /// Drop the checkpoint for `request_id`: its job is finished and will not
+    /// be delivered again. Default: keep it.
+    async fn forget(&self, _request_id: &str) {}
 }
 
 /// Sessions kept in process memory: survive redelivery within one process.
@@ -118,6 +121,13 @@ impl SessionStore for MemorySessionStore {
             .unwrap_or_else(PoisonError::into_inner)
             .insert(request_id.to_owned(), session.values.clone());
         Ok(())
+    }
+
+    async fn forget(&self, request_id: &str) {
+        self.sessions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(request_id);
     }
 }
 

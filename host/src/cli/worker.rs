@@ -1,0 +1,291 @@
+//! `wink-host worker`: claim jobs from a mailbox queue and run them until
+//! SIGTERM or SIGINT, then drain and exit 0.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Args;
+use tokio::signal::unix::{Signal, SignalKind, signal};
+
+use super::run::{BedrockArgs, ModelPolicyArgs, default_cache_dir, model_provider};
+use crate::mailbox;
+use crate::model::ModelSpec;
+use crate::policy::{HumanDuration, Policy, parse_duration};
+use crate::runtime::{Limits, Runtime, RuntimeConfig};
+use crate::session::MemorySessionStore;
+use crate::worker::{HealthServer, JobResources, ReplyRoutes, Worker, WorkerConfig};
+
+/// Arguments of `wink-host worker`.
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// Mailbox URL. `memory://` is a queue inside this process (nothing
+    /// outside it can enqueue: for tests and embedding).
+    #[arg(long, env = "WINK_MAILBOX", default_value = "memory://")]
+    pub mailbox: String,
+
+    /// Queue to claim jobs from.
+    #[arg(long, env = "WINK_QUEUE", default_value = "wink")]
+    pub queue: String,
+
+    /// How the worker claims, runs, retries and releases jobs.
+    #[command(flatten)]
+    pub options: WorkerOptions,
+
+    /// Model provider: `echo` (answers with the last user text), `scripted:FILE` or `bedrock:MODEL_ID`.
+    #[arg(long, short, env = "WINK_MODEL", default_value = "echo")]
+    pub model: ModelSpec,
+
+    /// Bedrock settings (used with `--model bedrock:MODEL_ID`).
+    #[command(flatten)]
+    pub bedrock: BedrockArgs,
+
+    /// Host-wide model allowlist and budget, capping every agent's.
+    #[command(flatten)]
+    pub model_policy: ModelPolicyArgs,
+
+    /// A tool component (.wasm) to offer; each agent gets the tools its
+    /// policy grants (all of them without `--policy`). Repeat for several.
+    #[arg(long = "tool", short = 't')]
+    pub tools: Vec<PathBuf>,
+
+    /// Policy file (TOML, docs/policy.md): an agent without a section in it
+    /// is refused (dead-lettered as `policy_refused`).
+    #[arg(long, env = "WINK_POLICY")]
+    pub policy: Option<PathBuf>,
+
+    /// Keep precompiled components here so restarts skip compilation
+    /// [default: $XDG_CACHE_HOME/wink-host, else ~/.cache/wink-host].
+    #[arg(long, env = "WINK_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Compile components in memory only; read and write no cache directory.
+    #[arg(long, conflicts_with = "cache_dir")]
+    pub no_cache: bool,
+}
+
+/// Worker options as flags; each one unset keeps the [`WorkerConfig`] value.
+#[derive(Debug, Clone, Default, Args)]
+pub struct WorkerOptions {
+    /// Worker id in logs, spans and replies [default: HOSTNAME-PID].
+    #[arg(long, env = "WINK_WORKER_ID")]
+    pub worker_id: Option<String>,
+
+    /// Jobs run at once [default: 16].
+    #[arg(long, env = "WINK_CONCURRENCY")]
+    pub concurrency: Option<usize>,
+
+    /// Lease of a claim and of each extension, e.g. 60s, 5m [default: 60s].
+    #[arg(long, env = "WINK_LEASE", value_parser = human_duration)]
+    pub lease: Option<HumanDuration>,
+
+    /// How often a running job extends its lease; at most half the lease [default: 10s].
+    #[arg(long, env = "WINK_HEARTBEAT", value_parser = human_duration)]
+    pub heartbeat: Option<HumanDuration>,
+
+    /// Deliveries per message before it is dead-lettered [default: 3].
+    #[arg(long, env = "WINK_MAX_ATTEMPTS")]
+    pub max_attempts: Option<u32>,
+
+    /// First retry delay, doubled per attempt, with jitter [default: 1s].
+    #[arg(long, env = "WINK_BACKOFF_BASE", value_parser = human_duration)]
+    pub backoff_base: Option<HumanDuration>,
+
+    /// Longest retry delay [default: 5m].
+    #[arg(long, env = "WINK_BACKOFF_MAX", value_parser = human_duration)]
+    pub backoff_max: Option<HumanDuration>,
+
+    /// On SIGTERM/SIGINT, how long jobs in flight may finish before they are
+    /// given back to the queue [default: 30s].
+    #[arg(long, env = "WINK_GRACE_PERIOD", value_parser = human_duration)]
+    pub grace_period: Option<HumanDuration>,
+
+    /// Longest wait of one claim for a job to arrive [default: 1s].
+    #[arg(long, env = "WINK_POLL_WAIT", value_parser = human_duration)]
+    pub poll_wait: Option<HumanDuration>,
+
+    /// How often lapsed leases are returned to the queue [default: 5s].
+    #[arg(long, env = "WINK_REAP_INTERVAL", value_parser = human_duration)]
+    pub reap_interval: Option<HumanDuration>,
+
+    /// How often the queue depth is read for metrics [default: 5s].
+    #[arg(long, env = "WINK_DEPTH_INTERVAL", value_parser = human_duration)]
+    pub depth_interval: Option<HumanDuration>,
+
+    /// /health/ready fails when the claim loop or the mailbox has been
+    /// silent this long [default: 15s].
+    #[arg(long, env = "WINK_READY_THRESHOLD", value_parser = human_duration)]
+    pub ready_threshold: Option<HumanDuration>,
+
+    /// Most replies acknowledged in one mailbox call [default: 256].
+    #[arg(long, env = "WINK_ACK_BATCH")]
+    pub ack_batch: Option<usize>,
+
+    /// How long a loaded agent is trusted before its file is checked for
+    /// changes [default: 1s].
+    #[arg(long, env = "WINK_AGENT_RECHECK", value_parser = human_duration)]
+    pub agent_recheck: Option<HumanDuration>,
+
+    /// Wall-clock limit of one job, lowered by budgets and deadlines [default: 300s].
+    #[arg(long = "timeout", env = "WINK_JOB_TIMEOUT", value_parser = human_duration)]
+    pub job_timeout: Option<HumanDuration>,
+
+    /// CPU limit of one job, in fuel [default: 10000000000].
+    #[arg(long, env = "WINK_FUEL")]
+    pub fuel: Option<u64>,
+
+    /// Linear-memory limit of one job, in bytes [default: 268435456].
+    #[arg(long, env = "WINK_MEMORY")]
+    pub memory: Option<usize>,
+
+    /// Largest output of one job, in bytes [default: 1048576].
+    #[arg(long, env = "WINK_MAX_OUTPUT")]
+    pub max_output: Option<usize>,
+
+    /// Address of the health server (/health/live, /health/ready, /metrics) [default: 0.0.0.0].
+    #[arg(long, env = "WINK_HEALTH_HOST")]
+    pub health_host: Option<IpAddr>,
+
+    /// Port of the health server; 0 picks a free one and logs it [default: 9090].
+    #[arg(long, env = "WINK_HEALTH_PORT")]
+    pub health_port: Option<u16>,
+}
+
+fn human_duration(text: &str) -> Result<HumanDuration, String> {
+    parse_duration(text).map(HumanDuration)
+}
+
+impl WorkerOptions {
+    /// `config` with every option given here applied over it.
+    pub fn apply(&self, mut config: WorkerConfig) -> WorkerConfig {
+        macro_rules! overlay {
+            ($($field:ident),*) => {
+                $(if let Some(value) = self.$field.clone() {
+                    config.$field = value;
+                })*
+            };
+        }
+        overlay!(
+            concurrency,
+            lease,
+            heartbeat,
+            max_attempts,
+            backoff_base,
+            backoff_max,
+            grace_period,
+            poll_wait,
+            reap_interval,
+            depth_interval,
+            ready_threshold,
+            ack_batch,
+            agent_recheck,
+            job_timeout,
+            fuel,
+            health_host,
+            health_port
+        );
+        if self.worker_id.is_some() {
+            config.worker_id = self.worker_id.clone();
+        }
+        if let Some(bytes) = self.memory {
+            config.memory = crate::policy::ByteSize(bytes);
+        }
+        if let Some(bytes) = self.max_output {
+            config.max_output = crate::policy::ByteSize(bytes);
+        }
+        config
+    }
+}
+
+impl WorkerArgs {
+    /// Run the worker until a signal, then drain.
+    pub async fn execute(self) -> anyhow::Result<()> {
+        let config = self.options.apply(WorkerConfig::default());
+        config.validate().map_err(anyhow::Error::msg)?;
+        let signals = Signals::install()?;
+        let cache_dir = if self.no_cache {
+            None
+        } else {
+            self.cache_dir.clone().or_else(default_cache_dir)
+        };
+        let concurrency = u32::try_from(config.concurrency).context("--concurrency is too large")?;
+        let runtime = Runtime::new(&RuntimeConfig {
+            max_concurrent_jobs: concurrency,
+            max_concurrent_tool_calls: concurrency.clamp(4, 256),
+            cache_dir,
+            ..RuntimeConfig::default()
+        })?;
+        let mailbox = mailbox::open(&self.mailbox, &self.queue)
+            .await
+            .with_context(|| format!("cannot open queue `{}` of mailbox {}", self.queue, self.mailbox))?;
+        if self.mailbox.starts_with("memory:") {
+            tracing::warn!("mailbox memory:// lives inside this process: nothing outside it can enqueue jobs");
+        }
+        let resources = self.resources(&runtime).await?;
+        let routes = ReplyRoutes::new(self.mailbox.clone()).register(mailbox.clone());
+        let worker = Worker::new(runtime.clone(), mailbox, config.clone(), resources, routes)?;
+        let addr = SocketAddr::new(config.health_host, config.health_port);
+        let health = HealthServer::start(addr, worker.health(), runtime.metrics().clone())
+            .await
+            .with_context(|| format!("cannot listen on {addr} for the health server"))?;
+        tracing::info!(addr = %health.local_addr(), "health server listening");
+        tokio::spawn(signals.forward_to(worker.clone()));
+        worker.run().await?;
+        health.shutdown();
+        // Trace export, once the process has it, is flushed here.
+        Ok(())
+    }
+
+    async fn resources(&self, runtime: &Runtime) -> anyhow::Result<JobResources> {
+        let mut tools = Vec::with_capacity(self.tools.len());
+        for path in &self.tools {
+            tools.push(runtime.load_tool(path, Limits::default()).await?);
+        }
+        let policy = match &self.policy {
+            Some(path) => Some(Policy::load(path).await?),
+            None => None,
+        };
+        Ok(JobResources {
+            model: model_provider(&self.model, &self.bedrock).await?,
+            tools,
+            policy,
+            model_policy: self.model_policy.policy().await?,
+            sessions: Arc::new(MemorySessionStore::default()),
+        })
+    }
+}
+
+/// SIGTERM and SIGINT: the first drains, a second gives jobs back at once.
+struct Signals {
+    terminate: Signal,
+    interrupt: Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        Ok(Self {
+            terminate: signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
+            interrupt: signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?,
+        })
+    }
+
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.terminate.recv() => "SIGTERM",
+            _ = self.interrupt.recv() => "SIGINT",
+        }
+    }
+
+    async fn forward_to(mut self, worker: Worker) {
+        let signal = self.next().await;
+        tracing::info!(
+            signal,
+            "shutting down: no new claims; jobs in flight get the grace period"
+        );
+        worker.shutdown();
+        let signal = self.next().await;
+        tracing::warn!(signal, "second signal: giving jobs in flight back to the queue now");
+        worker.release_all();
+    }
+}
