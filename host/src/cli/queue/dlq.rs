@@ -4,7 +4,7 @@ use anyhow::Context;
 use clap::{ArgGroup, Args, Subcommand};
 use serde::Serialize;
 
-use super::{EXIT_CODES_HELP, MailboxArgs, confirm, print_line, time::format_rfc3339_ms};
+use super::{EXIT_CODES_HELP, MailboxArgs, PurgeArgs, print_line, time::format_rfc3339_ms};
 use crate::cli::exit::Exit;
 use crate::mailbox::{DeadLetter, DeadLetterReason, DeadSelection, Mailbox, MailboxError, PurgeScope};
 
@@ -52,14 +52,7 @@ pub enum DlqCommand {
     },
     /// Delete every dead letter. Asks nothing, so it needs `--yes`.
     #[command(after_help = EXIT_CODES_HELP)]
-    Purge {
-        /// The queue.
-        #[command(flatten)]
-        mailbox: MailboxArgs,
-        /// Confirm the purge.
-        #[arg(long)]
-        yes: bool,
-    },
+    Purge(PurgeArgs),
 }
 
 /// One dead letter as `dlq list` shows it.
@@ -204,11 +197,10 @@ impl DlqArgs {
                 }
                 Ok(())
             }
-            DlqCommand::Purge { mailbox, yes } => {
-                confirm(yes, "dlq purge deletes every dead letter")?;
-                let mailbox = mailbox.open().await?;
-                let removed = mailbox.purge(PurgeScope::Dead).await.context("cannot purge")?;
-                print_line(&format!("purged {removed} dead letters from queue {}", mailbox.queue()))
+            DlqCommand::Purge(purge) => {
+                purge
+                    .run(PurgeScope::Dead, "dlq purge deletes every dead letter", "dead letters")
+                    .await
             }
         }
     }

@@ -109,14 +109,7 @@ pub enum QueueCommand {
     /// Remove every ready and delayed message; in-flight jobs are left to
     /// finish and dead letters stay. Asks nothing, so it needs `--yes`.
     #[command(after_help = EXIT_CODES_HELP)]
-    Purge {
-        /// The queue.
-        #[command(flatten)]
-        mailbox: MailboxArgs,
-        /// Confirm the purge.
-        #[arg(long)]
-        yes: bool,
-    },
+    Purge(PurgeArgs),
 }
 
 /// `wink-host queue stats --json`: the depth, labelled with its queue.
@@ -162,14 +155,14 @@ impl QueueArgs {
                 };
                 print_line(&String::from_utf8_lossy(&body))
             }
-            QueueCommand::Purge { mailbox, yes } => {
-                confirm(yes, "queue purge removes every ready and delayed message")?;
-                let mailbox = mailbox.open().await?;
-                let removed = mailbox.purge(PurgeScope::Pending).await.context("cannot purge")?;
-                print_line(&format!(
-                    "purged {removed} pending messages from queue {}",
-                    mailbox.queue()
-                ))
+            QueueCommand::Purge(purge) => {
+                purge
+                    .run(
+                        PurgeScope::Pending,
+                        "queue purge removes every ready and delayed message",
+                        "pending messages",
+                    )
+                    .await
             }
         }
     }
@@ -188,6 +181,28 @@ fn render_depth(depth: &Depth) -> String {
     .map(|(state, count)| format!("{state:<10} {count}"))
     .collect::<Vec<_>>()
     .join("\n")
+}
+
+/// A purge: the queue, and the confirmation it needs (`queue purge`, `dlq purge`).
+#[derive(Debug, Args)]
+pub struct PurgeArgs {
+    /// The queue.
+    #[command(flatten)]
+    pub mailbox: MailboxArgs,
+    /// Confirm the purge.
+    #[arg(long)]
+    pub yes: bool,
+}
+
+impl PurgeArgs {
+    /// Purge `scope` once confirmed; `loss` says what the purge deletes and
+    /// `purged` names what was removed in the summary line.
+    async fn run(self, scope: PurgeScope, loss: &str, purged: &str) -> anyhow::Result<()> {
+        confirm(self.yes, loss)?;
+        let mailbox = self.mailbox.open().await?;
+        let removed = mailbox.purge(scope).await.context("cannot purge")?;
+        print_line(&format!("purged {removed} {purged} from queue {}", mailbox.queue()))
+    }
 }
 
 /// Refuse a destructive command unless `--yes` was given.
