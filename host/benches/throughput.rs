@@ -4,6 +4,13 @@
 //! Per case, a producer task enqueues every job (envelopes built before the
 //! clock starts) while one worker at concurrency N drains the queue; the
 //! clock stops when the last reply is acked. Every reply is then checked.
+//! In the same run, the same jobs through `Runtime::run_agent` alone (N tasks
+//! in a loop, no mailbox) give the sandbox's own ceiling, so the worker's
+//! overhead per job is the difference.
+//!
+//! `WINK_BENCH_JOBS` (default 50,000), `WINK_BENCH_CONCURRENCY` (default
+//! `1,8,64`) and `WINK_BENCH_THREADS` (tokio worker threads, default one per
+//! core) narrow a run, e.g. for profiling.
 
 mod common;
 
@@ -16,8 +23,14 @@ use wink_host::mailbox::{Envelope, Mailbox, MemoryMailbox};
 use wink_host::runtime::{Runtime, RuntimeConfig};
 use wink_host::worker::{JobResources, ReplyRoutes, Worker, WorkerConfig};
 
-const CONCURRENCY: [usize; 3] = [1, 8, 64];
 const WARMUP_JOBS: usize = 2_000;
+
+fn concurrency_cases() -> Vec<usize> {
+    std::env::var("WINK_BENCH_CONCURRENCY")
+        .ok()
+        .map(|cases| cases.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![1, 8, 64])
+}
 
 /// Jobs per case (`WINK_BENCH_JOBS` overrides).
 fn jobs_per_case() -> usize {
@@ -34,16 +47,21 @@ fn main() {
         // so the same scenario measures the cost of exporting a span per job.
         eprintln!("throughput: WINK_BENCH_OTEL=1, but this build has no trace export to initialise; running without");
     }
-    let tokio = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio");
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = std::env::var("WINK_BENCH_THREADS").ok().and_then(|n| n.parse().ok()) {
+        builder.worker_threads(threads);
+    }
+    let tokio = builder.enable_all().build().expect("tokio");
     let jobs = jobs_per_case();
-    let results: Vec<_> = CONCURRENCY
-        .iter()
-        .map(|&concurrency| {
+    let results: Vec<_> = concurrency_cases()
+        .into_iter()
+        .map(|concurrency| {
             let mailbox = Arc::new(MemoryMailbox::new("bench"));
-            let result = tokio.block_on(measure("memory", mailbox, concurrency, jobs));
+            let mut result = tokio.block_on(measure("memory", mailbox, concurrency, jobs));
+            let bare = tokio.block_on(bare_runtime(concurrency, jobs));
+            result["sandbox_only_jobs_per_s"] = json!(bare.round());
+            result["worker_overhead_us_per_job"] =
+                json!(common::round(result["us_per_job"].as_f64().unwrap_or(0.0) - 1e6 / bare));
             eprintln!("throughput: {result}");
             result
         })
@@ -112,7 +130,11 @@ async fn measure(name: &str, mailbox: Arc<dyn Mailbox>, concurrency: usize, jobs
     }
     worker.shutdown();
     let summary = running.await.expect("worker task").expect("worker run");
-    assert_eq!(summary.failed + summary.dead_lettered + summary.retried, 0, "{summary:?}");
+    assert_eq!(
+        summary.failed + summary.dead_lettered + summary.retried,
+        0,
+        "{summary:?}"
+    );
     let seconds = elapsed.as_secs_f64();
     json!({
         "mailbox": name,
@@ -122,6 +144,41 @@ async fn measure(name: &str, mailbox: Arc<dyn Mailbox>, concurrency: usize, jobs
         "jobs_per_s": (jobs as f64 / seconds).round(),
         "us_per_job": common::round(seconds * 1e6 / jobs as f64),
     })
+}
+
+/// Jobs per second through `Runtime::run_agent` alone: `concurrency` tasks
+/// each running its share of `jobs` back to back.
+async fn bare_runtime(concurrency: usize, jobs: usize) -> f64 {
+    let runtime = Runtime::new(&RuntimeConfig {
+        max_concurrent_jobs: concurrency as u32,
+        max_concurrent_tool_calls: 1,
+        ..RuntimeConfig::default()
+    })
+    .expect("runtime");
+    let agent = runtime
+        .load_agent(&common::guest("trivial"))
+        .await
+        .expect("trivial agent");
+    let env = wink_host::runtime::JobEnv::new(Arc::new(wink_host::model::ScriptedProvider::echo()));
+    let run = |count: usize, prefix: usize| {
+        let (runtime, agent, env) = (runtime.clone(), agent.clone(), env.clone());
+        tokio::spawn(async move {
+            for i in 0..count {
+                let request = wink_host::job::JobRequest::new(format!("bare-{prefix}-{i}"), format!("{{\"n\":{i}}}"));
+                let report = runtime.run_agent(&agent, request, env.clone()).await;
+                assert!(report.outcome.is_ok(), "{:?}", report.outcome);
+            }
+        })
+    };
+    for task in (0..concurrency).map(|t| run(WARMUP_JOBS / concurrency + 1, t)) {
+        task.await.expect("warm-up task");
+    }
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..concurrency).map(|t| run(jobs / concurrency, t)).collect();
+    for task in tasks {
+        task.await.expect("bare task");
+    }
+    (jobs / concurrency * concurrency) as f64 / started.elapsed().as_secs_f64()
 }
 
 /// Enqueue `jobs` from a producer task while the worker drains them; the

@@ -172,7 +172,9 @@ impl Shared {
             input: envelope.input.to_string(),
             traceparent: envelope.traceparent.clone(),
         };
-        let job = self.runtime.run_agent(&agent.component, request, env);
+        // Boxed: the sandbox's future is kilobytes, and every job task would
+        // otherwise copy it each time the task future moves (spawn included).
+        let job = Box::pin(self.runtime.run_agent(&agent.component, request, env));
         match self.run_leased(&delivery.lease, job).await {
             Run::Finished(report) => {
                 self.conclude(delivery, envelope, &job_id, started_at_ms, report).await;
@@ -198,9 +200,8 @@ impl Shared {
     /// Run `job`, extending the lease every heartbeat from this same task:
     /// a task that stops being scheduled stops extending, so a stuck job's
     /// lease lapses and another worker takes it over.
-    async fn run_leased(&self, lease: &Lease, job: impl Future<Output = JobReport>) -> Run {
+    async fn run_leased(&self, lease: &Lease, mut job: impl Future<Output = JobReport> + Unpin) -> Run {
         let heartbeat = self.config.heartbeat.0;
-        tokio::pin!(job);
         let beat = tokio::time::sleep(heartbeat);
         tokio::pin!(beat);
         loop {
