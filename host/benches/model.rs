@@ -98,6 +98,7 @@ async fn measure() -> (Vec<Duration>, Vec<Duration>, Vec<Duration>) {
             job_id: Arc::from("bench"),
             turn: 0,
             deadline: Instant::now() + Duration::from_secs(30),
+            metrics: None,
         };
         let time_bare = async {
             settle().await;

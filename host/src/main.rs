@@ -1,10 +1,10 @@
-//! The `wink-host` binary: parse arguments, set up logging, run the command.
+//! The `wink-host` binary: parse arguments, set up logging and tracing, run the command.
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use wink_host::cli::Cli;
-use wink_host::telemetry::{LogFormat, Redactor, init_logging};
+use wink_host::cli::{Cli, exit_code};
+use wink_host::telemetry::{self, LogFormat, Redactor};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -15,7 +15,6 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    init_logging(LogFormat::from_env(), redactor.clone());
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
@@ -23,12 +22,29 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(cli.execute()) {
+    // Inside the runtime's context: the gRPC exporter spawns onto it.
+    let installed = {
+        let _context = runtime.enter();
+        telemetry::init(LogFormat::from_env(), redactor.clone())
+    };
+    let telemetry = match installed {
+        Ok(telemetry) => telemetry,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(cli.execute());
+    // Flush the last spans while the runtime that carries gRPC export still runs.
+    if let Err(err) = telemetry.shutdown() {
+        tracing::warn!(error = %err, "could not export the last spans");
+    }
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             // The final reason bypasses the log pipeline, so redact it here.
             eprintln!("error: {}", redactor.redact(&format!("{err:#}")));
-            ExitCode::FAILURE
+            ExitCode::from(exit_code(&err))
         }
     }
 }

@@ -48,6 +48,7 @@ fn context(deadline: Duration) -> CallContext {
         job_id: Arc::from("j"),
         turn: 0,
         deadline: Instant::now() + deadline,
+        metrics: None,
     }
 }
 

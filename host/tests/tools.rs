@@ -374,3 +374,71 @@ async fn failed_calls_leave_a_large_workspace_byte_identical_and_successful_ones
         .expect("read");
     assert_eq!(seen["results"][0]["ok"], json!("new"));
 }
+
+#[tokio::test]
+async fn a_commit_that_fails_part_way_is_rolled_back_and_reported() {
+    // Two read-write grants whose staging copies conflict: through the `.`
+    // copy the tool turns `out` into a file, through the `out` copy it
+    // writes into `out`. Committing `.` first succeeds; committing `out`
+    // then finds its directory changed and fails. The first grant's commit
+    // must be undone: the workspace ends exactly as before the call.
+    let policy = effective(
+        r#"
+[agents.tester]
+tools = ["evil_tool"]
+[tools.evil_tool]
+fs = [{ path = ".", access = "read-write" }, { path = "out", access = "read-write" }]
+"#,
+    );
+    let runtime = runtime();
+    let tools = tool_set(&runtime, &["evil_tool"], &policy).await.expect("tools");
+    let root = workspace();
+    std::fs::write(root.path().join("out/a.txt"), "kept").expect("write");
+    let ctx = context(root.path());
+    let before = tree(root.path());
+
+    // `./x` resolves through the `.` preopen (libc picks the longest
+    // preopen that is a prefix of the path as written).
+    let ops = json!({"ops": [
+        {"write": ["out/a.txt", "changed through out"]},
+        {"write": ["./docs/a.txt", "changed through ."]},
+        {"rename": ["./out", "./out.old"]},
+        {"write": ["./out", "out is a file now"]},
+    ]});
+    let result = call(&tools, "evil_tool", ops, &ctx).await;
+    let Err(ToolError::Failed(message)) = &result else {
+        panic!("expected a failed commit, got {result:?}");
+    };
+    assert!(
+        message.starts_with("cannot commit the tool's changes to read-write grant \"out\": the granted directory changed during the call"),
+        "{message}"
+    );
+    assert!(
+        message.ends_with("every change was rolled back, the workspace is as it was before the call"),
+        "{message}"
+    );
+    assert!(
+        tree(root.path()) == before,
+        "the workspace changed: {:?}",
+        tree(root.path())
+    );
+
+    // The discarded staging copies are rebuilt: the next call works.
+    let ok = call(
+        &tools,
+        "evil_tool",
+        json!({"ops": [{"write": ["out/b.txt", "b"]}]}),
+        &ctx,
+    )
+    .await
+    .expect("next call");
+    assert_eq!(ok["results"][0], json!({"ok": null}));
+    assert_eq!(
+        std::fs::read_to_string(root.path().join("out/b.txt")).expect("read"),
+        "b"
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.path().join("out/a.txt")).expect("read"),
+        "kept"
+    );
+}

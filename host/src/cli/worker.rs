@@ -214,6 +214,7 @@ impl WorkerArgs {
             max_concurrent_jobs: concurrency,
             max_concurrent_tool_calls: concurrency.clamp(4, 256),
             cache_dir,
+            worker_id: config.worker_id.clone(),
             ..RuntimeConfig::default()
         })?;
         let mailbox = mailbox::open(&self.mailbox, &self.queue)
@@ -233,7 +234,7 @@ impl WorkerArgs {
         tokio::spawn(signals.forward_to(worker.clone()));
         worker.run().await?;
         health.shutdown();
-        // Trace export, once the process has it, is flushed here.
+        // main() flushes the trace exporter after this returns.
         Ok(())
     }
 

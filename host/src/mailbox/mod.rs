@@ -12,6 +12,7 @@
 
 mod envelope;
 mod memory;
+mod sqs;
 
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -24,6 +25,7 @@ pub use envelope::{
     AgentRef, ENVELOPE_VERSION, Envelope, EnvelopeError, MAX_REQUEST_ID_BYTES, validate_queue_name, validate_request_id,
 };
 pub use memory::MemoryMailbox;
+pub use sqs::{SqsMailbox, SqsOptions};
 
 /// What [`Mailbox::send`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -162,6 +164,9 @@ pub enum MailboxError {
     /// A caller-supplied value is not acceptable.
     #[error("{0}")]
     Invalid(String),
+    /// This backend cannot do that at all (e.g. SQS stores no replies).
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 /// A job queue with leases, retries, a dead-letter queue and stored replies.
@@ -230,14 +235,18 @@ pub(crate) fn unix_ms(time: SystemTime) -> u64 {
 }
 
 /// Open queue `queue` of the mailbox at `url`. Schemes: `memory://` (this
-/// process only).
+/// process only), `sqs://` ([`SqsOptions::from_url`]; credentials from the
+/// AWS SDK's default chain).
 pub async fn open(url: &str, queue: &str) -> Result<std::sync::Arc<dyn Mailbox>, MailboxError> {
     validate_queue_name(queue).map_err(MailboxError::Invalid)?;
     let scheme = url.split_once("://").map_or(url, |(scheme, _)| scheme);
     match scheme {
         "memory" => Ok(std::sync::Arc::new(MemoryMailbox::new(queue))),
+        "sqs" => Ok(std::sync::Arc::new(
+            SqsMailbox::open(queue, &SqsOptions::from_url(url)?).await?,
+        )),
         other => Err(MailboxError::Invalid(format!(
-            "unsupported mailbox URL scheme `{other}` in `{url}` (expected memory://)"
+            "unsupported mailbox URL scheme `{other}` in `{url}` (expected memory:// or sqs://)"
         ))),
     }
 }

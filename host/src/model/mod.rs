@@ -16,11 +16,13 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 
+use crate::telemetry::Metrics;
+
 pub use crate::bindings::model::{
     ContentBlock, ConverseRequest, ConverseResponse, InferenceConfig, Message, Role, StopReason, ToolResult, ToolUse,
 };
 pub use budget::{Budget, MemoryUsageLedger, Price, PriceTable, Remaining, Spent, UsageLedger};
-pub use policy::ModelPolicy;
+pub use policy::{CallAccount, ModelPolicy};
 pub use scripted::{Script, ScriptError, ScriptedProvider};
 pub use spec::{ModelSpec, ModelSpecError};
 
@@ -51,6 +53,8 @@ pub struct CallContext {
     pub turn: u32,
     /// When the job must be finished; providers must not retry past it.
     pub deadline: Instant,
+    /// Where providers record throttles and circuit breaker changes (none: nowhere).
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 /// Why a model call failed, as the guest will see it.
@@ -74,6 +78,20 @@ pub enum ModelError {
     /// The provider failed.
     #[error("provider error: {0}")]
     Provider(String),
+}
+
+impl ModelError {
+    /// Stable lower-case name of the error class, for metrics and spans.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::BudgetExceeded(_) => "budget_exceeded",
+            Self::DeadlineExceeded => "deadline_exceeded",
+            Self::Throttled(_) => "throttled",
+            Self::NotAllowed(_) => "not_allowed",
+            Self::InvalidRequest(_) => "invalid_request",
+            Self::Provider(_) => "provider",
+        }
+    }
 }
 
 impl From<ModelError> for crate::bindings::model::ModelError {
@@ -100,6 +118,12 @@ pub trait ModelProvider: Send + Sync + std::fmt::Debug {
     /// (used for allowlists and prices).
     fn default_model(&self) -> Option<&str> {
         None
+    }
+
+    /// The provider's name in the OpenTelemetry GenAI conventions
+    /// (`gen_ai.system`), e.g. `aws.bedrock`.
+    fn provider_name(&self) -> &'static str {
+        "_OTHER"
     }
 }
 

@@ -35,26 +35,63 @@ impl Default for ModelPolicy {
     }
 }
 
+/// What the policy decided about one call and what it cost, for telemetry.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CallAccount {
+    /// The model the call went to (after defaults), if any was named.
+    pub model: Option<String>,
+    /// The `max-tokens` sent, after the budget's clamp.
+    pub max_tokens: Option<u32>,
+    /// What the call cost, in micro-US-dollars (0 when the model has no price).
+    pub micro_usd: u64,
+}
+
 impl ModelPolicy {
+    /// The model a request goes to: its own, else the job's default, else
+    /// the provider's.
+    pub fn resolve_model(&self, request: &ConverseRequest, provider: &dyn ModelProvider) -> Option<String> {
+        request
+            .model
+            .as_deref()
+            .or(self.default_model.as_deref())
+            .or(provider.default_model())
+            .map(str::to_owned)
+    }
+
     /// Serve one call: deadline, allowlist and budget checks, the provider
     /// call with `max-tokens` clamped to what is left, then accounting.
     pub async fn converse(
         &self,
         provider: &dyn ModelProvider,
-        mut request: ConverseRequest,
+        request: ConverseRequest,
         context: &CallContext,
     ) -> Result<ConverseResponse, ModelError> {
-        if Instant::now() >= context.deadline {
-            return Err(ModelError::DeadlineExceeded);
-        }
+        self.converse_accounted(provider, request, context, &mut CallAccount::default())
+            .await
+    }
+
+    /// As [`Self::converse`], filling in `account` as the call proceeds (so
+    /// that a refused call still says which model it named).
+    pub async fn converse_accounted(
+        &self,
+        provider: &dyn ModelProvider,
+        mut request: ConverseRequest,
+        context: &CallContext,
+        account: &mut CallAccount,
+    ) -> Result<ConverseResponse, ModelError> {
         if request.model.is_none() {
             request.model = self.default_model.clone();
         }
-        let model = request.model.as_deref().or(provider.default_model()).map(str::to_owned);
+        let model = self.resolve_model(&request, provider);
+        account.model = model.clone();
+        if Instant::now() >= context.deadline {
+            return Err(ModelError::DeadlineExceeded);
+        }
         self.check_allowed(model.as_deref())?;
         let price = model.as_deref().and_then(|m| self.prices.price(m));
         let spent = self.ledger.spent(&context.request_id).await;
         request.config.max_tokens = self.budget.admit(&spent, &request, price)?;
+        account.max_tokens = request.config.max_tokens;
         let response = provider.converse(&request, context).await?;
         let (input_tokens, output_tokens) = (
             u64::from(response.usage.input_tokens),
@@ -66,6 +103,7 @@ impl ModelPolicy {
             micro_usd: price.map_or(0, |p| p.cost(input_tokens, output_tokens)),
             turns: 1,
         };
+        account.micro_usd = spend.micro_usd;
         let total = self.ledger.add(&context.request_id, spend).await;
         tracing::debug!(
             input_tokens,
@@ -75,6 +113,18 @@ impl ModelPolicy {
             "model call accounted"
         );
         Ok(response)
+    }
+
+    /// Whether `model` is one this policy knows (granted, a default, or
+    /// priced): a bounded set, safe to use as a metric label, unlike a name a
+    /// guest made up.
+    pub fn knows_model(&self, model: &str, provider: &dyn ModelProvider) -> bool {
+        self.allowed_models
+            .as_ref()
+            .is_some_and(|allowed| allowed.iter().any(|a| a == model))
+            || self.default_model.as_deref() == Some(model)
+            || provider.default_model() == Some(model)
+            || self.prices.price(model).is_some()
     }
 
     fn check_allowed(&self, model: Option<&str>) -> Result<(), ModelError> {

@@ -198,6 +198,10 @@ impl ScriptedProvider {
 
 #[async_trait]
 impl ModelProvider for ScriptedProvider {
+    fn provider_name(&self) -> &'static str {
+        "wink.scripted"
+    }
+
     async fn converse(&self, request: &ConverseRequest, context: &CallContext) -> Result<ConverseResponse, ModelError> {
         if request.messages.is_empty() {
             return Err(ModelError::InvalidRequest("the conversation has no messages".into()));
@@ -372,6 +376,7 @@ mod tests {
             job_id: Arc::from("j"),
             turn,
             deadline: Instant::now() + Duration::from_secs(5),
+            metrics: None,
         }
     }
 

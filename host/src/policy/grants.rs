@@ -144,10 +144,48 @@ impl AllowedUrl {
     /// path starting with the prefix. The check is on the parsed URL only;
     /// names are never resolved, so DNS cannot change the answer.
     pub fn allows(&self, url: &url::Url) -> bool {
-        url.scheme() == self.scheme
-            && url.host().is_some_and(|host| host.to_owned() == self.host)
-            && url.port_or_known_default() == Some(self.port)
-            && url.path().starts_with(&self.path_prefix)
+        self.mismatch(url).is_none()
+    }
+
+    /// How many of scheme, port and path prefix `url` matches (0 to 3).
+    pub fn matching_parts(&self, url: &url::Url) -> usize {
+        [
+            url.scheme() == self.scheme,
+            url.port_or_known_default() == Some(self.port),
+            url.path().starts_with(&self.path_prefix),
+        ]
+        .into_iter()
+        .filter(|matched| *matched)
+        .count()
+    }
+
+    /// Whether this entry names `url`'s host (same host, whatever the
+    /// scheme, port or path).
+    pub fn names_host_of(&self, url: &url::Url) -> bool {
+        url.host().is_some_and(|host| host.to_owned() == self.host)
+    }
+
+    /// Why this entry does not allow `url`: the first of scheme, host, port
+    /// and path prefix that differs, or `None` when it allows it.
+    pub fn mismatch(&self, url: &url::Url) -> Option<String> {
+        if url.scheme() != self.scheme {
+            return Some(format!("scheme {} is not {}", url.scheme(), self.scheme));
+        }
+        if !self.names_host_of(url) {
+            let host = url.host_str().unwrap_or("(none)");
+            return Some(format!("host {host} is not {}", self.host));
+        }
+        match url.port_or_known_default() {
+            Some(port) if port == self.port => {}
+            port => {
+                let port = port.map_or_else(|| "(none)".to_owned(), |p| p.to_string());
+                return Some(format!("port {port} is not {}", self.port));
+            }
+        }
+        if !url.path().starts_with(&self.path_prefix) {
+            return Some(format!("path {} does not start with {}", url.path(), self.path_prefix));
+        }
+        None
     }
 
     /// Whether this entry allows everything `other` does.
@@ -243,6 +281,21 @@ mod tests {
         assert!(!allowed.allows(&url("https://127.0.0.1:8080/api/v1")));
         assert!(!allowed.allows(&url("http://127.0.0.1:8080/admin")));
         assert!(!allowed.allows(&url("http://localhost:8080/api/")));
+        // The prefix is matched on the normalized path, as it is sent.
+        assert!(!allowed.allows(&url("http://127.0.0.1:8080/api/../admin")));
+        assert!(!allowed.allows(&url("http://127.0.0.1:8080/api/%2e%2e/admin")));
+        assert_eq!(
+            allowed.mismatch(&url("http://127.0.0.1:8081/api/v1")).as_deref(),
+            Some("port 8081 is not 8080")
+        );
+        assert_eq!(
+            allowed.mismatch(&url("https://127.0.0.1:8080/api/")).as_deref(),
+            Some("scheme https is not http")
+        );
+        assert_eq!(
+            allowed.mismatch(&url("http://127.0.0.1:8080/admin")).as_deref(),
+            Some("path /admin does not start with /api/")
+        );
         assert!(
             AllowedUrl::new("ftp://example.com/")
                 .unwrap_err()

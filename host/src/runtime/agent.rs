@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tracing::Instrument;
+use tracing::field::Empty;
 use wasmtime::Engine;
 use wasmtime::component::{HasSelf, Linker};
 
@@ -123,14 +124,29 @@ impl Runtime {
     pub async fn run_agent(&self, agent: &AgentComponent, request: JobRequest, env: JobEnv) -> JobReport {
         let span = tracing::info_span!(
             "job",
+            otel.name = %format_args!("invoke_agent {}", agent.name),
+            otel.status_code = Empty,
             request_id = %request.request_id,
             job_id = %request.job_id,
-            attempt = request.attempt,
+            // Signed: OpenTelemetry has no unsigned integers, and the tracing
+            // bridge would export a u32 as a string.
+            attempt = i64::from(request.attempt),
+            worker_id = %self.worker_id(),
             component = %agent.name,
+            gen_ai.operation.name = "invoke_agent",
+            gen_ai.agent.name = %agent.name,
+            error.type = Empty,
         );
-        self.run_agent_in_span(agent, request, env, span.clone())
-            .instrument(span)
-            .await
+        crate::telemetry::continue_trace(&span, request.traceparent.as_deref());
+        let report = self
+            .run_agent_in_span(agent, request, env, span.clone())
+            .instrument(span.clone())
+            .await;
+        if let Err(err) = &report.outcome {
+            span.record("otel.status_code", "error");
+            span.record("error.type", err.kind());
+        }
+        report
     }
 
     async fn run_agent_in_span(
@@ -242,6 +258,7 @@ impl Runtime {
         metrics.job_finished(agent, outcome_label, stats.elapsed, stats.fuel_consumed);
         if let Err(JobError::LimitExceeded(hit)) = &outcome {
             metrics.limit_hit("agent", hit.limit.as_str());
+            tracing::warn!(guest = "agent", limit = hit.limit.as_str(), "sandbox limit hit");
         }
         log_finished(&outcome, &stats);
         JobReport { outcome, stats }
@@ -312,27 +329,22 @@ impl model::Host for SandboxState<AgentHost> {
             job_id: host.job_id.clone(),
             turn: host.model_calls,
             deadline: self.deadline,
+            metrics: Some(host.runtime.metrics().clone()),
         };
         host.model_calls += 1;
         // A child of the job span, so retries, stream deltas and accounting
         // are tagged with the job's ids.
-        let span = tracing::info_span!(
-            parent: &self.log.span,
-            "model_call",
-            request_id = %context.request_id,
-            job_id = %context.job_id,
-            turn = context.turn,
-            model = request.model.as_deref().unwrap_or("default"),
-        );
-        let response = host
-            .env
-            .model_policy
-            .converse(host.env.model.as_ref(), request, &context)
-            .instrument(span)
-            .await;
-        match &response {
-            Ok(response) => host.usage += response.usage,
-            Err(err) => tracing::warn!(parent: &self.log.span, error = %err, "model call failed"),
+        let response = super::model_call::converse(
+            &host.env.model_policy,
+            host.env.model.as_ref(),
+            request,
+            &context,
+            host.runtime.metrics(),
+            &self.log.span,
+        )
+        .await;
+        if let Ok(response) = &response {
+            host.usage += response.usage;
         }
         Ok(response.map_err(Into::into))
     }

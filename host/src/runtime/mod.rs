@@ -9,6 +9,7 @@
 mod agent;
 mod cache;
 mod limits;
+mod model_call;
 mod state;
 
 use std::path::PathBuf;
@@ -45,6 +46,9 @@ pub struct RuntimeConfig {
     pub epoch_tick: Duration,
     /// Largest wasm call stack, in bytes.
     pub max_wasm_stack: usize,
+    /// This process's name in logs and spans (`worker_id`); none:
+    /// `<hostname>-<pid>`.
+    pub worker_id: Option<String>,
 }
 
 impl Default for RuntimeConfig {
@@ -56,6 +60,7 @@ impl Default for RuntimeConfig {
             cache_dir: None,
             epoch_tick: Duration::from_millis(10),
             max_wasm_stack: 512 << 10,
+            worker_id: None,
         }
     }
 }
@@ -84,11 +89,12 @@ struct RuntimeInner {
     engine: Engine,
     cache: ComponentCache,
     agent_linker: Linker<SandboxState<AgentHost>>,
-    tool_linker: Linker<SandboxState<()>>,
+    tool_linker: Linker<SandboxState<crate::tools::ToolHost>>,
     job_slots: Semaphore,
     tool_slots: Semaphore,
     max_memory_bytes: usize,
     metrics: Arc<Metrics>,
+    worker_id: Arc<str>,
     _ticker: EpochTicker,
 }
 
@@ -118,6 +124,7 @@ impl Runtime {
                 tool_slots: Semaphore::new(config.max_concurrent_tool_calls as usize),
                 max_memory_bytes: config.max_memory_bytes,
                 metrics: Arc::new(Metrics::new()),
+                worker_id: config.worker_id.clone().unwrap_or_else(default_worker_id).into(),
                 _ticker: ticker,
             }),
         })
@@ -133,6 +140,11 @@ impl Runtime {
         &self.inner.metrics
     }
 
+    /// This process's name in logs and spans.
+    pub fn worker_id(&self) -> &str {
+        &self.inner.worker_id
+    }
+
     /// The component cache.
     pub fn cache(&self) -> &ComponentCache {
         &self.inner.cache
@@ -142,7 +154,7 @@ impl Runtime {
         &self.inner.agent_linker
     }
 
-    pub(crate) fn tool_linker(&self) -> &Linker<SandboxState<()>> {
+    pub(crate) fn tool_linker(&self) -> &Linker<SandboxState<crate::tools::ToolHost>> {
         &self.inner.tool_linker
     }
 
@@ -213,6 +225,18 @@ impl Runtime {
             .map_err(|err| LoadError::wrong_world(name, world, &err))?;
         Ok((digest, instance_pre))
     }
+}
+
+/// `<hostname>-<pid>`. The host name comes from `HOSTNAME` (a pod's name in
+/// Kubernetes), else the kernel.
+fn default_worker_id() -> String {
+    let hostname = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    format!("{hostname}-{}", std::process::id())
 }
 
 /// How a guest call failed, in terms of the limit that caused it if any.

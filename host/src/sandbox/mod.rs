@@ -49,6 +49,14 @@ pub enum SandboxError {
         #[source]
         source: std::io::Error,
     },
+    /// A successful tool call's changes could not be committed.
+    #[error("cannot commit the tool's changes to read-write grant {path:?}: {reason}")]
+    Commit {
+        /// The granted path, relative to the workspace.
+        path: String,
+        /// What failed, and whether the workspace was left as it was.
+        reason: String,
+    },
     /// A filesystem grant cannot be given safely.
     #[error("filesystem grant {path:?} denied: {reason}")]
     Grant {
@@ -110,7 +118,8 @@ pub struct Preopen {
 pub struct ToolCallFs {
     /// What to preopen.
     pub preopens: Vec<Preopen>,
-    staged: Vec<(GrantPath, PathBuf)>,
+    /// Each staged grant with its workspace directory.
+    staged: Vec<(GrantPath, cap_std::fs::Dir)>,
     guard: Option<OwnedMutexGuard<staging::Stagings>>,
 }
 
@@ -137,7 +146,20 @@ impl ToolCallFs {
         }
         if call.preopens.iter().any(|p| p.access == Access::ReadWrite) {
             let guard = workspace.staging().clone().lock_owned().await;
-            let (guard, preopens, staged) = blocking(move || stage(guard, call.preopens)).await?;
+            let originals = call
+                .preopens
+                .iter()
+                .filter(|p| p.access == Access::ReadWrite)
+                .map(|p| {
+                    workspace
+                        .open_grant_dir(&p.grant)
+                        .map_err(|source| SandboxError::Staging {
+                            path: p.grant.as_str().to_owned(),
+                            source,
+                        })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let (guard, preopens, staged) = blocking(move || stage(guard, call.preopens, originals)).await?;
             call = Self {
                 preopens,
                 staged,
@@ -155,15 +177,10 @@ impl ToolCallFs {
         };
         let staged = self.staged;
         blocking(move || {
-            for (grant, original) in &staged {
-                guard
-                    .finish(grant, original, commit)
-                    .map_err(|source| SandboxError::Staging {
-                        path: grant.as_str().to_owned(),
-                        source,
-                    })?;
-            }
-            Ok(())
+            guard.finish(&staged, commit).map_err(|err| SandboxError::Commit {
+                path: err.grant.as_str().to_owned(),
+                reason: err.to_string(),
+            })
         })
         .await
     }
@@ -172,19 +189,26 @@ impl ToolCallFs {
 type Staged = (
     OwnedMutexGuard<staging::Stagings>,
     Vec<Preopen>,
-    Vec<(GrantPath, PathBuf)>,
+    Vec<(GrantPath, cap_std::fs::Dir)>,
 );
 
-fn stage(mut guard: OwnedMutexGuard<staging::Stagings>, mut preopens: Vec<Preopen>) -> Result<Staged, SandboxError> {
+/// Point each read-write preopen at its staging copy; `originals` are the
+/// read-write grants' workspace directories, in order.
+fn stage(
+    mut guard: OwnedMutexGuard<staging::Stagings>,
+    mut preopens: Vec<Preopen>,
+    originals: Vec<cap_std::fs::Dir>,
+) -> Result<Staged, SandboxError> {
     let mut staged = Vec::new();
-    for preopen in preopens.iter_mut().filter(|p| p.access == Access::ReadWrite) {
-        let copy = guard
-            .begin(&preopen.grant, &preopen.host)
+    let read_write = preopens.iter_mut().filter(|p| p.access == Access::ReadWrite);
+    for (preopen, original) in read_write.zip(originals) {
+        preopen.host = guard
+            .begin(&preopen.grant, &original)
             .map_err(|source| SandboxError::Staging {
                 path: preopen.grant.as_str().to_owned(),
                 source,
             })?;
-        staged.push((preopen.grant.clone(), std::mem::replace(&mut preopen.host, copy)));
+        staged.push((preopen.grant.clone(), original));
     }
     Ok((guard, preopens, staged))
 }

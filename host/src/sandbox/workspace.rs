@@ -85,6 +85,14 @@ impl Workspace {
         Ok(Some(self.path.join(grant.relative())))
     }
 
+    /// The directory a grant names, opened through the workspace capability.
+    pub(crate) fn open_grant_dir(&self, grant: &GrantPath) -> std::io::Result<Dir> {
+        match grant.relative().as_os_str().is_empty() {
+            true => self.dir.try_clone(),
+            false => self.dir.open_dir(grant.relative()),
+        }
+    }
+
     fn grant_error(&self, grant: &GrantPath, reason: String) -> SandboxError {
         SandboxError::Grant {
             path: grant.as_str().to_owned(),

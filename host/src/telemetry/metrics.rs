@@ -5,6 +5,7 @@
 //! exposes [`Metrics::encode`] at `/metrics`.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -47,6 +48,30 @@ struct ToolNameLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ModelCallLabels {
+    model: String,
+    /// `succeeded`, or the model error kind (`throttled`, `budget_exceeded`, ...).
+    outcome: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ModelLabels {
+    model: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct TokenLabels {
+    model: String,
+    /// `input` or `output`, as in the GenAI conventions' `gen_ai.token.type`.
+    r#type: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct DenialLabels {
+    kind: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct QueueLabels {
     queue: String,
 }
@@ -54,7 +79,6 @@ struct QueueLabels {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct DeadLetterLabels {
     queue: String,
-    /// The dead-letter kind (`malformed_envelope`, `max_attempts`, ...).
     reason: String,
 }
 
@@ -62,10 +86,48 @@ struct DeadLetterLabels {
 struct QueueStateLabels {
     queue: String,
     /// `ready`, `in_flight`, `delayed` or `dead`.
-    state: &'static str,
+    state: String,
 }
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// A counter of fractional amounts (US dollars).
+type FloatCounter = Counter<f64, AtomicU64>;
+
+/// A model's circuit breaker state, as the `wink_model_circuit_state` gauge
+/// encodes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CircuitState {
+    /// Calls go through (gauge value 0).
+    Closed,
+    /// One probe call is let through after the cool-down (gauge value 1).
+    HalfOpen,
+    /// Calls fail fast (gauge value 2).
+    Open,
+}
+
+impl CircuitState {
+    fn gauge_value(self) -> i64 {
+        match self {
+            Self::Closed => 0,
+            Self::HalfOpen => 1,
+            Self::Open => 2,
+        }
+    }
+}
+
+/// What one finished model call used, for [`Metrics::model_call_finished`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ModelCallRecord<'a> {
+    /// The metric label for the model (bounded; see `model_label` in the runtime).
+    pub(crate) model: &'a str,
+    /// `succeeded` or the model error kind.
+    pub(crate) outcome: &'a str,
+    pub(crate) elapsed: Duration,
+    pub(crate) input_tokens: u64,
+    pub(crate) output_tokens: u64,
+    pub(crate) micro_usd: u64,
+}
 
 /// The process's metrics registry and the instruments the host records into.
 pub struct Metrics {
@@ -77,6 +139,13 @@ pub struct Metrics {
     limit_hits: Family<LimitLabels, Counter>,
     tool_calls: Family<ToolLabels, Counter>,
     tool_duration: HistogramFamily<ToolNameLabels>,
+    model_calls: Family<ModelCallLabels, Counter>,
+    model_duration: HistogramFamily<ModelLabels>,
+    model_tokens: Family<TokenLabels, Counter>,
+    model_cost: Family<ModelLabels, FloatCounter>,
+    model_throttles: Family<ModelLabels, Counter>,
+    circuit_state: Family<ModelLabels, Gauge>,
+    policy_denials: Family<DenialLabels, Counter>,
     mailbox_claimed: Family<QueueLabels, Counter>,
     mailbox_acked: Family<QueueLabels, Counter>,
     mailbox_nacked: Family<QueueLabels, Counter>,
@@ -90,9 +159,10 @@ impl std::fmt::Debug for Metrics {
     }
 }
 
-/// Seconds buckets from 100 µs to about 7 minutes.
+/// Seconds buckets from 100 µs to about 8 minutes (478 s), so that jobs up
+/// to the default 300 s deadline land in a finite bucket.
 fn duration_histogram() -> Histogram {
-    Histogram::new(exponential_buckets(0.0001, 3.0, 14))
+    Histogram::new(exponential_buckets(0.0001, 3.0, 15))
 }
 
 impl Default for Metrics {
@@ -113,6 +183,13 @@ impl Metrics {
             limit_hits: Family::default(),
             tool_calls: Family::default(),
             tool_duration: Family::new_with_constructor(duration_histogram),
+            model_calls: Family::default(),
+            model_duration: Family::new_with_constructor(duration_histogram),
+            model_tokens: Family::default(),
+            model_cost: Family::default(),
+            model_throttles: Family::default(),
+            circuit_state: Family::default(),
+            policy_denials: Family::default(),
             mailbox_claimed: Family::default(),
             mailbox_acked: Family::default(),
             mailbox_nacked: Family::default(),
@@ -149,32 +226,79 @@ impl Metrics {
             Unit::Seconds,
             metrics.tool_duration.clone(),
         );
+        metrics.register_model_instruments(&mut registry);
+        metrics.register_mailbox_instruments(&mut registry);
+        Self { registry, ..metrics }
+    }
+
+    fn register_model_instruments(&self, registry: &mut Registry) {
+        registry.register(
+            "model_calls",
+            "Model calls finished, by model and outcome",
+            self.model_calls.clone(),
+        );
+        registry.register_with_unit(
+            "model_call_duration",
+            "Wall-clock time of model calls, retries included",
+            Unit::Seconds,
+            self.model_duration.clone(),
+        );
+        registry.register(
+            "model_tokens",
+            "Tokens accounted by model calls, by model and type (input or output)",
+            self.model_tokens.clone(),
+        );
+        // Dollars, not a base unit Prometheus knows: `Unit::Other` keeps the
+        // suffix in the name, so the series is wink_model_cost_usd_total.
+        registry.register_with_unit(
+            "model_cost",
+            "Model spend in US dollars, priced with the job's price table",
+            Unit::Other("usd".into()),
+            self.model_cost.clone(),
+        );
+        registry.register(
+            "model_throttles",
+            "Model call attempts the provider throttled, by model",
+            self.model_throttles.clone(),
+        );
+        registry.register(
+            "model_circuit_state",
+            "Circuit breaker state by model: 0 closed, 1 half-open, 2 open",
+            self.circuit_state.clone(),
+        );
+        registry.register(
+            "policy_denials",
+            "Requests the policy refused, by kind",
+            self.policy_denials.clone(),
+        );
+    }
+
+    fn register_mailbox_instruments(&self, registry: &mut Registry) {
         registry.register(
             "mailbox_claimed",
             "Messages claimed from a mailbox queue",
-            metrics.mailbox_claimed.clone(),
+            self.mailbox_claimed.clone(),
         );
         registry.register(
             "mailbox_acked",
-            "Messages finished with a reply",
-            metrics.mailbox_acked.clone(),
+            "Messages acknowledged (done) on a mailbox queue",
+            self.mailbox_acked.clone(),
         );
         registry.register(
             "mailbox_nacked",
-            "Messages given back to their queue for a retry or on shutdown",
-            metrics.mailbox_nacked.clone(),
+            "Messages released for redelivery on a mailbox queue",
+            self.mailbox_nacked.clone(),
         );
         registry.register(
             "mailbox_dead_lettered",
-            "Messages moved to the dead-letter queue, by reason",
-            metrics.mailbox_dead_lettered.clone(),
+            "Messages moved to a mailbox queue's dead-letter set, by reason",
+            self.mailbox_dead_lettered.clone(),
         );
         registry.register(
             "mailbox_depth",
-            "Messages in a mailbox queue by state, as last polled",
-            metrics.mailbox_depth.clone(),
+            "Messages in a mailbox queue by state (ready, in_flight, delayed, dead)",
+            self.mailbox_depth.clone(),
         );
-        Self { registry, ..metrics }
     }
 
     /// The registry, for other modules to register their own instruments.
@@ -234,25 +358,81 @@ impl Metrics {
             .get_or_create(&ToolNameLabels { tool: tool.to_owned() })
             .observe(elapsed.as_secs_f64());
     }
-}
 
-impl Metrics {
-    /// Record `n` messages claimed from `queue`.
+    /// Record a finished model call: count, latency, tokens and spend.
+    pub(crate) fn model_call_finished(&self, call: &ModelCallRecord<'_>) {
+        self.model_calls
+            .get_or_create(&ModelCallLabels {
+                model: call.model.to_owned(),
+                outcome: call.outcome.to_owned(),
+            })
+            .inc();
+        let model = ModelLabels {
+            model: call.model.to_owned(),
+        };
+        self.model_duration
+            .get_or_create(&model)
+            .observe(call.elapsed.as_secs_f64());
+        for (kind, tokens) in [("input", call.input_tokens), ("output", call.output_tokens)] {
+            if tokens > 0 {
+                self.model_tokens
+                    .get_or_create(&TokenLabels {
+                        model: call.model.to_owned(),
+                        r#type: kind.to_owned(),
+                    })
+                    .inc_by(tokens);
+            }
+        }
+        if call.micro_usd > 0 {
+            self.model_cost
+                .get_or_create(&model)
+                .inc_by(call.micro_usd as f64 / 1e6);
+        }
+    }
+
+    /// Record one throttled attempt of a model call.
+    pub(crate) fn model_throttled(&self, model: &str) {
+        self.model_throttles
+            .get_or_create(&ModelLabels {
+                model: model.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Record a model's circuit breaker entering `state`.
+    pub(crate) fn circuit_state(&self, model: &str, state: CircuitState) {
+        self.circuit_state
+            .get_or_create(&ModelLabels {
+                model: model.to_owned(),
+            })
+            .set(state.gauge_value());
+    }
+
+    /// Record a request the policy refused. `kind` is one of
+    /// `model_not_allowed`, `budget_exceeded`, `tool_not_granted`, `tool_fs_denied`.
+    pub(crate) fn policy_denied(&self, kind: &str) {
+        self.policy_denials
+            .get_or_create(&DenialLabels { kind: kind.to_owned() })
+            .inc();
+    }
+
+    /// Count `n` messages claimed from `queue`.
     pub fn mailbox_claimed(&self, queue: &str, n: u64) {
-        Self::count(&self.mailbox_claimed, queue, n);
+        self.mailbox_claimed.get_or_create(&queue_labels(queue)).inc_by(n);
     }
 
-    /// Record `n` messages of `queue` acked with a reply.
+    /// Count `n` messages of `queue` acknowledged as done.
     pub fn mailbox_acked(&self, queue: &str, n: u64) {
-        Self::count(&self.mailbox_acked, queue, n);
+        self.mailbox_acked.get_or_create(&queue_labels(queue)).inc_by(n);
     }
 
-    /// Record `n` messages of `queue` given back (retry or shutdown).
+    /// Count `n` messages of `queue` released for redelivery.
     pub fn mailbox_nacked(&self, queue: &str, n: u64) {
-        Self::count(&self.mailbox_nacked, queue, n);
+        self.mailbox_nacked.get_or_create(&queue_labels(queue)).inc_by(n);
     }
 
-    /// Record `n` messages of `queue` dead-lettered for `reason` (a dead-letter kind).
+    /// Count `n` messages of `queue` dead-lettered for `reason` (a short,
+    /// bounded label such as `max_attempts` or `invalid_message`).
     pub fn mailbox_dead_lettered(&self, queue: &str, reason: &str, n: u64) {
         self.mailbox_dead_lettered
             .get_or_create(&DeadLetterLabels {
@@ -262,30 +442,28 @@ impl Metrics {
             .inc_by(n);
     }
 
-    /// Record the depth of `queue` by state.
+    /// Set the current depth of `queue` by message state. The backlog is
+    /// `ready + in_flight`; alerts derive it from the gauge.
     pub fn mailbox_depth(&self, queue: &str, ready: u64, in_flight: u64, delayed: u64, dead: u64) {
-        for (state, value) in [
+        for (state, count) in [
             ("ready", ready),
             ("in_flight", in_flight),
             ("delayed", delayed),
             ("dead", dead),
         ] {
-            let labels = QueueStateLabels {
-                queue: queue.to_owned(),
-                state,
-            };
             self.mailbox_depth
-                .get_or_create(&labels)
-                .set(i64::try_from(value).unwrap_or(i64::MAX));
+                .get_or_create(&QueueStateLabels {
+                    queue: queue.to_owned(),
+                    state: state.to_owned(),
+                })
+                .set(i64::try_from(count).unwrap_or(i64::MAX));
         }
     }
+}
 
-    fn count(family: &Family<QueueLabels, Counter>, queue: &str, n: u64) {
-        family
-            .get_or_create(&QueueLabels {
-                queue: queue.to_owned(),
-            })
-            .inc_by(n);
+fn queue_labels(queue: &str) -> QueueLabels {
+    QueueLabels {
+        queue: queue.to_owned(),
     }
 }
 
@@ -356,27 +534,5 @@ mod tests {
             assert!(text.contains(line), "missing {line} in:\n{text}");
         }
         assert!(!text.contains("# EOF") && !text.contains("# UNIT"), "{text}");
-    }
-
-    #[test]
-    fn encodes_mailbox_counters_and_depth_by_queue() {
-        let metrics = Metrics::new();
-        metrics.mailbox_claimed("jobs", 3);
-        metrics.mailbox_acked("jobs", 2);
-        metrics.mailbox_nacked("jobs", 1);
-        metrics.mailbox_dead_lettered("jobs", "max_attempts", 1);
-        metrics.mailbox_depth("jobs", 5, 2, 1, 4);
-        metrics.mailbox_depth("jobs", 4, 2, 1, 4);
-        let text = metrics.encode();
-        for line in [
-            r#"wink_mailbox_claimed_total{queue="jobs"} 3"#,
-            r#"wink_mailbox_acked_total{queue="jobs"} 2"#,
-            r#"wink_mailbox_nacked_total{queue="jobs"} 1"#,
-            r#"wink_mailbox_dead_lettered_total{queue="jobs",reason="max_attempts"} 1"#,
-            r#"wink_mailbox_depth{queue="jobs",state="ready"} 4"#,
-            r#"wink_mailbox_depth{queue="jobs",state="dead"} 4"#,
-        ] {
-            assert!(text.contains(line), "missing {line} in:\n{text}");
-        }
     }
 }

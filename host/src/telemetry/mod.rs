@@ -1,20 +1,35 @@
-//! Logging setup.
+//! Logging, traces and metrics.
 //!
 //! Human-readable lines on a terminal, JSON lines otherwise (or with
 //! `WINK_LOG_FORMAT=json`); the level comes from `WINK_LOG`, then
 //! `RUST_LOG`, defaulting to `info`. Logs always go to stderr, keeping stdout
-//! for command output, and pass through a [`Redactor`] first.
+//! for command output, and pass through a [`Redactor`] first. JSON lines
+//! inside a span carry its OpenTelemetry `trace_id` and `span_id`.
+//!
+//! Spans are exported over OTLP when `OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT`
+//! is set (see [`TraceConfig`] and docs/observability.md).
 
 mod metrics;
 mod redact;
+mod traces;
 
 use std::io::IsTerminal;
+use std::sync::{Arc, OnceLock};
 
-use tracing_subscriber::EnvFilter;
-use tracing_subscriber::fmt::format::FmtSpan;
+use tracing::Level;
+use tracing_subscriber::filter::{EnvFilter, FilterExt as _, Targets, filter_fn};
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::fmt::format::{FmtSpan, JsonFields};
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::{Layer, Registry};
 
-pub use metrics::{Metrics, PROMETHEUS_TEXT_CONTENT_TYPE};
+pub(crate) use metrics::ModelCallRecord;
+pub use metrics::{CircuitState, Metrics, PROMETHEUS_TEXT_CONTENT_TYPE};
 pub use redact::{REDACTED, RedactError, RedactingMakeWriter, RedactingWriter, Redactor};
+pub use traces::{
+    DEFAULT_EXPORT_TIMEOUT, DEFAULT_SERVICE_NAME, OtlpProtocol, TraceConfig, TraceConfigError, TraceparentError,
+    continue_trace, parse_traceparent, trace_ids, traceparent,
+};
 
 /// Output format for log lines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,22 +53,158 @@ impl LogFormat {
     }
 }
 
-/// Install the global subscriber, redacting with `redactor`. Calling it twice
-/// is harmless.
-pub fn init_logging(format: LogFormat, redactor: Redactor) {
+/// Errors installing telemetry.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    /// The trace export configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] TraceConfigError),
+    /// Another global subscriber was installed first.
+    #[error("a global tracing subscriber is already installed")]
+    AlreadyInstalled,
+}
+
+/// What [`install`] sets up.
+#[derive(Debug, Clone)]
+pub struct TelemetryOptions {
+    /// How log lines look.
+    pub format: LogFormat,
+    /// Scrubs log lines and exported spans.
+    pub redactor: Redactor,
+    /// Where spans are exported; none: nowhere (ids are still minted for logs).
+    pub traces: Option<TraceConfig>,
+}
+
+/// The installed telemetry. Call [`Telemetry::shutdown`] before the process
+/// exits, or the spans of the last few seconds are lost.
+#[derive(Debug)]
+pub struct Telemetry {
+    provider: opentelemetry_sdk::trace::SdkTracerProvider,
+    exporting: bool,
+}
+
+impl Telemetry {
+    /// Whether spans are exported.
+    pub fn exporting(&self) -> bool {
+        self.exporting
+    }
+
+    /// Export every finished span now. Blocks for up to 5 seconds (an
+    /// export still running then goes on in the background, bounded by the
+    /// export timeout): call it off the async runtime (e.g. in
+    /// `spawn_blocking`). An error means the export failed or timed out.
+    pub fn flush(&self) -> Result<(), String> {
+        self.provider.force_flush().map_err(|err| err.to_string())
+    }
+
+    /// Flush and stop the exporter, waiting at most 5 seconds. Blocks: call
+    /// it after the async runtime's work is done but before the runtime is
+    /// dropped (the gRPC exporter runs on it).
+    pub fn shutdown(self) -> Result<(), String> {
+        if !self.exporting {
+            return Ok(());
+        }
+        self.provider
+            .shutdown_with_timeout(traces::SHUTDOWN_TIMEOUT)
+            .map_err(|err| err.to_string())
+    }
+}
+
+/// Install logging and tracing as the environment configures them, logging
+/// to stderr. With gRPC export it must be called inside a tokio runtime
+/// context (`Runtime::enter`).
+pub fn init(format: LogFormat, redactor: Redactor) -> Result<Telemetry, TelemetryError> {
+    let traces = TraceConfig::from_env()?;
+    install(
+        TelemetryOptions {
+            format,
+            redactor,
+            traces,
+        },
+        std::io::stderr,
+    )
+}
+
+/// Install the global subscriber: redacted log lines to `writer`, and spans
+/// to the OTLP exporter when `options.traces` says where.
+pub fn install<W>(options: TelemetryOptions, writer: W) -> Result<Telemetry, TelemetryError>
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    let (dispatch, telemetry) = build(options, writer)?;
+    tracing::dispatcher::set_global_default(dispatch).map_err(|_| TelemetryError::AlreadyInstalled)?;
+    Ok(telemetry)
+}
+
+/// The subscriber [`install`] installs, without installing it (to scope it
+/// with `tracing::dispatcher::set_default`, as tests do).
+pub fn build<W>(options: TelemetryOptions, writer: W) -> Result<(tracing::Dispatch, Telemetry), TelemetryError>
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    let provider = traces::tracer_provider(options.traces.as_ref(), &options.redactor)?;
+    let dispatch_slot = Arc::new(OnceLock::new());
+    let log_layer = log_layer(
+        options.format,
+        RedactingMakeWriter::new(writer, options.redactor),
+        dispatch_slot.clone(),
+    );
+    let trace_layer = tracing_opentelemetry::layer()
+        .with_tracer(traces::tracer(&provider))
+        .with_location(false)
+        .with_threads(false)
+        .with_filter(trace_targets());
+    let dispatch = tracing::Dispatch::new(Registry::default().with(log_layer).with(trace_layer));
+    let _ = dispatch_slot.set(dispatch.downgrade());
+    let telemetry = Telemetry {
+        provider,
+        exporting: options.traces.is_some(),
+    };
+    Ok((dispatch, telemetry))
+}
+
+/// Spans and events that become OpenTelemetry spans and span events,
+/// whatever the log level: the host's own at info and above, and guests'
+/// log records. Dependencies (the exporter's HTTP stack above all) stay out.
+fn trace_targets() -> Targets {
+    Targets::new()
+        .with_target("wink_host", Level::INFO)
+        .with_target("guest", Level::INFO)
+}
+
+fn log_layer<W>(
+    format: LogFormat,
+    writer: RedactingMakeWriter<W>,
+    dispatch: Arc<OnceLock<tracing::dispatcher::WeakDispatch>>,
+) -> Box<dyn Layer<Registry> + Send + Sync>
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
     let filter = std::env::var("WINK_LOG")
         .ok()
         .and_then(|directives| EnvFilter::try_new(directives).ok())
         .or_else(|| EnvFilter::try_from_default_env().ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(RedactingMakeWriter::new(std::io::stderr, redactor))
+    // The host's spans stay enabled at any level, so that a warning logged
+    // inside a job still carries the job's ids.
+    let filter = filter_fn(|meta| meta.is_span() && meta.target().starts_with("wink_host")).or(filter);
+    let layer = tracing_subscriber::fmt::layer()
+        .with_writer(writer)
         .with_span_events(FmtSpan::NONE);
-    let _ = match format {
+    match format {
         // The span list carries the job's ids on lines logged inside nested
         // spans (a tool call inside a job), not only the innermost span's fields.
-        LogFormat::Json => builder.json().with_current_span(true).with_span_list(true).try_init(),
-        LogFormat::Text => builder.try_init(),
-    };
+        LogFormat::Json => layer
+            .fmt_fields(JsonFields::new())
+            .event_format(traces::WithTraceIds {
+                inner: tracing_subscriber::fmt::format()
+                    .json()
+                    .with_current_span(true)
+                    .with_span_list(true),
+                dispatch,
+            })
+            .with_filter(filter)
+            .boxed(),
+        LogFormat::Text => layer.with_filter(filter).boxed(),
+    }
 }

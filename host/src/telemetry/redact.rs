@@ -82,15 +82,32 @@ impl Redactor {
     /// From the environment: `WINK_REDACT_PATTERNS` (regexes, one per line)
     /// and `WINK_SECRET_ENV` (comma-separated names of variables whose
     /// values are secrets). `AWS_SECRET_ACCESS_KEY` and `AWS_SESSION_TOKEN`
-    /// are always treated as secret.
+    /// are always treated as secret, and so are the values of the OTLP
+    /// exporter's headers (`OTEL_EXPORTER_OTLP_[TRACES_]HEADERS`), which
+    /// usually carry an API key.
     pub fn from_env() -> Result<Self, RedactError> {
-        let extra = std::env::var("WINK_REDACT_PATTERNS").unwrap_or_default();
-        let names = std::env::var("WINK_SECRET_ENV").unwrap_or_default();
-        let secret_values = ["AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"]
+        Self::from_vars(|name| std::env::var(name).ok())
+    }
+
+    /// As [`Self::from_env`], reading variables through `var`.
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Self, RedactError> {
+        let extra = var("WINK_REDACT_PATTERNS").unwrap_or_default();
+        let names = var("WINK_SECRET_ENV").unwrap_or_default();
+        let header_values: Vec<String> = super::traces::HEADER_VARS
+            .into_iter()
+            .flat_map(|name| {
+                // A malformed variable is reported when tracing is set up.
+                super::traces::parse_pairs(name, var(name).as_deref()).unwrap_or_default()
+            })
+            .map(|(_, value)| value)
+            .collect();
+        let secret_values: Vec<String> = ["AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"]
             .into_iter()
             .chain(names.split(',').map(str::trim))
             .filter(|name| !name.is_empty())
-            .filter_map(|name| std::env::var(name).ok());
+            .filter_map(&var)
+            .chain(header_values)
+            .collect();
         Self::new(extra.lines().map(str::trim).filter(|l| !l.is_empty()), secret_values)
     }
 
@@ -207,6 +224,28 @@ mod tests {
         for (input, expected) in cases {
             assert_eq!(r.redact(input), expected, "input: {input}");
         }
+    }
+
+    #[test]
+    fn the_environment_names_secrets_by_value_and_pattern() {
+        let env = [
+            ("AWS_SECRET_ACCESS_KEY", "plainSecretKeyValue42"),
+            ("AWS_SESSION_TOKEN", "sessionTokenValue99"),
+            ("WINK_SECRET_ENV", "DB_PASSWORD, API_TOKEN"),
+            ("DB_PASSWORD", "hunter2-long"),
+            ("WINK_REDACT_PATTERNS", "order-[0-9]+\n\ncust_[a-z]+"),
+            (
+                "OTEL_EXPORTER_OTLP_HEADERS",
+                "x-api-key=lsv2_key%2Fabc,Langsmith-Project=p",
+            ),
+            ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "dd-api-key=ddsecret123"),
+        ];
+        let r = Redactor::from_vars(|name| env.iter().find(|(n, _)| *n == name).map(|(_, v)| (*v).to_owned()))
+            .expect("redactor");
+        let line = "plainSecretKeyValue42 sessionTokenValue99 hunter2-long order-17 cust_bob lsv2_key/abc ddsecret123";
+        assert_eq!(r.redact(line), ["[REDACTED]"; 7].join(" "));
+        // Short values (the project name "p") are not treated as secrets.
+        assert_eq!(r.redact("project p"), "project p");
     }
 
     #[test]

@@ -3,6 +3,10 @@
 //! Every call runs in a fresh instance with the tool's own fuel, memory,
 //! deadline and output limits, so a tool that loops, traps or floods output
 //! becomes a tool error for the agent, never a failure of the agent or host.
+//! Tools, unlike agents, may import `wasi:http`; each request is checked
+//! against the tool's network allowlist ([`network`]).
+
+mod network;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -10,6 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tracing::Instrument;
+use tracing::field::Empty;
 use wasmtime::Engine;
 use wasmtime::component::{HasSelf, Linker};
 
@@ -21,13 +26,17 @@ use crate::runtime::{
 };
 use crate::sandbox::{self, Preopen, SandboxError, ToolCallFs, Workspace};
 
+pub use network::NetworkDenial;
+use network::NetworkGate;
+pub(crate) use network::ToolHost;
+
 /// A compiled tool component and the spec it reported.
 #[derive(Clone)]
 pub struct ToolComponent {
     spec: ToolSpec,
     limits: Limits,
     policy: Arc<ToolPolicy>,
-    pre: ToolPre<SandboxState<()>>,
+    pre: ToolPre<SandboxState<ToolHost>>,
 }
 
 impl std::fmt::Debug for ToolComponent {
@@ -122,10 +131,12 @@ pub struct ToolSet {
     tools: BTreeMap<String, ToolComponent>,
 }
 
-pub(crate) fn linker(engine: &Engine) -> wasmtime::Result<Linker<SandboxState<()>>> {
+pub(crate) fn linker(engine: &Engine) -> wasmtime::Result<Linker<SandboxState<ToolHost>>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-    Tool::add_to_linker::<_, HasSelf<SandboxState<()>>>(&mut linker, |state| state)?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+    network::ensure_tls_provider();
+    Tool::add_to_linker::<_, HasSelf<SandboxState<ToolHost>>>(&mut linker, |state| state)?;
     Ok(linker)
 }
 
@@ -141,9 +152,10 @@ impl Runtime {
             message,
         };
         let limits = self.clamp(&limits);
+        let no_policy = ToolPolicy::default();
         let (state, _) = tool_state(
             &[],
-            &[],
+            &no_policy,
             &limits,
             Instant::now() + limits.deadline,
             &name,
@@ -213,7 +225,13 @@ impl ToolSet {
         context: &ToolCallContext,
     ) -> Result<String, ToolError> {
         let Some(tool) = self.tools.get(name) else {
-            tracing::warn!(parent: &context.span, tool = name, "denied call to a tool that is not granted");
+            runtime.metrics().policy_denied("tool_not_granted");
+            tracing::warn!(
+                parent: &context.span,
+                denial.kind = "tool_not_granted",
+                tool = name,
+                "policy denied"
+            );
             // The name is guest-chosen: one shared label keeps a hostile guest
             // from minting unbounded metric series.
             runtime
@@ -223,22 +241,35 @@ impl ToolSet {
                 "no tool named {name:?} is granted to this agent"
             )));
         };
-        let span = tracing::info_span!(parent: &context.span, "tool", tool = name);
+        let span = tracing::info_span!(
+            parent: &context.span,
+            "tool",
+            otel.name = %format_args!("execute_tool {name}"),
+            otel.status_code = Empty,
+            tool = name,
+            gen_ai.operation.name = "execute_tool",
+            gen_ai.tool.name = name,
+            error.type = Empty,
+        );
         let started = Instant::now();
         let result = invoke(runtime, tool, input, context, span.clone())
             .instrument(span.clone())
             .await;
         let elapsed_us = started.elapsed().as_micros() as u64;
+        let outcome = outcome_label(&result);
         match &result {
             Ok(_) => tracing::info!(parent: &span, elapsed_us, "tool call succeeded"),
             Err(ToolError::Denied(denied)) => {
-                tracing::warn!(parent: &context.span, tool = name, elapsed_us, %denied, "tool call denied");
+                runtime.metrics().policy_denied("tool_fs_denied");
+                tracing::warn!(parent: &span, denial.kind = "tool_fs_denied", elapsed_us, %denied, "policy denied");
             }
             Err(err) => tracing::warn!(parent: &span, elapsed_us, error = ?err, "tool call failed"),
         }
-        runtime
-            .metrics()
-            .tool_call_finished(name, outcome_label(&result), started.elapsed());
+        if result.is_err() {
+            span.record("otel.status_code", "error");
+            span.record("error.type", outcome);
+        }
+        runtime.metrics().tool_call_finished(name, outcome, started.elapsed());
         result
     }
 }
@@ -267,9 +298,8 @@ async fn invoke(
 ) -> Result<String, ToolError> {
     let limits = tool.limits;
     let deadline = context.deadline.min(Instant::now() + limits.deadline);
-    let limit_error = |limit| ToolError::LimitExceeded(LimitExceeded::of(limit, &limits).to_string());
     let Ok(_slot) = tokio::time::timeout_at(deadline.into(), runtime.tool_slots().acquire()).await else {
-        return Err(limit_error(crate::runtime::Limit::Deadline));
+        return Err(limit_exceeded(runtime, crate::runtime::Limit::Deadline, &limits));
     };
     let fs = ToolCallFs::begin(context.workspace.as_deref(), &tool.policy)
         .await
@@ -279,6 +309,13 @@ async fn invoke(
     // leaves the workspace exactly as it was.
     fs.finish(result.is_ok()).await.map_err(sandbox_error)?;
     result
+}
+
+/// A tool stopped by `limit`: counted, and an event on the tool's span.
+fn limit_exceeded(runtime: &Runtime, limit: crate::runtime::Limit, limits: &Limits) -> ToolError {
+    runtime.metrics().limit_hit("tool", limit.as_str());
+    tracing::warn!(guest = "tool", limit = limit.as_str(), "sandbox limit hit");
+    ToolError::LimitExceeded(LimitExceeded::of(limit, limits).to_string())
 }
 
 fn sandbox_error(err: SandboxError) -> ToolError {
@@ -298,20 +335,29 @@ async fn run_instance(
     span: tracing::Span,
 ) -> Result<String, ToolError> {
     let limits = tool.limits;
-    let limit_error = |limit| ToolError::LimitExceeded(LimitExceeded::of(limit, &limits).to_string());
+    let limit_error = |limit| limit_exceeded(runtime, limit, &limits);
     let (state, _stdio) =
-        tool_state(preopens, &tool.policy.env, &limits, deadline, &tool.spec.name, span).map_err(sandbox_error)?;
+        tool_state(preopens, &tool.policy, &limits, deadline, &tool.spec.name, span).map_err(sandbox_error)?;
     let mut store = runtime.new_store(state, &limits);
     let call = async {
         let instance = tool.pre.instantiate_async(&mut store).await?;
         instance.call_invoke(&mut store, &input).await
     };
-    match tokio::time::timeout_at(deadline.into(), call).await {
+    let result = tokio::time::timeout_at(deadline.into(), call).await;
+    // A denied request is reported as such whatever the tool made of it: a
+    // tool cannot hide a denial from the agent (or the logs).
+    if let Some(denial) = denied_requests(store.data().host.denials()) {
+        return Err(denial);
+    }
+    match result {
         Err(_elapsed) => Err(limit_error(crate::runtime::Limit::Deadline)),
         Ok(Err(err)) => Err(match classify(&err, store.data().limit_hit()) {
             GuestFailure::Limit(limit) => limit_error(limit),
             GuestFailure::Trap(message) => ToolError::Failed(format!("tool trapped: {message}")),
         }),
+        // A request's own timeouts end at the call's deadline too (see
+        // `network`): a tool failing at that moment failed because of it.
+        Ok(Ok(Err(_))) if Instant::now() >= deadline => Err(limit_error(crate::runtime::Limit::Deadline)),
         Ok(Ok(Err(tool_error))) => Err(tool_error),
         Ok(Ok(Ok(output))) if output.len() > limits.output_bytes => Err(limit_error(crate::runtime::Limit::Output)),
         Ok(Ok(Ok(output))) => match serde_json::from_str::<serde::de::IgnoredAny>(&output) {
@@ -321,26 +367,34 @@ async fn run_instance(
     }
 }
 
+/// The tool error for the requests the host denied during a call, if any.
+fn denied_requests(denials: &[NetworkDenial]) -> Option<ToolError> {
+    let (first, rest) = denials.split_first()?;
+    Some(ToolError::Denied(match rest.len() {
+        0 => first.to_string(),
+        more => format!("{first} (and {more} more denied requests)"),
+    }))
+}
+
 fn tool_state(
     preopens: &[Preopen],
-    env: &[String],
+    policy: &ToolPolicy,
     limits: &Limits,
     deadline: Instant,
     name: &str,
     span: tracing::Span,
-) -> Result<(SandboxState<()>, sandbox::Stdio), sandbox::SandboxError> {
-    let (wasi, stdio) = sandbox::tool_context(preopens, env, limits.stdio_bytes)?;
+) -> Result<(SandboxState<ToolHost>, sandbox::Stdio), sandbox::SandboxError> {
+    let (wasi, stdio) = sandbox::tool_context(preopens, &policy.env, limits.stdio_bytes)?;
+    let component: Arc<str> = name.into();
+    let gate = NetworkGate::new(policy.network.clone().into(), component.clone(), span.clone(), deadline);
     let state = SandboxState {
         wasi,
         table: Default::default(),
         limiter: crate::runtime::StoreLimiter::new(limits),
         deadline,
         deadline_hit: false,
-        log: LogContext {
-            span,
-            component: name.into(),
-        },
-        host: (),
+        log: LogContext { span, component },
+        host: ToolHost::new(gate),
     };
     Ok((state, stdio))
 }

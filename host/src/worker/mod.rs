@@ -188,7 +188,8 @@ impl std::fmt::Debug for Agents {
 
 impl Worker {
     /// A worker for `mailbox`'s queue; `routes` opens the queues named by
-    /// envelopes' `reply_to`.
+    /// envelopes' `reply_to`. Without a `worker_id` in `config` the worker
+    /// takes the runtime's, so job spans and worker logs name the same one.
     pub fn new(
         runtime: Runtime,
         mailbox: Arc<dyn Mailbox>,
@@ -197,7 +198,10 @@ impl Worker {
         routes: ReplyRoutes,
     ) -> Result<Self, WorkerError> {
         config.validate().map_err(WorkerError::Config)?;
-        let id = config.worker_id.clone().unwrap_or_else(default_worker_id);
+        let id = config
+            .worker_id
+            .clone()
+            .unwrap_or_else(|| runtime.worker_id().to_owned());
         let resources = Arc::new(resources);
         let (acks, ack_queue) = mpsc::channel(config.ack_batch.max(config.concurrency) * 2);
         Ok(Self {
@@ -461,17 +465,6 @@ async fn maintain(shared: Arc<Shared>) {
             _ = depth.tick() => shared.probe_depth().await,
         }
     }
-}
-
-/// `HOSTNAME-PID`, the hostname from the environment or the kernel.
-fn default_worker_id() -> String {
-    let host = std::env::var("HOSTNAME")
-        .ok()
-        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "wink".to_owned());
-    format!("{host}-{}", std::process::id())
 }
 
 /// Shortest pause between retries of a failed mailbox call.

@@ -108,17 +108,29 @@ impl Shared {
             Err(err) => return self.dead_letter(&delivery, None, &err.into()).await,
         };
         let job_id = self.next_job_id();
+        // The delivery's span (an OpenTelemetry consumer span) continues the
+        // producer's trace; the runtime's job span becomes its child, so the
+        // caller, the delivery, the job and its model and tool calls are one
+        // trace, and the worker's own lines (retries, dead letters) carry the
+        // job's ids.
         let span = tracing::info_span!(
             "worker_job",
+            otel.name = %format_args!("process {}", self.queue()),
+            otel.kind = "consumer",
+            messaging.operation.type = "process",
+            messaging.destination.name = %self.queue(),
+            messaging.message.id = %delivery.lease.message_id,
             request_id = %envelope.request_id,
             job_id = %job_id,
-            attempt = delivery.attempt,
+            // Signed: OpenTelemetry has no unsigned integers.
+            attempt = i64::from(delivery.attempt),
             worker_id = %self.id,
         );
-        self.run_job(&delivery, &envelope, job_id).instrument(span).await;
+        crate::telemetry::continue_trace(&span, envelope.traceparent.as_deref());
+        self.run_job(&delivery, &envelope, job_id, &span).instrument(span.clone()).await;
     }
 
-    async fn run_job(&self, delivery: &Delivery, envelope: &Envelope, job_id: String) {
+    async fn run_job(&self, delivery: &Delivery, envelope: &Envelope, job_id: String, span: &tracing::Span) {
         let max = self.config.max_attempts;
         if delivery.attempt > max {
             let poison = Poison::new(
@@ -170,7 +182,8 @@ impl Shared {
             job_id: job_id.clone(),
             attempt: delivery.attempt,
             input: envelope.input.to_string(),
-            traceparent: envelope.traceparent.clone(),
+            // This delivery's span when traces are recorded, else the caller's.
+            traceparent: crate::telemetry::traceparent(span).or_else(|| envelope.traceparent.clone()),
         };
         // Boxed: the sandbox's future is kilobytes, and every job task would
         // otherwise copy it each time the task future moves (spawn included).

@@ -3,6 +3,9 @@
 
 #![allow(dead_code, missing_docs)]
 
+pub mod mailbox_model;
+pub mod moto;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, OnceLock};

@@ -181,21 +181,25 @@ impl BedrockProvider {
         request: &SdkRequest,
         context: &CallContext,
     ) -> Result<ConverseResponse, Failure> {
-        breaker.admit().map_err(Failure::Permanent)?;
+        let metrics = context.metrics.as_deref();
+        breaker.admit(metrics).map_err(Failure::Permanent)?;
         let result = tokio::time::timeout_at(context.deadline.into(), self.attempt(model, request)).await;
         match result {
             Ok(Ok(response)) => {
-                breaker.success();
+                breaker.success(metrics);
                 Ok(response)
             }
             // Throttling is the account's quota speaking, not an outage: it is
             // retried with backoff but does not open the circuit for every job.
             Ok(Err(Failure::Transient(err @ ModelError::Throttled(_)))) => {
+                if let Some(metrics) = metrics {
+                    metrics.model_throttled(model);
+                }
                 breaker.neutral();
                 Err(Failure::Transient(err))
             }
             Ok(Err(Failure::Transient(err))) => {
-                breaker.failure();
+                breaker.failure(metrics);
                 Err(Failure::Transient(err))
             }
             Ok(Err(Failure::Permanent(err))) => {
@@ -204,7 +208,7 @@ impl BedrockProvider {
             }
             // A model that does not answer within the job's deadline counts as failing.
             Err(_elapsed) => {
-                breaker.failure();
+                breaker.failure(metrics);
                 Err(Failure::Permanent(ModelError::DeadlineExceeded))
             }
         }
@@ -223,6 +227,10 @@ fn trace(guardrail: &Guardrail) -> sdk::GuardrailTrace {
 impl ModelProvider for BedrockProvider {
     fn default_model(&self) -> Option<&str> {
         self.options.default_model.as_deref()
+    }
+
+    fn provider_name(&self) -> &'static str {
+        "aws.bedrock"
     }
 
     async fn converse(&self, request: &ConverseRequest, context: &CallContext) -> Result<ConverseResponse, ModelError> {

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::model::ModelError;
+use crate::telemetry::{CircuitState, Metrics};
 
 /// How failed attempts are retried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,9 +106,16 @@ impl Breaker {
         self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Tell `metrics` (when there are any) that the circuit is now `state`.
+    fn report(&self, metrics: Option<&Metrics>, state: CircuitState) {
+        if let Some(metrics) = metrics {
+            metrics.circuit_state(&self.model, state);
+        }
+    }
+
     /// Let an attempt through, or fail fast while the circuit is open. After
     /// the cool-down exactly one attempt (the probe) goes through.
-    pub(super) fn admit(&self) -> Result<(), ModelError> {
+    pub(super) fn admit(&self, metrics: Option<&Metrics>) -> Result<(), ModelError> {
         let mut state = self.state();
         let now = Instant::now();
         match *state {
@@ -115,6 +123,7 @@ impl Breaker {
             State::Open { until } if now >= until => {
                 *state = State::HalfOpen { probing: true };
                 tracing::info!(model = %self.model, "circuit half-open: probing");
+                self.report(metrics, CircuitState::HalfOpen);
                 Ok(())
             }
             State::HalfOpen { probing: false } => {
@@ -134,15 +143,17 @@ impl Breaker {
         ))
     }
 
-    pub(super) fn success(&self) {
+    pub(super) fn success(&self, metrics: Option<&Metrics>) {
         let mut state = self.state();
         if !matches!(*state, State::Closed { failures: 0 }) {
             tracing::info!(model = %self.model, "circuit closed");
         }
         *state = State::Closed { failures: 0 };
+        // Also on the first success, so the gauge shows every model in use.
+        self.report(metrics, CircuitState::Closed);
     }
 
-    pub(super) fn failure(&self) {
+    pub(super) fn failure(&self, metrics: Option<&Metrics>) {
         let mut state = self.state();
         let open = State::Open {
             until: Instant::now() + self.config.cool_down,
@@ -154,6 +165,7 @@ impl Breaker {
             State::Open { until } => State::Open { until },
             _ => {
                 tracing::warn!(model = %self.model, cool_down_ms = self.config.cool_down.as_millis() as u64, "circuit opened");
+                self.report(metrics, CircuitState::Open);
                 open
             }
         };
@@ -232,15 +244,27 @@ mod tests {
             cool_down: Duration::from_millis(30),
         });
         let breaker = breakers.get("m");
-        breaker.failure();
-        assert!(breaker.admit().is_ok(), "one failure keeps it closed");
-        breaker.failure();
-        let err = breaker.admit().unwrap_err().to_string();
+        let recorded = Metrics::new();
+        let gauge = || {
+            recorded
+                .encode()
+                .lines()
+                .find_map(|line| line.strip_prefix(r#"wink_model_circuit_state{model="m"} "#))
+                .map(str::to_owned)
+        };
+        let metrics = Some(&recorded);
+        breaker.failure(metrics);
+        assert!(breaker.admit(metrics).is_ok(), "one failure keeps it closed");
+        breaker.failure(metrics);
+        assert_eq!(gauge().as_deref(), Some("2"), "open");
+        let err = breaker.admit(metrics).unwrap_err().to_string();
         assert!(err.contains("circuit open for model m"), "{err}");
         std::thread::sleep(Duration::from_millis(40));
-        assert!(breaker.admit().is_ok(), "the probe goes through");
-        assert!(breaker.admit().is_err(), "only one probe at a time");
-        breaker.success();
-        assert!(breaker.admit().is_ok() && breaker.admit().is_ok());
+        assert!(breaker.admit(metrics).is_ok(), "the probe goes through");
+        assert_eq!(gauge().as_deref(), Some("1"), "half-open");
+        assert!(breaker.admit(metrics).is_err(), "only one probe at a time");
+        breaker.success(metrics);
+        assert_eq!(gauge().as_deref(), Some("0"), "closed");
+        assert!(breaker.admit(None).is_ok() && breaker.admit(None).is_ok());
     }
 }

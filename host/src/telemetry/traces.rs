@@ -1,0 +1,684 @@
+//! OpenTelemetry traces: configuration from the standard `OTEL_*`
+//! variables, the OTLP exporter (gRPC or HTTP/protobuf), W3C `traceparent`
+//! continuation, and trace ids for log lines.
+//!
+//! Spans are exported in batches from a background thread. Ending a span
+//! only queues it (and drops it when the queue is full), so a slow or
+//! unreachable collector costs jobs nothing: it only loses spans.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use opentelemetry::trace::{
+    SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState, TracerProvider as _,
+};
+use opentelemetry::{Array, KeyValue, StringValue, Value};
+use opentelemetry_otlp::{WithExportConfig as _, WithHttpConfig as _, WithTonicConfig as _};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, SpanData, SpanExporter};
+use tracing::Subscriber;
+use tracing::dispatcher::WeakDispatch;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::registry::LookupSpan;
+
+use super::Redactor;
+
+/// Service name when neither `OTEL_SERVICE_NAME` nor `service.name` in
+/// `OTEL_RESOURCE_ATTRIBUTES` names one.
+pub const DEFAULT_SERVICE_NAME: &str = "wink-host";
+
+/// Export timeout when `OTEL_EXPORTER_OTLP_[TRACES_]TIMEOUT` is unset (the
+/// OpenTelemetry default).
+pub const DEFAULT_EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long [`Telemetry::shutdown`](super::Telemetry::shutdown) waits for the
+/// last spans to leave.
+pub(super) const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The OTLP transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    /// OTLP over gRPC (`grpc`, conventionally port 4317).
+    Grpc,
+    /// Protobuf over HTTP POST (`http/protobuf`, conventionally port 4318): the default.
+    HttpProtobuf,
+}
+
+impl OtlpProtocol {
+    fn parse(value: &str) -> Result<Self, String> {
+        match value.trim() {
+            "grpc" => Ok(Self::Grpc),
+            "http/protobuf" => Ok(Self::HttpProtobuf),
+            "http/json" => Err("http/json is not supported; use grpc or http/protobuf".into()),
+            _ => Err("expected grpc or http/protobuf".into()),
+        }
+    }
+
+    /// The name the `OTEL_EXPORTER_OTLP_PROTOCOL` variable uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Grpc => "grpc",
+            Self::HttpProtobuf => "http/protobuf",
+        }
+    }
+}
+
+/// Where and how spans are exported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceConfig {
+    /// The full URL spans are sent to (for HTTP, including `/v1/traces`).
+    pub endpoint: String,
+    /// The transport.
+    pub protocol: OtlpProtocol,
+    /// Extra request headers (gRPC metadata), e.g. an API key.
+    pub headers: Vec<(String, String)>,
+    /// Time allowed for one export request.
+    pub timeout: Duration,
+    /// The `service.name` resource attribute.
+    pub service_name: String,
+    /// Further resource attributes.
+    pub resource_attributes: Vec<(String, String)>,
+}
+
+/// Bad trace export configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum TraceConfigError {
+    /// A variable holds a value that cannot be used.
+    #[error("invalid {var}={value:?}: {reason}")]
+    Invalid {
+        /// The variable.
+        var: &'static str,
+        /// Its value.
+        value: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The exporter could not be built from an otherwise valid configuration.
+    #[error("cannot set up OTLP trace export to {endpoint}: {reason}")]
+    Exporter {
+        /// The endpoint.
+        endpoint: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The environment variables read, by the role they play. Each list is in
+/// order of precedence: the signal-specific variable first.
+const ENDPOINT_VARS: [&str; 2] = ["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"];
+const PROTOCOL_VARS: [&str; 2] = ["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"];
+const TIMEOUT_VARS: [&str; 2] = ["OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT"];
+/// Headers merge: general ones first, then signal-specific ones override.
+pub(super) const HEADER_VARS: [&str; 2] = ["OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_TRACES_HEADERS"];
+
+impl TraceConfig {
+    /// Export to `endpoint` (the full URL) with default settings.
+    pub fn new(endpoint: impl Into<String>, protocol: OtlpProtocol) -> Self {
+        Self {
+            endpoint: endpoint.into(),
+            protocol,
+            headers: Vec::new(),
+            timeout: DEFAULT_EXPORT_TIMEOUT,
+            service_name: DEFAULT_SERVICE_NAME.into(),
+            resource_attributes: Vec::new(),
+        }
+    }
+
+    /// The configuration the process environment describes; none when no
+    /// endpoint is set, `OTEL_TRACES_EXPORTER=none` or `OTEL_SDK_DISABLED=true`.
+    pub fn from_env() -> Result<Option<Self>, TraceConfigError> {
+        Self::from_vars(|name| std::env::var(name).ok())
+    }
+
+    /// As [`Self::from_env`], reading variables through `var`.
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Option<Self>, TraceConfigError> {
+        // Unset and empty mean the same, as the specification asks.
+        let var = |name: &str| var(name).filter(|value| !value.trim().is_empty());
+        if var("OTEL_SDK_DISABLED").is_some_and(|v| v.trim().eq_ignore_ascii_case("true")) {
+            return Ok(None);
+        }
+        match var("OTEL_TRACES_EXPORTER").as_deref().map(str::trim) {
+            None | Some("otlp") => {}
+            Some("none") => return Ok(None),
+            Some(other) => return Err(invalid("OTEL_TRACES_EXPORTER", other, "expected otlp or none")),
+        }
+        let protocol = match first(var, &PROTOCOL_VARS) {
+            Some((name, value)) => OtlpProtocol::parse(&value).map_err(|reason| invalid(name, &value, reason))?,
+            None => OtlpProtocol::HttpProtobuf,
+        };
+        let Some((endpoint_var, endpoint)) = first(var, &ENDPOINT_VARS) else {
+            return Ok(None);
+        };
+        let endpoint = endpoint.trim().to_owned();
+        check_endpoint(&endpoint).map_err(|reason| invalid(endpoint_var, &endpoint, reason))?;
+        // The general endpoint is a base URL: HTTP appends the signal's path.
+        let endpoint = if endpoint_var == ENDPOINT_VARS[1] && protocol == OtlpProtocol::HttpProtobuf {
+            format!("{}/v1/traces", endpoint.trim_end_matches('/'))
+        } else {
+            endpoint
+        };
+        let mut headers: Vec<(String, String)> = Vec::new();
+        for name in HEADER_VARS {
+            for (key, value) in parse_pairs(name, var(name).as_deref())? {
+                headers.retain(|(existing, _)| !existing.eq_ignore_ascii_case(&key));
+                headers.push((key, value));
+            }
+        }
+        let timeout = match first(var, &TIMEOUT_VARS) {
+            Some((name, value)) => value
+                .trim()
+                .parse::<u64>()
+                .map(Duration::from_millis)
+                .map_err(|_| invalid(name, &value, "expected milliseconds"))?,
+            None => DEFAULT_EXPORT_TIMEOUT,
+        };
+        let mut resource_attributes =
+            parse_pairs("OTEL_RESOURCE_ATTRIBUTES", var("OTEL_RESOURCE_ATTRIBUTES").as_deref())?;
+        let from_attributes = resource_attributes
+            .iter()
+            .position(|(key, _)| key == "service.name")
+            .map(|index| resource_attributes.remove(index).1);
+        let service_name = var("OTEL_SERVICE_NAME")
+            .map(|name| name.trim().to_owned())
+            .or(from_attributes)
+            .unwrap_or_else(|| DEFAULT_SERVICE_NAME.into());
+        Ok(Some(Self {
+            endpoint,
+            protocol,
+            headers,
+            timeout,
+            service_name,
+            resource_attributes,
+        }))
+    }
+}
+
+fn invalid(var: &'static str, value: &str, reason: impl Into<String>) -> TraceConfigError {
+    TraceConfigError::Invalid {
+        var,
+        value: value.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+fn first(var: impl Fn(&str) -> Option<String>, names: &[&'static str]) -> Option<(&'static str, String)> {
+    names.iter().find_map(|name| var(name).map(|value| (*name, value)))
+}
+
+fn check_endpoint(endpoint: &str) -> Result<(), String> {
+    let url = url::Url::parse(endpoint).map_err(|err| format!("not a URL: {err}"))?;
+    match url.scheme() {
+        "http" | "https" => Ok(()),
+        other => Err(format!("unsupported scheme {other:?}; expected http or https")),
+    }
+}
+
+/// `key=value` pairs separated by commas, values percent-encoded: the format
+/// of `OTEL_EXPORTER_OTLP_HEADERS` and `OTEL_RESOURCE_ATTRIBUTES`.
+pub(super) fn parse_pairs(var: &'static str, text: Option<&str>) -> Result<Vec<(String, String)>, TraceConfigError> {
+    let Some(text) = text else {
+        return Ok(Vec::new());
+    };
+    text.split(',')
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (key, value) = pair
+                .split_once('=')
+                .ok_or_else(|| invalid(var, text, format!("{pair:?} is not key=value")))?;
+            let value = percent_encoding::percent_decode_str(value.trim())
+                .decode_utf8()
+                .map_err(|_| invalid(var, text, format!("the value of {:?} is not UTF-8", key.trim())))?;
+            match key.trim() {
+                "" => Err(invalid(var, text, format!("{pair:?} has an empty key"))),
+                key => Ok((key.to_owned(), value.into_owned())),
+            }
+        })
+        .collect()
+}
+
+/// The tracer provider for `config`: exporting in batches when there is a
+/// configuration, else recording nothing but still minting trace and span
+/// ids, so that log lines correlate with the caller's trace either way.
+pub(super) fn tracer_provider(
+    config: Option<&TraceConfig>,
+    redactor: &Redactor,
+) -> Result<SdkTracerProvider, TraceConfigError> {
+    let Some(config) = config else {
+        return Ok(SdkTracerProvider::builder().with_sampler(Sampler::AlwaysOff).build());
+    };
+    let exporter = RedactingExporter {
+        inner: otlp_exporter(config)?,
+        redactor: redactor.clone(),
+    };
+    let resource = Resource::builder_empty()
+        .with_service_name(config.service_name.clone())
+        .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
+        .with_attributes(
+            config
+                .resource_attributes
+                .iter()
+                .map(|(key, value)| KeyValue::new(key.clone(), value.clone())),
+        )
+        .build();
+    // The sampler stays the SDK's (parent-based always-on, or OTEL_TRACES_SAMPLER).
+    Ok(SdkTracerProvider::builder()
+        .with_resource(resource)
+        .with_batch_exporter(exporter)
+        .build())
+}
+
+fn otlp_exporter(config: &TraceConfig) -> Result<opentelemetry_otlp::SpanExporter, TraceConfigError> {
+    let exporter_error = |reason: String| TraceConfigError::Exporter {
+        endpoint: config.endpoint.clone(),
+        reason,
+    };
+    let headers = header_map(&config.headers).map_err(exporter_error)?;
+    let builder = opentelemetry_otlp::SpanExporter::builder();
+    let built = match config.protocol {
+        OtlpProtocol::Grpc => {
+            let mut grpc = builder
+                .with_tonic()
+                .with_endpoint(config.endpoint.clone())
+                .with_timeout(config.timeout)
+                .with_metadata(opentelemetry_otlp::tonic_types::metadata::MetadataMap::from_headers(
+                    headers,
+                ));
+            if config.endpoint.starts_with("https:") {
+                grpc = grpc.with_tls_config(
+                    opentelemetry_otlp::tonic_types::transport::ClientTlsConfig::new().with_native_roots(),
+                );
+            }
+            grpc.build()
+        }
+        OtlpProtocol::HttpProtobuf => builder
+            .with_http()
+            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+            .with_endpoint(config.endpoint.clone())
+            .with_timeout(config.timeout)
+            .with_headers(config.headers.iter().cloned().collect::<HashMap<_, _>>())
+            .build(),
+    };
+    built.map_err(|err| exporter_error(err.to_string()))
+}
+
+/// Validate headers as HTTP headers (gRPC metadata is the same).
+fn header_map(headers: &[(String, String)]) -> Result<http::HeaderMap, String> {
+    let mut map = http::HeaderMap::with_capacity(headers.len());
+    for (key, value) in headers {
+        let name = http::HeaderName::from_bytes(key.to_ascii_lowercase().as_bytes())
+            .map_err(|_| format!("{key:?} is not a valid header name"))?;
+        // The value is a secret: never echo it.
+        let value =
+            http::HeaderValue::from_str(value).map_err(|_| format!("the value of header {key:?} is invalid"))?;
+        map.insert(name, value);
+    }
+    Ok(map)
+}
+
+/// Scrubs secrets from span attributes and events before they leave the
+/// process, as the log writer does for log lines.
+#[derive(Debug)]
+struct RedactingExporter<E> {
+    inner: E,
+    redactor: Redactor,
+}
+
+impl<E: SpanExporter> SpanExporter for RedactingExporter<E> {
+    fn export(&self, mut batch: Vec<SpanData>) -> impl Future<Output = OTelSdkResult> + Send {
+        for span in &mut batch {
+            redact_span(&self.redactor, span);
+        }
+        self.inner.export(batch)
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
+    }
+}
+
+fn redact_span(redactor: &Redactor, span: &mut SpanData) {
+    redact_attributes(redactor, &mut span.attributes);
+    for event in &mut span.events.events {
+        if let Cow::Owned(name) = redactor.redact(&event.name) {
+            event.name = Cow::Owned(name);
+        }
+        redact_attributes(redactor, &mut event.attributes);
+    }
+    if let opentelemetry::trace::Status::Error { description } = &mut span.status
+        && let Cow::Owned(redacted) = redactor.redact(description)
+    {
+        *description = Cow::Owned(redacted);
+    }
+}
+
+fn redact_attributes(redactor: &Redactor, attributes: &mut [KeyValue]) {
+    let redact = |text: &StringValue| match redactor.redact(text.as_str()) {
+        Cow::Owned(redacted) => Some(StringValue::from(redacted)),
+        Cow::Borrowed(_) => None,
+    };
+    for attribute in attributes {
+        match &mut attribute.value {
+            Value::String(text) => {
+                if let Some(redacted) = redact(text) {
+                    *text = redacted;
+                }
+            }
+            Value::Array(Array::String(texts)) => {
+                for text in texts {
+                    if let Some(redacted) = redact(text) {
+                        *text = redacted;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Why a `traceparent` cannot be continued.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid traceparent {value:?}: {reason}")]
+pub struct TraceparentError {
+    value: String,
+    reason: &'static str,
+}
+
+/// Parse a W3C `traceparent` header value into the remote span context it names.
+pub fn parse_traceparent(value: &str) -> Result<SpanContext, TraceparentError> {
+    let error = |reason| TraceparentError {
+        value: value.to_owned(),
+        reason,
+    };
+    let parts: Vec<&str> = value.trim().split('-').collect();
+    let [version, trace_id, parent_id, flags, rest @ ..] = parts.as_slice() else {
+        return Err(error("expected version-traceid-parentid-flags"));
+    };
+    let is_hex = |text: &str, len: usize| {
+        text.len() == len && text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    if !is_hex(version, 2) || *version == "ff" {
+        return Err(error("the version is not two lower-case hex digits other than ff"));
+    }
+    // Version 00 has exactly four fields; later versions may append more.
+    if *version == "00" && !rest.is_empty() {
+        return Err(error("version 00 has exactly four fields"));
+    }
+    if !is_hex(trace_id, 32) || !is_hex(parent_id, 16) || !is_hex(flags, 2) {
+        return Err(error("the ids and flags must be 32, 16 and 2 lower-case hex digits"));
+    }
+    let trace_id = TraceId::from_hex(trace_id).map_err(|_| error("bad trace id"))?;
+    let span_id = SpanId::from_hex(parent_id).map_err(|_| error("bad parent id"))?;
+    let flags = u8::from_str_radix(flags, 16).map_err(|_| error("bad flags"))?;
+    if trace_id == TraceId::INVALID || span_id == SpanId::INVALID {
+        return Err(error("all-zero ids are invalid"));
+    }
+    Ok(SpanContext::new(
+        trace_id,
+        span_id,
+        TraceFlags::new(flags) & TraceFlags::SAMPLED,
+        true,
+        TraceState::default(),
+    ))
+}
+
+/// Make `span` a child of the caller's span named by `traceparent` (W3C
+/// format), so the trace continues across the queue or RPC that carried it.
+///
+/// Call it right after creating the span, before it is entered or logged
+/// into (from then on its parent is fixed). Without a `traceparent` the
+/// span stays a root (or the child of the current span). An invalid one is
+/// ignored with a warning naming it: the work goes on in a new trace.
+pub fn continue_trace(span: &tracing::Span, traceparent: Option<&str>) {
+    let Some(traceparent) = traceparent else {
+        return;
+    };
+    match parse_traceparent(traceparent) {
+        Ok(remote) => {
+            let parent = opentelemetry::Context::new().with_remote_span_context(remote);
+            if let Err(err) = span.set_parent(parent) {
+                tracing::debug!(parent: span, error = %err, "cannot continue the caller's trace");
+            }
+        }
+        Err(err) => tracing::warn!(parent: span, error = %err, "ignoring the caller's traceparent"),
+    }
+}
+
+/// The W3C `traceparent` of `span`, to pass the trace on to work it causes
+/// (a queued message, an outbound request). None when tracing is not
+/// installed or the span is disabled.
+pub fn traceparent(span: &tracing::Span) -> Option<String> {
+    let context = span.context();
+    let span_context = context.span().span_context().clone();
+    span_context.is_valid().then(|| {
+        format!(
+            "00-{}-{}-{:02x}",
+            span_context.trace_id(),
+            span_context.span_id(),
+            span_context.trace_flags().to_u8()
+        )
+    })
+}
+
+/// The trace and span ids of `span`, when tracing is installed.
+pub fn trace_ids(span: &tracing::Span) -> Option<(TraceId, SpanId)> {
+    let context = span.context();
+    let span_context = context.span().span_context().clone();
+    span_context
+        .is_valid()
+        .then(|| (span_context.trace_id(), span_context.span_id()))
+}
+
+/// A JSON event format that prefixes each line with the `trace_id` and
+/// `span_id` of the span the event belongs to, so log lines join their trace.
+pub(super) struct WithTraceIds<F> {
+    pub(super) inner: F,
+    /// The subscriber this format belongs to, to look up OpenTelemetry
+    /// contexts (set once the subscriber exists).
+    pub(super) dispatch: Arc<OnceLock<WeakDispatch>>,
+}
+
+impl<F> WithTraceIds<F> {
+    fn ids<S, N>(&self, ctx: &FmtContext<'_, S, N>) -> Option<(TraceId, SpanId)>
+    where
+        S: Subscriber + for<'a> LookupSpan<'a>,
+        N: for<'a> FormatFields<'a> + 'static,
+    {
+        let dispatch = self.dispatch.get()?.upgrade()?;
+        ctx.event_scope()?.find_map(|span| {
+            let context = tracing_opentelemetry::get_otel_context(&span.id(), &dispatch)?;
+            let span_context = context.span().span_context().clone();
+            span_context
+                .is_valid()
+                .then(|| (span_context.trace_id(), span_context.span_id()))
+        })
+    }
+}
+
+impl<S, N, F> FormatEvent<S, N> for WithTraceIds<F>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    F: FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let Some((trace_id, span_id)) = self.ids(ctx) else {
+            return self.inner.format_event(ctx, writer, event);
+        };
+        let mut line = String::new();
+        self.inner.format_event(ctx, Writer::new(&mut line), event)?;
+        match line.strip_prefix('{') {
+            Some(rest) => write!(writer, r#"{{"trace_id":"{trace_id}","span_id":"{span_id}",{rest}"#),
+            None => writer.write_str(&line),
+        }
+    }
+}
+
+/// The tracer wink-host's spans are recorded with.
+pub(super) fn tracer(provider: &SdkTracerProvider) -> opentelemetry_sdk::trace::SdkTracer {
+    provider.tracer("wink-host")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |name| pairs.iter().find(|(n, _)| *n == name).map(|(_, v)| (*v).to_owned())
+    }
+
+    #[test]
+    fn off_without_an_endpoint_or_when_disabled() {
+        assert_eq!(TraceConfig::from_vars(vars(&[])).expect("ok"), None);
+        let endpoint = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318");
+        assert_eq!(
+            TraceConfig::from_vars(vars(&[endpoint, ("OTEL_TRACES_EXPORTER", "none")])).expect("ok"),
+            None
+        );
+        assert_eq!(
+            TraceConfig::from_vars(vars(&[endpoint, ("OTEL_SDK_DISABLED", "true")])).expect("ok"),
+            None
+        );
+        assert_eq!(
+            TraceConfig::from_vars(vars(&[("OTEL_EXPORTER_OTLP_ENDPOINT", " ")])).expect("ok"),
+            None
+        );
+    }
+
+    #[test]
+    fn reads_the_standard_variables_with_their_precedence() {
+        let config = TraceConfig::from_vars(vars(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://api.example.test/otel/"),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "x-api-key=abc%3D%3D, project=p1"),
+            ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "Project=p2"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "2500"),
+            (
+                "OTEL_RESOURCE_ATTRIBUTES",
+                "service.name=from-attrs,deployment.environment=prod%20eu",
+            ),
+        ]))
+        .expect("valid")
+        .expect("on");
+        assert_eq!(config.endpoint, "https://api.example.test/otel/v1/traces");
+        assert_eq!(config.protocol, OtlpProtocol::HttpProtobuf);
+        assert_eq!(
+            config.headers,
+            [
+                ("x-api-key".to_owned(), "abc==".to_owned()),
+                ("Project".into(), "p2".into())
+            ]
+        );
+        assert_eq!(config.timeout, Duration::from_millis(2500));
+        assert_eq!(config.service_name, "from-attrs");
+        assert_eq!(
+            config.resource_attributes,
+            [("deployment.environment".to_owned(), "prod eu".to_owned())]
+        );
+
+        let grpc = TraceConfig::from_vars(vars(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317"),
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://collector:4317"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+            ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "grpc"),
+            ("OTEL_SERVICE_NAME", "agents"),
+            ("OTEL_RESOURCE_ATTRIBUTES", "service.name=ignored"),
+        ]))
+        .expect("valid")
+        .expect("on");
+        assert_eq!(
+            grpc.endpoint, "http://collector:4317",
+            "the signal endpoint is used as is"
+        );
+        assert_eq!(grpc.protocol, OtlpProtocol::Grpc);
+        assert_eq!(grpc.service_name, "agents");
+        assert_eq!(grpc.timeout, DEFAULT_EXPORT_TIMEOUT);
+    }
+
+    #[test]
+    fn bad_values_are_named_in_one_line() {
+        let endpoint = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318");
+        for (pairs, expected) in [
+            (
+                vec![endpoint, ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")],
+                r#"invalid OTEL_EXPORTER_OTLP_PROTOCOL="http/json": http/json is not supported; use grpc or http/protobuf"#,
+            ),
+            (
+                vec![("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4317")],
+                r#"invalid OTEL_EXPORTER_OTLP_ENDPOINT="collector:4317": unsupported scheme "collector"; expected http or https"#,
+            ),
+            (
+                vec![endpoint, ("OTEL_EXPORTER_OTLP_HEADERS", "novalue")],
+                r#"invalid OTEL_EXPORTER_OTLP_HEADERS="novalue": "novalue" is not key=value"#,
+            ),
+            (
+                vec![endpoint, ("OTEL_EXPORTER_OTLP_TIMEOUT", "10s")],
+                r#"invalid OTEL_EXPORTER_OTLP_TIMEOUT="10s": expected milliseconds"#,
+            ),
+            (
+                vec![endpoint, ("OTEL_TRACES_EXPORTER", "zipkin")],
+                r#"invalid OTEL_TRACES_EXPORTER="zipkin": expected otlp or none"#,
+            ),
+        ] {
+            let err = TraceConfig::from_vars(vars(&pairs)).expect_err("invalid").to_string();
+            assert_eq!(err, expected);
+        }
+    }
+
+    #[test]
+    fn traceparents_parse_per_w3c() {
+        let remote =
+            parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").expect("valid traceparent");
+        assert_eq!(remote.trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(remote.span_id().to_string(), "00f067aa0ba902b7");
+        assert!(remote.is_sampled() && remote.is_remote());
+        let future = parse_traceparent("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00-extra").expect("v1");
+        assert!(!future.is_sampled());
+        for bad in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+        ] {
+            let err = parse_traceparent(bad).expect_err(bad).to_string();
+            assert!(err.starts_with(&format!("invalid traceparent {bad:?}: ")), "{err}");
+        }
+    }
+
+    #[test]
+    fn exported_spans_are_redacted() {
+        let redactor = Redactor::new([], []).expect("redactor");
+        let mut attributes = vec![
+            KeyValue::new("error", "denied for AKIAIOSFODNN7EXAMPLE"),
+            KeyValue::new("count", 3),
+            KeyValue::new(
+                "list",
+                Value::Array(Array::String(vec!["Authorization: Bearer abcdefghijkl".into()])),
+            ),
+        ];
+        redact_attributes(&redactor, &mut attributes);
+        assert_eq!(attributes[0].value.as_str(), "denied for [REDACTED]");
+        assert_eq!(attributes[1].value, Value::I64(3));
+        assert_eq!(attributes[2].value.as_str(), r#"["Authorization: [REDACTED]"]"#);
+    }
+}

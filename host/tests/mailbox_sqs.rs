@@ -1,0 +1,420 @@
+//! The SQS mailbox against a real moto server started by each test.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::moto::Moto;
+use wink_host::mailbox::{
+    Acked, DeadLetterReason, DeadSelection, Delivery, Lease, Mailbox, MailboxError, PurgeScope, Reply, Sent,
+    SqsMailbox, SqsOptions,
+};
+
+const LEASE: Duration = Duration::from_secs(30);
+const NO_WAIT: Duration = Duration::ZERO;
+/// Long enough for any redelivery these tests expect; claims return as soon as one comes.
+const PATIENCE: Duration = Duration::from_secs(10);
+
+/// A moto server and mailboxes on it.
+struct Sqs {
+    moto: Moto,
+}
+
+impl Sqs {
+    async fn start() -> Self {
+        Self {
+            moto: Moto::start().await,
+        }
+    }
+
+    fn url(&self, params: &str) -> String {
+        format!("sqs://?endpoint={}{params}", self.moto.endpoint())
+    }
+
+    /// Queue `queue`, created with its dead-letter queue; `params` adds URL parameters.
+    async fn mailbox(&self, queue: &str, params: &str) -> SqsMailbox {
+        self.try_open(queue, &format!("&create=true{params}"))
+            .await
+            .unwrap_or_else(|err| panic!("opening {queue}: {err}"))
+    }
+
+    async fn try_open(&self, queue: &str, params: &str) -> Result<SqsMailbox, MailboxError> {
+        let options = SqsOptions::from_url(&self.url(params))?;
+        SqsMailbox::connect(&self.moto.sdk_config(), queue, &options).await
+    }
+}
+
+fn reply(request_id: &str, body: &str) -> Reply {
+    Reply {
+        request_id: request_id.into(),
+        body: Bytes::copy_from_slice(body.as_bytes()),
+    }
+}
+
+fn reason(kind: &str, message: &str) -> DeadLetterReason {
+    DeadLetterReason {
+        kind: kind.into(),
+        message: message.into(),
+    }
+}
+
+async fn claim_one(mailbox: &SqsMailbox, lease: Duration, wait: Duration) -> Delivery {
+    let mut batch = mailbox.claim(1, lease, wait).await.expect("claim");
+    assert_eq!(batch.len(), 1, "expected one delivery, got {batch:?}");
+    batch.remove(0)
+}
+
+fn assert_lost<T: std::fmt::Debug>(result: Result<T, MailboxError>) {
+    assert!(
+        matches!(result, Err(MailboxError::LeaseLost { .. })),
+        "expected LeaseLost, got {result:?}"
+    );
+}
+
+#[tokio::test]
+async fn send_claim_ack_round_trip_any_payload() {
+    let sqs = Sqs::start().await;
+    let mailbox = sqs.mailbox("jobs", "").await;
+    let payloads = [
+        ("json", Bytes::from_static(br#"{"version":1}"#)),
+        ("empty", Bytes::new()),
+        ("binary", Bytes::from_static(b"\x00\xffnot text")),
+    ];
+    for (id, payload) in &payloads {
+        assert_eq!(mailbox.send(id, payload.clone()).await.unwrap(), Sent::Enqueued);
+    }
+    let mut batch = mailbox.claim(10, LEASE, PATIENCE).await.unwrap();
+    while batch.len() < payloads.len() {
+        batch.extend(mailbox.claim(10, LEASE, PATIENCE).await.unwrap());
+    }
+    assert_eq!(batch.len(), payloads.len());
+    let now_ms = u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap();
+    for (_, payload) in &payloads {
+        let delivery = batch
+            .iter()
+            .find(|d| d.payload == payload)
+            .unwrap_or_else(|| panic!("{payload:?} not delivered"));
+        assert_eq!(delivery.attempt, 1);
+        assert!(delivery.enqueued_at_ms <= now_ms && delivery.enqueued_at_ms + 60_000 > now_ms);
+        assert!(delivery.lease_expires_at_ms > now_ms);
+    }
+    for delivery in &batch {
+        assert_eq!(
+            mailbox.ack(&delivery.lease, &reply("r", "done")).await.unwrap(),
+            Acked::Replied
+        );
+        assert_lost(mailbox.ack(&delivery.lease, &reply("r", "again")).await);
+    }
+    assert!(mailbox.claim(10, LEASE, NO_WAIT).await.unwrap().is_empty());
+    assert_eq!(mailbox.depth().await.unwrap().backlog(), 0);
+}
+
+#[tokio::test]
+async fn a_lapsed_lease_is_redelivered_and_the_stale_holder_is_refused() {
+    let sqs = Sqs::start().await;
+    let mailbox = sqs.mailbox("jobs", "").await;
+    mailbox.send("r1", Bytes::from_static(b"job")).await.unwrap();
+    let first = claim_one(&mailbox, Duration::from_secs(1), PATIENCE).await;
+    assert_eq!(first.attempt, 1);
+    let second = claim_one(&mailbox, LEASE, PATIENCE).await;
+    assert_eq!(second.attempt, 2, "ApproximateReceiveCount counts the lapsed delivery");
+    assert_eq!(second.lease.message_id, first.lease.message_id);
+    assert_lost(mailbox.extend(&first.lease, LEASE).await);
+    assert_lost(mailbox.nack(&first.lease, Duration::ZERO).await);
+    assert_lost(mailbox.ack(&first.lease, &reply("r1", "stale")).await);
+    assert_lost(
+        mailbox
+            .dead_letter(&first.lease, &reason("stale", "must not win"))
+            .await,
+    );
+    // SQS itself would have let the stale handle delete the message: it is still there.
+    assert_eq!(mailbox.depth().await.unwrap().in_flight, 1);
+    assert_eq!(
+        mailbox.ack(&second.lease, &reply("r1", "fresh")).await.unwrap(),
+        Acked::Replied
+    );
+    assert_eq!(mailbox.depth().await.unwrap().backlog(), 0);
+}
+
+#[tokio::test]
+async fn extending_keeps_the_lease() {
+    let sqs = Sqs::start().await;
+    let mailbox = sqs.mailbox("jobs", "").await;
+    mailbox.send("r1", Bytes::new()).await.unwrap();
+    let delivery = claim_one(&mailbox, Duration::from_secs(2), PATIENCE).await;
+    // Held for 4 s in all, twice its first lease.
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        mailbox.extend(&delivery.lease, Duration::from_secs(3)).await.unwrap();
+    }
+    assert!(mailbox.claim(1, LEASE, NO_WAIT).await.unwrap().is_empty());
+    mailbox.ack(&delivery.lease, &reply("r1", "ok")).await.unwrap();
+    assert_lost(mailbox.extend(&delivery.lease, LEASE).await);
+}
+
+#[tokio::test]
+async fn nack_delays_the_retry_and_ends_the_lease() {
+    let sqs = Sqs::start().await;
+    let mailbox = sqs.mailbox("jobs", "").await;
+    mailbox.send("r1", Bytes::new()).await.unwrap();
+    let first = claim_one(&mailbox, LEASE, PATIENCE).await;
+    mailbox.nack(&first.lease, Duration::from_secs(2)).await.unwrap();
+    assert!(mailbox.claim(1, LEASE, NO_WAIT).await.unwrap().is_empty());
+    // SQS cannot tell a delayed retry from a lease: both are "not visible".
+    assert_eq!(mailbox.depth().await.unwrap().in_flight, 1);
+    assert_lost(mailbox.ack(&first.lease, &reply("r1", "gave it back")).await);
+    let second = claim_one(&mailbox, LEASE, PATIENCE).await;
+    assert_eq!(second.attempt, 2);
+    mailbox.nack(&second.lease, Duration::ZERO).await.unwrap();
+    let third = claim_one(&mailbox, LEASE, NO_WAIT).await;
+    assert_eq!(third.attempt, 3);
+}
+
+#[tokio::test]
+async fn dead_letters_keep_their_reason_and_can_be_requeued() {
+    let sqs = Sqs::start().await;
+    let mailbox = sqs.mailbox("jobs", "").await;
+    for id in ["a", "b"] {
+        mailbox.send(id, Bytes::from(id)).await.unwrap();
+    }
+    let mut ids = std::collections::HashMap::new();
+    for _ in 0..2 {
+        let delivery = claim_one(&mailbox, LEASE, PATIENCE).await;
+        let why = reason("malformed_envelope", "not json: \u{0} control chars survive");
+        mailbox.dead_letter(&delivery.lease, &why).await.unwrap();
+        ids.insert(delivery.payload.clone(), delivery.lease.message_id.clone());
+    }
+    let depth = mailbox.depth().await.unwrap();
+    assert_eq!((depth.ready, depth.in_flight, depth.dead), (0, 0, 2));
+    let dead = mailbox.dead_letters(10).await.unwrap();
+    assert_eq!(dead.len(), 2);
+    for letter in &dead {
+        assert_eq!(letter.reason.kind, "malformed_envelope");
+        assert_eq!(letter.reason.message, "not json: \u{FFFD} control chars survive");
+        assert_eq!(letter.attempts, 1);
+        assert_eq!(ids[&letter.payload], letter.message_id);
+        assert!(letter.dead_at_ms >= letter.enqueued_at_ms);
+    }
+    assert!(dead[0].dead_at_ms <= dead[1].dead_at_ms, "oldest first");
+    assert_eq!(mailbox.dead_letters(1).await.unwrap().len(), 1);
+    // Listing gives them back: still two dead, none ready.
+    assert_eq!(mailbox.depth().await.unwrap().dead, 2);
+
+    let b = ids[&Bytes::from("b")].clone();
+    let moved = mailbox
+        .requeue_dead(&DeadSelection::Ids(vec![b, "no-such-id".into()]))
+        .await
+        .unwrap();
+    assert_eq!(moved, 1);
+    let again = claim_one(&mailbox, LEASE, PATIENCE).await;
+    assert_eq!(
+        (again.payload.as_ref(), again.attempt),
+        (&b"b"[..], 1),
+        "fresh attempt count"
+    );
+    let remaining = mailbox.dead_letters(10).await.unwrap();
+    assert_eq!(remaining.len(), 1);
+    assert_eq!(remaining[0].payload, Bytes::from("a"));
+    mailbox
+        .dead_letter(&again.lease, &reason("max_attempts", "gave up"))
+        .await
+        .unwrap();
+    assert_eq!(mailbox.purge(PurgeScope::Dead).await.unwrap(), 2);
+    assert_eq!(mailbox.depth().await.unwrap().dead, 0);
+    assert_eq!(mailbox.requeue_dead(&DeadSelection::All).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn requeue_all_moves_every_dead_letter_back() {
+    let sqs = Sqs::start().await;
+    let mailbox = sqs.mailbox("jobs", "").await;
+    for index in 0..12 {
+        mailbox.send(&format!("r{index}"), Bytes::from("x")).await.unwrap();
+    }
+    let mut dead = 0;
+    while dead < 12 {
+        for delivery in mailbox.claim(10, LEASE, PATIENCE).await.unwrap() {
+            mailbox.dead_letter(&delivery.lease, &reason("k", "m")).await.unwrap();
+            dead += 1;
+        }
+    }
+    assert_eq!(mailbox.requeue_dead(&DeadSelection::All).await.unwrap(), 12);
+    let depth = mailbox.depth().await.unwrap();
+    assert_eq!((depth.ready, depth.dead), (12, 0));
+}
+
+#[tokio::test]
+async fn purge_removes_pending_messages_but_not_leased_ones() {
+    let sqs = Sqs::start().await;
+    let mailbox = sqs.mailbox("jobs", "").await;
+    for id in ["a", "b", "c"] {
+        mailbox.send(id, Bytes::from(id)).await.unwrap();
+    }
+    let leased = claim_one(&mailbox, LEASE, PATIENCE).await;
+    let depth = mailbox.depth().await.unwrap();
+    assert_eq!((depth.ready, depth.in_flight, depth.delayed, depth.dead), (2, 1, 0, 0));
+    assert_eq!(mailbox.purge(PurgeScope::Pending).await.unwrap(), 2);
+    let depth = mailbox.depth().await.unwrap();
+    assert_eq!((depth.ready, depth.in_flight), (0, 1));
+    assert_eq!(
+        mailbox.ack(&leased.lease, &reply("a", "ok")).await.unwrap(),
+        Acked::Replied
+    );
+    assert_eq!(mailbox.depth().await.unwrap().backlog(), 0);
+}
+
+#[tokio::test]
+async fn a_fifo_queue_drops_duplicate_sends_and_still_requeues() {
+    let sqs = Sqs::start().await;
+    let mailbox = sqs.mailbox("jobs.fifo", "").await;
+    let other_handle = sqs.mailbox("jobs.fifo", "").await;
+    assert!(mailbox.dlq_url().ends_with("jobs-dlq.fifo"));
+    assert_eq!(
+        mailbox.send("r1", Bytes::from_static(b"first")).await.unwrap(),
+        Sent::Enqueued
+    );
+    assert_eq!(
+        mailbox.send("r1", Bytes::from_static(b"second")).await.unwrap(),
+        Sent::Duplicate
+    );
+    // Another handle cannot know, but SQS drops it all the same.
+    other_handle.send("r1", Bytes::from_static(b"third")).await.unwrap();
+    mailbox.send("r2", Bytes::from_static(b"other")).await.unwrap();
+    let mut batch = mailbox.claim(10, LEASE, PATIENCE).await.unwrap();
+    batch.extend(mailbox.claim(10, LEASE, Duration::from_secs(2)).await.unwrap());
+    let mut payloads: Vec<_> = batch.iter().map(|d| d.payload.clone()).collect();
+    payloads.sort();
+    assert_eq!(payloads, [Bytes::from_static(b"first"), Bytes::from_static(b"other")]);
+
+    // Dead-lettering and requeueing inside the 5-minute window must not be
+    // swallowed by deduplication. Moto deduplicates only against messages
+    // still queued (SQS remembers an id for 5 minutes even after deletion),
+    // so queue another copy of r1 for a requeue reusing the id to collide with.
+    let first = batch.iter().find(|d| d.payload == "first").unwrap();
+    mailbox.dead_letter(&first.lease, &reason("k", "m")).await.unwrap();
+    let fresh_handle = sqs.try_open("jobs.fifo", "").await.unwrap();
+    assert_eq!(
+        fresh_handle.send("r1", Bytes::from_static(b"fourth")).await.unwrap(),
+        Sent::Enqueued
+    );
+    assert_eq!(mailbox.requeue_dead(&DeadSelection::All).await.unwrap(), 1);
+    let mut payloads = Vec::new();
+    loop {
+        let batch = mailbox.claim(10, LEASE, Duration::from_secs(2)).await.unwrap();
+        if batch.is_empty() {
+            break;
+        }
+        payloads.extend(batch.into_iter().map(|delivery| delivery.payload));
+    }
+    assert!(
+        payloads.contains(&Bytes::from_static(b"first")),
+        "the requeued message never came back; got {payloads:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_redrive_policy_dead_letters_messages_that_keep_lapsing() {
+    let sqs = Sqs::start().await;
+    let mailbox = sqs.mailbox("jobs", "&max_receives=2").await;
+    mailbox
+        .send("r1", Bytes::from_static(b"crashes workers"))
+        .await
+        .unwrap();
+    for attempt in 1..=2 {
+        // A zero lease lapses at once, like a worker dying mid-job.
+        let delivery = claim_one(&mailbox, Duration::ZERO, PATIENCE).await;
+        assert_eq!(delivery.attempt, attempt);
+    }
+    assert!(
+        mailbox
+            .claim(1, LEASE, Duration::from_secs(1))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let dead = mailbox.dead_letters(10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].reason.kind, "redrive");
+    assert_eq!(dead[0].attempts, 2);
+    assert_eq!(dead[0].payload, Bytes::from_static(b"crashes workers"));
+    // A handle opened without naming the dead-letter queue finds it through the policy.
+    let reopened = sqs.try_open("jobs", "").await.unwrap();
+    assert_eq!(reopened.dlq_url(), mailbox.dlq_url());
+}
+
+#[tokio::test]
+async fn replies_go_to_the_replies_queue_and_cannot_be_looked_up() {
+    let sqs = Sqs::start().await;
+    let mailbox = sqs.mailbox("jobs", "&replies=answers").await;
+    let answers = sqs.mailbox("answers", "").await;
+    mailbox.send("r1", Bytes::from_static(b"job")).await.unwrap();
+    let delivery = claim_one(&mailbox, LEASE, PATIENCE).await;
+    mailbox
+        .ack(&delivery.lease, &reply("r1", r#"{"ok":true}"#))
+        .await
+        .unwrap();
+    let answer = claim_one(&answers, LEASE, PATIENCE).await;
+    assert_eq!(answer.payload, Bytes::from_static(br#"{"ok":true}"#));
+    let err = mailbox.reply("r1").await.unwrap_err();
+    assert!(matches!(err, MailboxError::Unsupported(_)), "{err:?}");
+    assert!(err.to_string().contains("sqs mailbox stores no replies"), "{err}");
+}
+
+#[tokio::test]
+async fn a_lease_from_another_handle_is_refused_once_its_message_is_gone() {
+    let sqs = Sqs::start().await;
+    let mailbox = sqs.mailbox("jobs", "").await;
+    let other = sqs.try_open("jobs", "").await.unwrap();
+    mailbox.send("r1", Bytes::new()).await.unwrap();
+    let delivery = claim_one(&mailbox, LEASE, PATIENCE).await;
+    mailbox.ack(&delivery.lease, &reply("r1", "ok")).await.unwrap();
+    assert_lost(other.ack(&delivery.lease, &reply("r1", "late")).await);
+    let forged = Lease {
+        message_id: "nope".into(),
+        token: "not-a-receipt-handle".into(),
+    };
+    assert!(other.extend(&forged, LEASE).await.is_err());
+}
+
+#[tokio::test]
+async fn claim_long_polls_until_a_send() {
+    let sqs = Sqs::start().await;
+    let mailbox = std::sync::Arc::new(sqs.mailbox("jobs", "").await);
+    let waiter = tokio::spawn({
+        let mailbox = mailbox.clone();
+        async move { mailbox.claim(5, LEASE, Duration::from_secs(15)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!waiter.is_finished(), "claim returned before anything was sent");
+    mailbox.send("r1", Bytes::from_static(b"late")).await.unwrap();
+    let batch = waiter.await.unwrap().unwrap();
+    assert_eq!(batch.len(), 1);
+    assert_eq!(batch[0].payload, Bytes::from_static(b"late"));
+}
+
+#[tokio::test]
+async fn opening_refuses_bad_names_and_missing_queues_by_name() {
+    let sqs = Sqs::start().await;
+    let missing = sqs.try_open("nowhere", "").await.unwrap_err().to_string();
+    assert!(missing.contains("`nowhere` does not exist"), "{missing}");
+    let bad = sqs.try_open("a:b", "").await.unwrap_err().to_string();
+    assert!(bad.contains("`a:b`"), "{bad}");
+    let mixed = sqs
+        .try_open("jobs.fifo", "&create=true&dlq=plain")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(mixed.contains("`plain`"), "{mixed}");
+    let scheme = wink_host::mailbox::open("sqs://?colour=blue", "jobs")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(scheme.contains("unknown parameter `colour`"), "{scheme}");
+}
