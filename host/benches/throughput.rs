@@ -8,6 +8,10 @@
 //! in a loop, no mailbox) give the sandbox's own ceiling, so the worker's
 //! overhead per job is the difference.
 //!
+//! With `WINK_BENCH_OTEL=1` (`cargo xtask bench throughput --otel`) each case
+//! runs a third time with logging and OTLP trace export on, and the report
+//! gives the throughput drop.
+//!
 //! `WINK_BENCH_JOBS` (default 50,000), `WINK_BENCH_CONCURRENCY` (default
 //! `1,8,64`) and `WINK_BENCH_THREADS` (tokio worker threads, default one per
 //! core) narrow a run, e.g. for profiling.
@@ -41,18 +45,11 @@ fn jobs_per_case() -> usize {
 }
 
 fn main() {
-    let otel = std::env::var("WINK_BENCH_OTEL").is_ok_and(|v| v == "1");
-    if otel {
-        // Hook: initialise OTLP trace export here once telemetry provides it,
-        // so the same scenario measures the cost of exporting a span per job.
-        eprintln!("throughput: WINK_BENCH_OTEL=1, but this build has no trace export to initialise; running without");
-    }
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(threads) = std::env::var("WINK_BENCH_THREADS").ok().and_then(|n| n.parse().ok()) {
-        builder.worker_threads(threads);
-    }
-    let tokio = builder.enable_all().build().expect("tokio");
+    let tokio = runtime_builder().build().expect("tokio");
     let jobs = jobs_per_case();
+    let mut traced = std::env::var("WINK_BENCH_OTEL")
+        .is_ok_and(|v| v == "1")
+        .then(|| Traced::start(&tokio));
     let results: Vec<_> = concurrency_cases()
         .into_iter()
         .map(|concurrency| {
@@ -62,10 +59,19 @@ fn main() {
             result["sandbox_only_jobs_per_s"] = json!(bare.round());
             result["worker_overhead_us_per_job"] =
                 json!(common::round(result["us_per_job"].as_f64().unwrap_or(0.0) - 1e6 / bare));
+            if let Some(traced) = &mut traced {
+                let mailbox = Arc::new(MemoryMailbox::new("bench"));
+                let with_export = traced.runtime.block_on(measure("memory", mailbox, concurrency, jobs));
+                let (plain, exported) = (&result["jobs_per_s"], &with_export["jobs_per_s"]);
+                let drop = 100.0 * (1.0 - exported.as_f64().unwrap_or(0.0) / plain.as_f64().unwrap_or(1.0));
+                result["otel_jobs_per_s"] = exported.clone();
+                result["otel_drop_percent"] = json!(common::round(drop));
+            }
             eprintln!("throughput: {result}");
             result
         })
         .collect();
+    let otel = traced.map(Traced::finish);
     common::write_report(
         "throughput",
         json!({
@@ -73,11 +79,98 @@ fn main() {
             "what": "trivial agent jobs end to end through one worker: enqueue, claim, run in the sandbox, reply, ack",
             "agent": "trivial (echoes its input, no model or tool calls)",
             "results": results,
-            "target": {"memory_jobs_per_s": 40_000, "redis_jobs_per_s": 20_000},
-            "otel_export": false,
+            "target": {"memory_jobs_per_s": 40_000, "redis_jobs_per_s": 20_000, "otel_drop_percent": 3},
+            "otel_export": otel,
             "machine": common::machine(),
         }),
     );
+}
+
+fn runtime_builder() -> tokio::runtime::Builder {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = std::env::var("WINK_BENCH_THREADS").ok().and_then(|n| n.parse().ok()) {
+        builder.worker_threads(threads);
+    }
+    builder.enable_all();
+    builder
+}
+
+/// `WINK_BENCH_OTEL=1`: a second tokio runtime whose threads log and trace
+/// as `wink-host` does with OTLP export on (JSON log lines at `WINK_LOG`'s
+/// level to a sink, every span exported over OTLP/HTTP to an in-process
+/// receiver), so each case runs with and without export in the same process.
+struct Traced {
+    runtime: tokio::runtime::Runtime,
+    telemetry: wink_host::telemetry::Telemetry,
+    exports: Arc<std::sync::atomic::AtomicU64>,
+    _main_thread: tracing::dispatcher::DefaultGuard,
+}
+
+impl Traced {
+    fn start(plain: &tokio::runtime::Runtime) -> Self {
+        use wink_host::telemetry::{self, LogFormat, OtlpProtocol, Redactor, TelemetryOptions, TraceConfig};
+        let exports = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let endpoint = plain.block_on(otlp_sink(exports.clone()));
+        let options = TelemetryOptions {
+            format: LogFormat::Json,
+            redactor: Redactor::new([], []).expect("redactor"),
+            traces: Some(TraceConfig::new(endpoint, OtlpProtocol::HttpProtobuf)),
+        };
+        let (dispatch, telemetry) = {
+            let _context = plain.enter();
+            telemetry::build(options, std::io::sink).expect("telemetry")
+        };
+        let runtime = runtime_builder()
+            .on_thread_start({
+                let dispatch = dispatch.clone();
+                // The guard would reset the thread's default when dropped;
+                // these threads live as long as the runtime.
+                move || std::mem::forget(tracing::dispatcher::set_default(&dispatch))
+            })
+            .build()
+            .expect("tokio");
+        let main_thread = tracing::dispatcher::set_default(&dispatch);
+        Self {
+            runtime,
+            telemetry,
+            exports,
+            _main_thread: main_thread,
+        }
+    }
+
+    fn finish(self) -> serde_json::Value {
+        let flushed = self.telemetry.shutdown();
+        json!({
+            "protocol": "http/protobuf",
+            "export_requests": self.exports.load(std::sync::atomic::Ordering::Relaxed),
+            "flushed": flushed.is_ok(),
+        })
+    }
+}
+
+/// An OTLP/HTTP endpoint that accepts every export and counts them.
+async fn otlp_sink(exports: Arc<std::sync::atomic::AtomicU64>) -> String {
+    use http_body_util::{BodyExt as _, Full};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let endpoint = format!("http://{}/v1/traces", listener.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let exports = exports.clone();
+            let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                let exports = exports.clone();
+                async move {
+                    request.into_body().collect().await?;
+                    exports.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    Ok::<_, hyper::Error>(hyper::Response::new(Full::new(Bytes::new())))
+                }
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+            );
+        }
+    });
+    endpoint
 }
 
 fn envelopes(prefix: &str, agent: &str, count: usize) -> Vec<(String, Bytes)> {

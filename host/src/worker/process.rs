@@ -125,6 +125,8 @@ impl Shared {
             // Signed: OpenTelemetry has no unsigned integers.
             attempt = i64::from(delivery.attempt),
             worker_id = %self.id,
+            otel.status_code = tracing::field::Empty,
+            error.type = tracing::field::Empty,
         );
         crate::telemetry::continue_trace(&span, envelope.traceparent.as_deref());
         self.run_job(&delivery, &envelope, job_id, &span).instrument(span.clone()).await;
@@ -296,7 +298,10 @@ impl Shared {
         let finished_at_ms = unix_ms_now();
         let (status, error, output) = match answer {
             Answer::Output(output) => (ReplyStatus::Succeeded, None, Some(output)),
-            Answer::Failed(error) => (ReplyStatus::Failed, Some(error), None),
+            Answer::Failed(error) => {
+                mark_failed(&error.kind);
+                (ReplyStatus::Failed, Some(error), None)
+            }
         };
         let head = ReplyHead {
             version: REPLY_VERSION,
@@ -401,6 +406,7 @@ impl Shared {
             kind: poison.kind.to_owned(),
             message: poison.message.clone(),
         };
+        mark_failed(poison.kind);
         match self.mailbox.dead_letter(&delivery.lease, &reason).await {
             Ok(()) => {
                 self.runtime
@@ -431,6 +437,13 @@ impl Shared {
         self.resources.model_policy.ledger.forget(request_id).await;
         self.resources.sessions.forget(request_id).await;
     }
+}
+
+/// Mark the delivery's span failed with `kind` (an OpenTelemetry error status).
+fn mark_failed(kind: &str) {
+    let span = tracing::Span::current();
+    span.record("otel.status_code", "error");
+    span.record("error.type", kind);
 }
 
 /// The reply error of a job that failed for good.
