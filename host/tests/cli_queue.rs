@@ -2,7 +2,10 @@
 //! output and exit statuses, and the library functions behind them in-process.
 //!
 //! The in-memory mailbox lives inside one process, so commands run through
-//! the binary here never share a queue; cross-command round trips need Redis.
+//! the binary never share a queue there; the round trips across commands run
+//! against real servers (moto's SQS, Redis).
+
+mod common;
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -19,13 +22,17 @@ use wink_host::cli::queue::{
 };
 use wink_host::mailbox::{
     Acked, DeadLetter, DeadLetterReason, DeadSelection, Delivery, Depth, Envelope, Lease, Mailbox, MailboxError,
-    MemoryMailbox, PurgeScope, Reply, Sent,
+    MemoryMailbox, PurgeScope, Reply, Sent, SqsMailbox, SqsOptions,
 };
 
 const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
 fn wink_host(args: &[&str]) -> Output {
-    wink_host_with_stdin(args, None)
+    wink_host_with(args, None, &[])
+}
+
+fn wink_host_with_stdin(args: &[&str], stdin: Option<&str>) -> Output {
+    wink_host_with(args, stdin, &[])
 }
 
 /// The binary under test: `WINK_HOST_BIN` when set (a release build, the one
@@ -35,10 +42,11 @@ fn binary() -> std::path::PathBuf {
     std::env::var_os("WINK_HOST_BIN").map_or_else(|| env!("CARGO_BIN_EXE_wink-host").into(), Into::into)
 }
 
-fn wink_host_with_stdin(args: &[&str], stdin: Option<&str>) -> Output {
+fn wink_host_with(args: &[&str], stdin: Option<&str>, envs: &[(&str, &str)]) -> Output {
     let mut command = Command::new(binary());
     command
         .args(args)
+        .envs(envs.iter().copied())
         .env("WINK_LOG", "warn")
         .env_remove("WINK_MAILBOX")
         .env_remove("WINK_QUEUE")
@@ -751,4 +759,70 @@ async fn dead_letters_are_shown_with_reason_timestamps_and_a_one_line_preview() 
 
     assert_eq!(mailbox.requeue_dead(&DeadSelection::All).await.expect("requeue"), 1);
     assert!(dead_letter_views(&mailbox, 10).await.expect("list").is_empty());
+}
+
+/// The AWS environment of a CLI run against moto: static credentials (moto
+/// takes any), a region, and no instance-metadata lookups.
+const MOTO_ENV: [(&str, &str); 4] = [
+    ("AWS_ACCESS_KEY_ID", "moto-access-key"),
+    ("AWS_SECRET_ACCESS_KEY", "moto-secret-access-key"),
+    ("AWS_REGION", "us-east-1"),
+    ("AWS_EC2_METADATA_DISABLED", "true"),
+];
+
+#[tokio::test]
+async fn sqs_round_trip_enqueue_stats_and_purge_across_processes() {
+    let moto = common::moto::Moto::start().await;
+    let url = format!("sqs://?endpoint={}&create=true", moto.endpoint());
+    let on_queue = |args: &[&str], stdin: Option<&str>| {
+        let mut all = args.to_vec();
+        all.extend_from_slice(&["--mailbox", &url, "--queue", "cli-jobs"]);
+        wink_host_with(&all, stdin, &MOTO_ENV)
+    };
+    let input = [
+        envelope_line("s1"),
+        "{oops".into(),
+        envelope_line("s2"),
+        envelope_line("s3"),
+    ]
+    .join("\n");
+    let out = on_queue(&["enqueue", "--jsonl", "-", "--json"], Some(&input));
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let summary: EnqueueSummary = serde_json::from_slice(&out.stdout).expect("JSON summary");
+    assert_eq!((summary.enqueued, summary.rejected), (3, 1), "{summary:?}");
+    assert_eq!(summary.rejections[0].line, 2);
+
+    let out = on_queue(&["queue", "stats", "--json"], None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let depth: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON stats");
+    assert_eq!(depth["ready"], 3, "{depth}");
+    assert_eq!(depth["backlog"], 3, "{depth}");
+
+    // The same queue, read in this process through the library, holds the validated envelopes.
+    let options = SqsOptions::from_url(&url).expect("SQS URL");
+    let mailbox = SqsMailbox::connect(&moto.sdk_config(), "cli-jobs", &options)
+        .await
+        .expect("open the SQS queue");
+    let mut ids: Vec<String> = drain(&mailbox)
+        .await
+        .iter()
+        .map(|d| Envelope::parse(&d.payload).expect("envelope").request_id)
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["s1", "s2", "s3"]);
+
+    let out = on_queue(&["enqueue", "--agent", "a.wasm", "--request-id", "s4"], None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = on_queue(&["queue", "purge", "--yes"], None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).starts_with("purged "), "{}", stdout(&out));
+    let out = on_queue(&["dlq", "list", "--json"], None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "[]\n");
+
+    // SQS keeps no replies: the refusal is one line saying where to look instead.
+    let out = on_queue(&["queue", "reply", "s1"], None);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
+    assert!(stderr(&out).contains("stores no replies"), "{}", stderr(&out));
 }

@@ -158,6 +158,40 @@ fn number(key: &str) -> u64 {
         .unwrap_or_else(|err| panic!("configmap.yaml `{key}`: {err}"))
 }
 
+/// The binary under test: `WINK_HOST_BIN` when set, else cargo's.
+fn wink_host_binary() -> PathBuf {
+    std::env::var_os("WINK_HOST_BIN").map_or_else(|| env!("CARGO_BIN_EXE_wink-host").into(), Into::into)
+}
+
+#[test]
+fn every_configmap_variable_is_one_the_worker_reads() {
+    let out = Command::new(wink_host_binary())
+        .args(["worker", "--help"])
+        .output()
+        .expect("run wink-host worker --help");
+    assert!(out.status.success(), "{}", text(&out));
+    // Help text wraps; compare it with all whitespace runs made single spaces.
+    let help = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    // Read by the logging setup rather than by a flag (docs/observability.md).
+    let logging = ["WINK_LOG", "WINK_LOG_FORMAT"];
+    let configmap = read("k8s/configmap.yaml");
+    let keys: Vec<&str> = configmap
+        .lines()
+        .filter_map(|line| line.strip_prefix("  ")?.split_once(':').map(|(key, _)| key))
+        .filter(|key| key.starts_with("WINK_"))
+        .collect();
+    assert!(keys.len() >= 10, "{keys:?}");
+    for key in keys {
+        assert!(
+            logging.contains(&key) || help.contains(&format!("[env: {key}=")),
+            "configmap.yaml sets {key}, which `wink-host worker` does not read"
+        );
+    }
+}
+
 #[test]
 fn calibration_holds_across_the_manifests() {
     let lease = duration("WINK_LEASE");

@@ -520,7 +520,7 @@ async fn a_redelivered_request_continues_its_budget_instead_of_starting_over() {
     let summary = running.stop().await;
     assert_eq!((summary.retried, summary.succeeded), (1, 1), "{summary:?}");
     assert_eq!(
-        ledger.spent("budgeted").await.turns,
+        ledger.spent("budgeted").await.expect("in-memory ledger").turns,
         0,
         "a finished request is forgotten"
     );

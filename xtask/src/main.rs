@@ -126,7 +126,7 @@ mod tests {
             .unwrap_or_default();
         assert_eq!(
             err,
-            "unknown bench scenario `nonsense` (known: instantiate, concurrency, model, tool)"
+            "unknown bench scenario `nonsense` (known: instantiate, concurrency, model, tool, throughput)"
         );
         Ok(())
     }

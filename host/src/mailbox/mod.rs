@@ -8,10 +8,12 @@
 //! of the current lease can ack, nack, extend or dead-letter a message.
 //!
 //! [`Mailbox`] is the contract; [`MemoryMailbox`] is the embedded backend and
-//! the reference model the other backends are tested against.
+//! the reference model the other backends are tested against;
+//! [`RedisMailbox`] keeps queues in Redis or Redis Cluster.
 
 mod envelope;
 mod memory;
+mod redis;
 mod sqs;
 
 use std::fmt;
@@ -21,6 +23,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+pub use self::redis::{DEFAULT_USAGE_TTL, RedisMailbox, RedisUsageLedger};
 pub use envelope::{
     AgentRef, ENVELOPE_VERSION, Envelope, EnvelopeError, MAX_REQUEST_ID_BYTES, validate_queue_name, validate_request_id,
 };
@@ -180,6 +183,17 @@ pub trait Mailbox: Send + Sync + fmt::Debug {
     /// backend's reply TTL).
     async fn send(&self, request_id: &str, payload: Bytes) -> Result<Sent, MailboxError>;
 
+    /// Queue several `(request id, payload)` messages; one result per item,
+    /// in order, as [`Mailbox::send`] would answer them one after another.
+    /// Backends override this to batch the round trips.
+    async fn send_batch(&self, messages: &[(String, Bytes)]) -> Result<Vec<Result<Sent, MailboxError>>, MailboxError> {
+        let mut results = Vec::with_capacity(messages.len());
+        for (request_id, payload) in messages {
+            results.push(self.send(request_id, payload.clone()).await);
+        }
+        Ok(results)
+    }
+
     /// Claim up to `max` ready messages, each leased for `lease`. When none is
     /// ready, wait up to `wait` for one; an empty batch means none came.
     async fn claim(&self, max: usize, lease: Duration, wait: Duration) -> Result<Vec<Delivery>, MailboxError>;
@@ -235,8 +249,9 @@ pub(crate) fn unix_ms(time: SystemTime) -> u64 {
 }
 
 /// Open queue `queue` of the mailbox at `url`. Schemes: `memory://` (this
-/// process only), `sqs://` ([`SqsOptions::from_url`]; credentials from the
-/// AWS SDK's default chain).
+/// process only); `redis://`, `rediss://` (TLS), `redis+cluster://host:port,host:port`
+/// and `rediss+cluster://` (see [`RedisMailbox::open`]); `sqs://`
+/// ([`SqsOptions::from_url`]; credentials from the AWS SDK's default chain).
 pub async fn open(url: &str, queue: &str) -> Result<std::sync::Arc<dyn Mailbox>, MailboxError> {
     validate_queue_name(queue).map_err(MailboxError::Invalid)?;
     let scheme = url.split_once("://").map_or(url, |(scheme, _)| scheme);
@@ -245,8 +260,13 @@ pub async fn open(url: &str, queue: &str) -> Result<std::sync::Arc<dyn Mailbox>,
         "sqs" => Ok(std::sync::Arc::new(
             SqsMailbox::open(queue, &SqsOptions::from_url(url)?).await?,
         )),
+        "redis" | "rediss" | "redis+cluster" | "rediss+cluster" => {
+            Ok(std::sync::Arc::new(RedisMailbox::open(url, queue).await?))
+        }
         other => Err(MailboxError::Invalid(format!(
-            "unsupported mailbox URL scheme `{other}` in `{url}` (expected memory:// or sqs://)"
+            "unsupported mailbox URL scheme `{other}` in `{}` (expected memory://, sqs://, redis://, rediss://, \
+             redis+cluster:// or rediss+cluster://)",
+            self::redis::redact(url)
         ))),
     }
 }

@@ -274,13 +274,19 @@ fn strip_region_prefix(model: &str) -> &str {
 #[async_trait]
 pub trait UsageLedger: Send + Sync + std::fmt::Debug {
     /// What `request_id` has spent so far.
-    async fn spent(&self, request_id: &str) -> Spent;
+    async fn spent(&self, request_id: &str) -> Result<Spent, LedgerError>;
     /// Add one call's spend and return the new total.
-    async fn add(&self, request_id: &str, spend: Spent) -> Spent;
+    async fn add(&self, request_id: &str, spend: Spent) -> Result<Spent, LedgerError>;
     /// Drop what is kept for `request_id`: its job is finished (answered or
     /// dead-lettered) and will not be delivered again. Default: keep it.
     async fn forget(&self, _request_id: &str) {}
 }
+
+/// A ledger kept outside the process could not be read or updated. Calls
+/// fail rather than run unaccounted or with a fresh budget.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("usage ledger unavailable: {0}")]
+pub struct LedgerError(pub String);
 
 /// An in-process [`UsageLedger`].
 #[derive(Debug, Default)]
@@ -298,15 +304,15 @@ impl MemoryUsageLedger {
 
 #[async_trait]
 impl UsageLedger for MemoryUsageLedger {
-    async fn spent(&self, request_id: &str) -> Spent {
-        self.map().get(request_id).copied().unwrap_or_default()
+    async fn spent(&self, request_id: &str) -> Result<Spent, LedgerError> {
+        Ok(self.map().get(request_id).copied().unwrap_or_default())
     }
 
-    async fn add(&self, request_id: &str, spend: Spent) -> Spent {
+    async fn add(&self, request_id: &str, spend: Spent) -> Result<Spent, LedgerError> {
         let mut map = self.map();
         let total = map.entry(request_id.to_owned()).or_default();
         *total += spend;
-        *total
+        Ok(*total)
     }
 
     async fn forget(&self, request_id: &str) {

@@ -21,7 +21,7 @@ use crate::telemetry::Metrics;
 pub use crate::bindings::model::{
     ContentBlock, ConverseRequest, ConverseResponse, InferenceConfig, Message, Role, StopReason, ToolResult, ToolUse,
 };
-pub use budget::{Budget, MemoryUsageLedger, Price, PriceTable, Remaining, Spent, UsageLedger};
+pub use budget::{Budget, LedgerError, MemoryUsageLedger, Price, PriceTable, Remaining, Spent, UsageLedger};
 pub use policy::{CallAccount, ModelPolicy};
 pub use scripted::{Script, ScriptError, ScriptedProvider};
 pub use spec::{ModelSpec, ModelSpecError};

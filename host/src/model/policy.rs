@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::budget::{Budget, MemoryUsageLedger, PriceTable, Remaining, Spent, UsageLedger};
+use super::budget::{Budget, LedgerError, MemoryUsageLedger, PriceTable, Remaining, Spent, UsageLedger};
 use super::{CallContext, ConverseRequest, ConverseResponse, ModelError, ModelProvider};
 
 /// A job's model allowlist, default model, budget and accounting.
@@ -89,7 +89,7 @@ impl ModelPolicy {
         }
         self.check_allowed(model.as_deref())?;
         let price = model.as_deref().and_then(|m| self.prices.price(m));
-        let spent = self.ledger.spent(&context.request_id).await;
+        let spent = self.ledger.spent(&context.request_id).await.map_err(ledger_failed)?;
         request.config.max_tokens = self.budget.admit(&spent, &request, price)?;
         account.max_tokens = request.config.max_tokens;
         let response = provider.converse(&request, context).await?;
@@ -104,7 +104,13 @@ impl ModelPolicy {
             turns: 1,
         };
         account.micro_usd = spend.micro_usd;
-        let total = self.ledger.add(&context.request_id, spend).await;
+        // The call is paid for; if it cannot be recorded, failing it is the
+        // safe side: its answer is dropped rather than spend going unseen.
+        let total = self
+            .ledger
+            .add(&context.request_id, spend)
+            .await
+            .map_err(ledger_failed)?;
         tracing::debug!(
             input_tokens,
             output_tokens,
@@ -143,7 +149,12 @@ impl ModelPolicy {
     }
 
     /// What is left of the budget for `request_id`.
-    pub async fn remaining(&self, request_id: &str) -> Remaining {
-        self.budget.remaining(&self.ledger.spent(request_id).await)
+    pub async fn remaining(&self, request_id: &str) -> Result<Remaining, LedgerError> {
+        Ok(self.budget.remaining(&self.ledger.spent(request_id).await?))
     }
+}
+
+/// An unreadable ledger fails the call: running it unaccounted could overspend.
+fn ledger_failed(err: LedgerError) -> ModelError {
+    ModelError::Provider(err.to_string())
 }

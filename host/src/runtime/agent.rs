@@ -350,7 +350,7 @@ impl model::Host for SandboxState<AgentHost> {
     }
 
     async fn budget(&mut self) -> wasmtime::Result<model::BudgetStatus> {
-        let left = self.host.env.model_policy.remaining(&self.host.request_id).await;
+        let left = self.host.env.model_policy.remaining(&self.host.request_id).await?;
         let deadline = self.deadline.saturating_duration_since(Instant::now());
         Ok(model::BudgetStatus {
             input_tokens: left.input_tokens,

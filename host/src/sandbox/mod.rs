@@ -231,12 +231,17 @@ async fn blocking<T: Send + 'static>(
 ///
 /// Overlapping grants (say `.` read-only and `out` read-write) work because
 /// the guest's libc resolves a path through the longest matching preopen.
+///
+/// The context's filesystem calls block the thread that runs the guest: the
+/// host runs every tool instance on a blocking-pool thread, never on an
+/// async worker (see `tools::on_blocking_thread`).
 pub fn tool_context(
     preopens: &[Preopen],
     env: &[String],
     stdio_bytes: usize,
 ) -> Result<(WasiCtx, Stdio), SandboxError> {
     let (mut builder, stdio) = isolated_builder(stdio_bytes);
+    builder.allow_blocking_current_thread(true);
     for name in env {
         if let Ok(value) = std::env::var(name) {
             builder.env(name, value);

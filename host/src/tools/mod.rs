@@ -163,12 +163,14 @@ impl Runtime {
         )
         .map_err(|e| spec_error(e.to_string()))?;
         let mut store = self.new_store(state, &limits);
-        let call = async {
-            let tool = pre.instantiate_async(&mut store).await?;
+        let spec_pre = pre.clone();
+        let call = async move {
+            let tool = spec_pre.instantiate_async(&mut store).await?;
             tool.call_spec(&mut store).await
         };
-        let spec = tokio::time::timeout(limits.deadline, call)
+        let spec = on_blocking_thread(async move { tokio::time::timeout(limits.deadline, call).await })
             .await
+            .map_err(|e| spec_error(e.to_string()))?
             .map_err(|_| spec_error("timed out".into()))?
             .map_err(|e| spec_error(one_line(&e)))?;
         Ok(ToolComponent {
@@ -325,8 +327,42 @@ fn sandbox_error(err: SandboxError) -> ToolError {
     }
 }
 
-/// Instantiate the tool over `preopens` and call it once, under its limits.
+/// Drive `future` to completion on a tokio blocking-pool thread.
+///
+/// Tool instances are built with wasmtime-wasi's
+/// `allow_blocking_current_thread` (see [`sandbox::tool_context`]), so their
+/// filesystem calls run inline instead of each one hopping to the blocking
+/// pool and back. Blocking is only allowed off the async worker threads,
+/// hence every tool instance runs here: one hop per call instead of one per
+/// filesystem operation. Timers and network I/O inside keep working through
+/// the runtime's handle. The thread is held for the whole call, which
+/// `max_concurrent_tool_calls` bounds; dropping the returned future does not
+/// stop the call, which ends at its own deadline (never after the job's).
+async fn on_blocking_thread<T: Send + 'static>(
+    future: impl Future<Output = T> + Send + 'static,
+) -> Result<T, tokio::task::JoinError> {
+    let handle = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || handle.block_on(future)).await
+}
+
+/// Instantiate the tool over `preopens` and call it once, under its limits,
+/// on a blocking-pool thread.
 async fn run_instance(
+    tool: &ToolComponent,
+    input: String,
+    preopens: &[Preopen],
+    runtime: &Runtime,
+    deadline: Instant,
+    span: tracing::Span,
+) -> Result<String, ToolError> {
+    let (tool, preopens, runtime) = (tool.clone(), preopens.to_vec(), runtime.clone());
+    on_blocking_thread(async move { run_instance_here(&tool, input, &preopens, &runtime, deadline, span).await })
+        .await
+        .unwrap_or_else(|err| Err(ToolError::Failed(format!("the tool call's thread failed: {err}"))))
+}
+
+/// [`run_instance`] on the current thread, which must be allowed to block.
+async fn run_instance_here(
     tool: &ToolComponent,
     input: String,
     preopens: &[Preopen],

@@ -294,7 +294,16 @@ impl Shared {
         stats: &JobStats,
         answer: Answer,
     ) {
-        let spent = self.resources.model_policy.ledger.spent(&envelope.request_id).await;
+        let spent = self
+            .resources
+            .model_policy
+            .ledger
+            .spent(&envelope.request_id)
+            .await
+            .unwrap_or_else(|err| {
+                tracing::warn!(error = %err, "the reply reports no spend: the usage ledger cannot be read");
+                crate::model::Spent::default()
+            });
         let finished_at_ms = unix_ms_now();
         let (status, error, output) = match answer {
             Answer::Output(output) => (ReplyStatus::Succeeded, None, Some(output)),

@@ -121,3 +121,6 @@ pub fn output(report: JobReport) -> serde_json::Value {
         Err(err) => panic!("job failed: {err}"),
     }
 }
+
+pub mod mailbox_contract;
+pub mod redis;

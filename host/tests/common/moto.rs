@@ -1,8 +1,9 @@
 //! A real moto server (the AWS API emulator, `pip install "moto[server]"`)
 //! on a free loopback port, started by a test and killed when dropped.
 //!
-//! `cargo xtask test` installs moto. The Python interpreter is `python3`
-//! unless `WINK_PYTHON` names another one.
+//! `cargo xtask test` installs moto (into its tools venv, first on the tests'
+//! `PATH`, unless `moto_server` is already on `PATH`). The server binary is
+//! `moto_server` unless `WINK_MOTO_SERVER` names another one.
 
 use std::fs::File;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
@@ -39,15 +40,17 @@ impl Moto {
     }
 
     fn spawn(port: u16) -> Self {
-        let python = std::env::var("WINK_PYTHON").unwrap_or_else(|_| "python3".into());
+        let server = std::env::var("WINK_MOTO_SERVER").unwrap_or_else(|_| "moto_server".into());
         let log = tempfile::NamedTempFile::new().expect("moto log file");
-        let child = Command::new(&python)
-            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+        let child = Command::new(&server)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(File::options().append(true).open(log.path()).expect("moto log"))
             .spawn()
-            .unwrap_or_else(|err| panic!("cannot run `{python} -m moto.server`: {err}"));
+            .unwrap_or_else(|err| {
+                panic!("cannot run `{server}` (is moto installed? `cargo xtask test` installs it): {err}")
+            });
         Self { child, port, log }
     }
 

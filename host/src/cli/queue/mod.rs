@@ -32,8 +32,9 @@ const EXIT_CODES_HELP: &str = "Exit status: 0 success, 1 failure (bad value, unr
 /// Where the queue is: shared by every queue command.
 #[derive(Debug, Clone, Args)]
 pub struct MailboxArgs {
-    /// Mailbox URL: `redis://[:PASSWORD@]HOST[:PORT][/DB]`, `sqs://...` where
-    /// supported, or `memory://` (this process only, so useful for testing).
+    /// Mailbox URL: `redis://...`, `sqs://[?region=R&endpoint=URL&...]`
+    /// (docs/mailbox.md), or `memory://` (inside this one process: only for
+    /// trying flags).
     #[arg(long, env = "WINK_MAILBOX", value_name = "URL")]
     pub mailbox: Option<String>,
 
