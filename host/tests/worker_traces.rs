@@ -116,10 +116,16 @@ async fn a_delivery_continues_the_producers_trace_and_the_job_runs_inside_it() {
 
     let mut job = Envelope::new("traced-1", guest("hello").to_str().expect("path"));
     job.traceparent = Some(format!("00-{TRACE_ID}-{CALLER_SPAN_ID}-01"));
-    mailbox.send(&job.request_id, Bytes::from(job.to_bytes())).await.expect("send");
+    mailbox
+        .send(&job.request_id, Bytes::from(job.to_bytes()))
+        .await
+        .expect("send");
     let mut poison = Envelope::new("poison-1", "/no/such/agent.wasm");
     poison.traceparent = Some(format!("00-{POISON_TRACE_ID}-{CALLER_SPAN_ID}-01"));
-    mailbox.send(&poison.request_id, Bytes::from(poison.to_bytes())).await.expect("send");
+    mailbox
+        .send(&poison.request_id, Bytes::from(poison.to_bytes()))
+        .await
+        .expect("send");
 
     let give_up = Instant::now() + Duration::from_secs(30);
     while mailbox.reply("traced-1").await.expect("reply").is_none() || mailbox.depth().await.expect("depth").dead < 1 {
@@ -133,7 +139,11 @@ async fn a_delivery_continues_the_producers_trace_and_the_job_runs_inside_it() {
     let spans = received.lock().expect("spans").clone();
     let trace: Vec<Span> = spans.iter().filter(|s| hex(&s.trace_id) == TRACE_ID).cloned().collect();
     let process = one(&trace, "process jobs");
-    assert_eq!(hex(&process.parent_span_id), CALLER_SPAN_ID, "continues the producer's span");
+    assert_eq!(
+        hex(&process.parent_span_id),
+        CALLER_SPAN_ID,
+        "continues the producer's span"
+    );
     assert_eq!(process.kind, SpanKind::Consumer as i32);
     for (key, value) in [
         ("request_id", "traced-1"),
@@ -145,7 +155,10 @@ async fn a_delivery_continues_the_producers_trace_and_the_job_runs_inside_it() {
         assert_eq!(text(process, key).as_deref(), Some(value), "{key}: {process:#?}");
     }
     let job = one(&trace, "invoke_agent hello");
-    assert_eq!(job.parent_span_id, process.span_id, "the job is a child of its delivery");
+    assert_eq!(
+        job.parent_span_id, process.span_id,
+        "the job is a child of its delivery"
+    );
     assert_eq!(text(job, "job_id"), text(process, "job_id"));
     let chat = trace.iter().find(|s| s.name.starts_with("chat")).expect("chat span");
     assert_eq!(chat.parent_span_id, job.span_id);

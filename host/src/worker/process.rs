@@ -129,7 +129,9 @@ impl Shared {
             error.type = tracing::field::Empty,
         );
         crate::telemetry::continue_trace(&span, envelope.traceparent.as_deref());
-        self.run_job(&delivery, &envelope, job_id, &span).instrument(span.clone()).await;
+        self.run_job(&delivery, &envelope, job_id, &span)
+            .instrument(span.clone())
+            .await;
     }
 
     async fn run_job(&self, delivery: &Delivery, envelope: &Envelope, job_id: String, span: &tracing::Span) {
