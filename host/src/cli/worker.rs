@@ -11,7 +11,7 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use super::run::{BedrockArgs, ModelPolicyArgs, default_cache_dir, model_provider};
 use crate::mailbox;
-use crate::model::ModelSpec;
+use crate::model::{ModelPolicy, ModelSpec};
 use crate::policy::{HumanDuration, Policy, parse_duration};
 use crate::runtime::{Limits, Runtime, RuntimeConfig};
 use crate::session::MemorySessionStore;
@@ -251,7 +251,10 @@ impl WorkerArgs {
             model: model_provider(&self.model, &self.bedrock).await?,
             tools,
             policy,
-            model_policy: self.model_policy.policy().await?,
+            model_policy: ModelPolicy {
+                ledger: mailbox::open_usage_ledger(&self.mailbox).await?,
+                ..self.model_policy.policy().await?
+            },
             sessions: Arc::new(MemorySessionStore::default()),
         })
     }

@@ -119,4 +119,16 @@ impl UsageLedger for RedisUsageLedger {
             Some(totals.3),
         ]))
     }
+
+    /// Deletes the request's hash; if that fails it lapses with its TTL.
+    async fn forget(&self, request_id: &str) {
+        let mut conn = self.conn.clone();
+        let deleted: Result<i64, _> = ::redis::cmd("DEL")
+            .arg(Self::key(request_id))
+            .query_async(&mut conn)
+            .await;
+        if let Err(err) = deleted {
+            tracing::debug!(error = %self.failed(&err), "usage left to expire with its TTL");
+        }
+    }
 }
