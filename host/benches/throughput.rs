@@ -9,14 +9,22 @@
 //! overhead per job is the difference.
 //!
 //! With `WINK_BENCH_OTEL=1` (`cargo xtask bench throughput --otel`) each case
-//! runs a third time with logging and OTLP trace export on, and the report
-//! gives the throughput drop.
+//! runs three times alternately without and with logging and OTLP trace
+//! export (to an in-process receiver on loopback), and the report gives the
+//! best of each and the throughput drop.
+//!
+//! Each case runs on the in-memory mailbox and on a `redis-server` (on
+//! PATH) started on loopback for the run.
 //!
 //! `WINK_BENCH_JOBS` (default 50,000), `WINK_BENCH_CONCURRENCY` (default
-//! `1,8,64`) and `WINK_BENCH_THREADS` (tokio worker threads, default one per
-//! core) narrow a run, e.g. for profiling.
+//! `1,8,64`), `WINK_BENCH_MAILBOX` (default `memory,redis`) and
+//! `WINK_BENCH_THREADS` (tokio worker threads, default one per core) narrow
+//! a run, e.g. for profiling.
 
 mod common;
+#[allow(dead_code)]
+#[path = "../tests/common/redis.rs"]
+mod redis_server;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,6 +36,8 @@ use wink_host::runtime::{Runtime, RuntimeConfig};
 use wink_host::worker::{JobResources, ReplyRoutes, Worker, WorkerConfig};
 
 const WARMUP_JOBS: usize = 2_000;
+/// Jobs per `send_batch` of the producer, as a busy producer would send.
+const SEND_BATCH: usize = 256;
 
 fn concurrency_cases() -> Vec<usize> {
     std::env::var("WINK_BENCH_CONCURRENCY")
@@ -50,27 +60,31 @@ fn main() {
     let mut traced = std::env::var("WINK_BENCH_OTEL")
         .is_ok_and(|v| v == "1")
         .then(|| Traced::start(&tokio));
-    let results: Vec<_> = concurrency_cases()
-        .into_iter()
-        .map(|concurrency| {
-            let mailbox = Arc::new(MemoryMailbox::new("bench"));
-            let mut result = tokio.block_on(measure("memory", mailbox, concurrency, jobs));
-            let bare = tokio.block_on(bare_runtime(concurrency, jobs));
-            result["sandbox_only_jobs_per_s"] = json!(bare.round());
-            result["worker_overhead_us_per_job"] =
-                json!(common::round(result["us_per_job"].as_f64().unwrap_or(0.0) - 1e6 / bare));
-            if let Some(traced) = &mut traced {
-                let mailbox = Arc::new(MemoryMailbox::new("bench"));
-                let with_export = traced.runtime.block_on(measure("memory", mailbox, concurrency, jobs));
-                let (plain, exported) = (&result["jobs_per_s"], &with_export["jobs_per_s"]);
-                let drop = 100.0 * (1.0 - exported.as_f64().unwrap_or(0.0) / plain.as_f64().unwrap_or(1.0));
-                result["otel_jobs_per_s"] = exported.clone();
-                result["otel_drop_percent"] = json!(common::round(drop));
+    let mailboxes = mailbox_cases();
+    let redis = mailboxes.contains(&"redis").then(redis_server::RedisServer::start);
+    let mut results = Vec::new();
+    for kind in &mailboxes {
+        for concurrency in concurrency_cases() {
+            let case = Case {
+                kind,
+                redis_url: redis.as_ref().map(redis_server::RedisServer::url),
+                concurrency,
+                jobs,
+            };
+            let mut result = match &mut traced {
+                None => tokio.block_on(case.measure(0)),
+                Some(traced) => with_and_without_export(&tokio, traced, &case),
+            };
+            if *kind == "memory" {
+                let bare = tokio.block_on(bare_runtime(concurrency, jobs));
+                result["sandbox_only_jobs_per_s"] = json!(bare.round());
+                result["worker_overhead_us_per_job"] =
+                    json!(common::round(result["us_per_job"].as_f64().unwrap_or(0.0) - 1e6 / bare));
             }
             eprintln!("throughput: {result}");
-            result
-        })
-        .collect();
+            results.push(result);
+        }
+    }
     let otel = traced.map(Traced::finish);
     common::write_report(
         "throughput",
@@ -78,12 +92,78 @@ fn main() {
             "scenario": "throughput",
             "what": "trivial agent jobs end to end through one worker: enqueue, claim, run in the sandbox, reply, ack",
             "agent": "trivial (echoes its input, no model or tool calls)",
+            "redis": redis.map(|_| "redis-server on loopback, no persistence, same machine"),
             "results": results,
             "target": {"memory_jobs_per_s": 40_000, "redis_jobs_per_s": 20_000, "otel_drop_percent": 3},
             "otel_export": otel,
             "machine": common::machine(),
         }),
     );
+}
+
+/// Mailboxes to measure (`WINK_BENCH_MAILBOX`, default `memory,redis`).
+fn mailbox_cases() -> Vec<&'static str> {
+    let wanted = std::env::var("WINK_BENCH_MAILBOX").unwrap_or_else(|_| "memory,redis".into());
+    ["memory", "redis"]
+        .into_iter()
+        .filter(|kind| wanted.split(',').any(|w| w.trim() == *kind))
+        .collect()
+}
+
+/// Rounds of (without export, with export) per case under `--otel`: the
+/// best of each is compared, so a round slowed by something else on the
+/// machine does not count as the exporter's cost.
+const OTEL_ROUNDS: usize = 3;
+
+/// The case measured alternately without and with OTLP export; the best
+/// round of each, and the drop between them.
+fn with_and_without_export(plain: &tokio::runtime::Runtime, traced: &Traced, case: &Case) -> serde_json::Value {
+    let best = |runs: Vec<serde_json::Value>| {
+        runs.into_iter()
+            .max_by(|a, b| {
+                a["jobs_per_s"]
+                    .as_f64()
+                    .unwrap_or(0.0)
+                    .total_cmp(&b["jobs_per_s"].as_f64().unwrap_or(0.0))
+            })
+            .expect("at least one round")
+    };
+    let (mut without, mut with) = (Vec::new(), Vec::new());
+    for round in 0..OTEL_ROUNDS {
+        without.push(plain.block_on(case.measure(2 * round)));
+        with.push(traced.runtime.block_on(case.measure(2 * round + 1)));
+    }
+    let exported = best(with);
+    let mut result = best(without);
+    let (plain_rate, exported_rate) = (
+        result["jobs_per_s"].as_f64().unwrap_or(1.0),
+        exported["jobs_per_s"].as_f64().unwrap_or(0.0),
+    );
+    result["rounds"] = json!(OTEL_ROUNDS);
+    result["otel_jobs_per_s"] = json!(exported_rate);
+    result["otel_drop_percent"] = json!(common::round(100.0 * (1.0 - exported_rate / plain_rate)));
+    result
+}
+
+/// One measurement: a mailbox kind at one concurrency.
+struct Case<'a> {
+    kind: &'a str,
+    redis_url: Option<String>,
+    concurrency: usize,
+    jobs: usize,
+}
+
+impl Case<'_> {
+    /// Run the case on a fresh queue (`run` tells repeated runs apart, so a
+    /// Redis queue never holds an earlier run's replies).
+    async fn measure(&self, run: usize) -> serde_json::Value {
+        let queue = format!("bench-{}-{run}", self.concurrency);
+        let mailbox: Arc<dyn Mailbox> = match (self.kind, &self.redis_url) {
+            ("redis", Some(url)) => wink_host::mailbox::open(url, &queue).await.expect("redis mailbox"),
+            _ => Arc::new(MemoryMailbox::new(&queue)),
+        };
+        measure(self.kind, mailbox, self.concurrency, self.jobs).await
+    }
 }
 
 fn runtime_builder() -> tokio::runtime::Builder {
@@ -280,8 +360,10 @@ async fn drain(worker: &Worker, mailbox: &dyn Mailbox, jobs: Vec<(String, Bytes)
     let total = done_before + jobs.len() as u64;
     let started = Instant::now();
     let producer = async {
-        for (id, payload) in jobs {
-            mailbox.send(&id, payload).await.expect("send");
+        for batch in jobs.chunks(SEND_BATCH) {
+            for sent in mailbox.send_batch(batch).await.expect("send") {
+                sent.expect("send");
+            }
         }
     };
     let finished = async {
