@@ -4,8 +4,27 @@
 //! Per case, a producer task enqueues every job (envelopes built before the
 //! clock starts) while one worker at concurrency N drains the queue; the
 //! clock stops when the last reply is acked. Every reply is then checked.
+//! In the same run, the same jobs through `Runtime::run_agent` alone (N tasks
+//! in a loop, no mailbox) give the sandbox's own ceiling, so the worker's
+//! overhead per job is the difference.
+//!
+//! With `WINK_BENCH_OTEL=1` (`cargo xtask bench throughput --otel`) each case
+//! runs three times alternately without and with logging and OTLP trace
+//! export (to an in-process receiver on loopback), and the report gives the
+//! best of each and the throughput drop.
+//!
+//! Each case runs on the in-memory mailbox and on a `redis-server` (on
+//! PATH) started on loopback for the run.
+//!
+//! `WINK_BENCH_JOBS` (default 50,000), `WINK_BENCH_CONCURRENCY` (default
+//! `1,8,64`), `WINK_BENCH_MAILBOX` (default `memory,redis`) and
+//! `WINK_BENCH_THREADS` (tokio worker threads, default one per core) narrow
+//! a run, e.g. for profiling.
 
 mod common;
+#[allow(dead_code)]
+#[path = "../tests/common/redis.rs"]
+mod redis_server;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,8 +35,16 @@ use wink_host::mailbox::{Envelope, Mailbox, MemoryMailbox};
 use wink_host::runtime::{Runtime, RuntimeConfig};
 use wink_host::worker::{JobResources, ReplyRoutes, Worker, WorkerConfig};
 
-const CONCURRENCY: [usize; 3] = [1, 8, 64];
 const WARMUP_JOBS: usize = 2_000;
+/// Jobs per `send_batch` of the producer, as a busy producer would send.
+const SEND_BATCH: usize = 256;
+
+fn concurrency_cases() -> Vec<usize> {
+    std::env::var("WINK_BENCH_CONCURRENCY")
+        .ok()
+        .map(|cases| cases.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![1, 8, 64])
+}
 
 /// Jobs per case (`WINK_BENCH_JOBS` overrides).
 fn jobs_per_case() -> usize {
@@ -28,38 +55,202 @@ fn jobs_per_case() -> usize {
 }
 
 fn main() {
-    let otel = std::env::var("WINK_BENCH_OTEL").is_ok_and(|v| v == "1");
-    if otel {
-        // Hook: initialise OTLP trace export here once telemetry provides it,
-        // so the same scenario measures the cost of exporting a span per job.
-        eprintln!("throughput: WINK_BENCH_OTEL=1, but this build has no trace export to initialise; running without");
-    }
-    let tokio = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio");
+    let tokio = runtime_builder().build().expect("tokio");
     let jobs = jobs_per_case();
-    let results: Vec<_> = CONCURRENCY
-        .iter()
-        .map(|&concurrency| {
-            let mailbox = Arc::new(MemoryMailbox::new("bench"));
-            let result = tokio.block_on(measure("memory", mailbox, concurrency, jobs));
+    let mut traced = std::env::var("WINK_BENCH_OTEL")
+        .is_ok_and(|v| v == "1")
+        .then(|| Traced::start(&tokio));
+    let mailboxes = mailbox_cases();
+    let redis = mailboxes.contains(&"redis").then(redis_server::RedisServer::start);
+    let mut results = Vec::new();
+    for kind in &mailboxes {
+        for concurrency in concurrency_cases() {
+            let case = Case {
+                kind,
+                redis_url: redis.as_ref().map(redis_server::RedisServer::url),
+                concurrency,
+                jobs,
+            };
+            let mut result = match &mut traced {
+                None => tokio.block_on(case.measure(0)),
+                Some(traced) => with_and_without_export(&tokio, traced, &case),
+            };
+            if *kind == "memory" {
+                let bare = tokio.block_on(bare_runtime(concurrency, jobs));
+                result["sandbox_only_jobs_per_s"] = json!(bare.round());
+                result["worker_overhead_us_per_job"] =
+                    json!(common::round(result["us_per_job"].as_f64().unwrap_or(0.0) - 1e6 / bare));
+            }
             eprintln!("throughput: {result}");
-            result
-        })
-        .collect();
+            results.push(result);
+        }
+    }
+    let otel = traced.map(Traced::finish);
     common::write_report(
         "throughput",
         json!({
             "scenario": "throughput",
             "what": "trivial agent jobs end to end through one worker: enqueue, claim, run in the sandbox, reply, ack",
             "agent": "trivial (echoes its input, no model or tool calls)",
+            "redis": redis.map(|_| "redis-server on loopback, no persistence, same machine"),
             "results": results,
-            "target": {"memory_jobs_per_s": 40_000, "redis_jobs_per_s": 20_000},
-            "otel_export": false,
+            "target": {"memory_jobs_per_s": 40_000, "redis_jobs_per_s": 20_000, "otel_drop_percent": 3},
+            "otel_export": otel,
             "machine": common::machine(),
         }),
     );
+}
+
+/// Mailboxes to measure (`WINK_BENCH_MAILBOX`, default `memory,redis`).
+fn mailbox_cases() -> Vec<&'static str> {
+    let wanted = std::env::var("WINK_BENCH_MAILBOX").unwrap_or_else(|_| "memory,redis".into());
+    ["memory", "redis"]
+        .into_iter()
+        .filter(|kind| wanted.split(',').any(|w| w.trim() == *kind))
+        .collect()
+}
+
+/// Rounds of (without export, with export) per case under `--otel`: the
+/// best of each is compared, so a round slowed by something else on the
+/// machine does not count as the exporter's cost.
+const OTEL_ROUNDS: usize = 3;
+
+/// The case measured alternately without and with OTLP export; the best
+/// round of each, and the drop between them.
+fn with_and_without_export(plain: &tokio::runtime::Runtime, traced: &Traced, case: &Case) -> serde_json::Value {
+    let best = |runs: Vec<serde_json::Value>| {
+        runs.into_iter()
+            .max_by(|a, b| {
+                a["jobs_per_s"]
+                    .as_f64()
+                    .unwrap_or(0.0)
+                    .total_cmp(&b["jobs_per_s"].as_f64().unwrap_or(0.0))
+            })
+            .expect("at least one round")
+    };
+    let (mut without, mut with) = (Vec::new(), Vec::new());
+    for round in 0..OTEL_ROUNDS {
+        without.push(plain.block_on(case.measure(2 * round)));
+        with.push(traced.runtime.block_on(case.measure(2 * round + 1)));
+    }
+    let exported = best(with);
+    let mut result = best(without);
+    let (plain_rate, exported_rate) = (
+        result["jobs_per_s"].as_f64().unwrap_or(1.0),
+        exported["jobs_per_s"].as_f64().unwrap_or(0.0),
+    );
+    result["rounds"] = json!(OTEL_ROUNDS);
+    result["otel_jobs_per_s"] = json!(exported_rate);
+    result["otel_drop_percent"] = json!(common::round(100.0 * (1.0 - exported_rate / plain_rate)));
+    result
+}
+
+/// One measurement: a mailbox kind at one concurrency.
+struct Case<'a> {
+    kind: &'a str,
+    redis_url: Option<String>,
+    concurrency: usize,
+    jobs: usize,
+}
+
+impl Case<'_> {
+    /// Run the case on a fresh queue (`run` tells repeated runs apart, so a
+    /// Redis queue never holds an earlier run's replies).
+    async fn measure(&self, run: usize) -> serde_json::Value {
+        let queue = format!("bench-{}-{run}", self.concurrency);
+        let mailbox: Arc<dyn Mailbox> = match (self.kind, &self.redis_url) {
+            ("redis", Some(url)) => wink_host::mailbox::open(url, &queue).await.expect("redis mailbox"),
+            _ => Arc::new(MemoryMailbox::new(&queue)),
+        };
+        measure(self.kind, mailbox, self.concurrency, self.jobs).await
+    }
+}
+
+fn runtime_builder() -> tokio::runtime::Builder {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = std::env::var("WINK_BENCH_THREADS").ok().and_then(|n| n.parse().ok()) {
+        builder.worker_threads(threads);
+    }
+    builder.enable_all();
+    builder
+}
+
+/// `WINK_BENCH_OTEL=1`: a second tokio runtime whose threads log and trace
+/// as `wink-host` does with OTLP export on (JSON log lines at `WINK_LOG`'s
+/// level to a sink, every span exported over OTLP/HTTP to an in-process
+/// receiver), so each case runs with and without export in the same process.
+struct Traced {
+    runtime: tokio::runtime::Runtime,
+    telemetry: wink_host::telemetry::Telemetry,
+    exports: Arc<std::sync::atomic::AtomicU64>,
+    _main_thread: tracing::dispatcher::DefaultGuard,
+}
+
+impl Traced {
+    fn start(plain: &tokio::runtime::Runtime) -> Self {
+        use wink_host::telemetry::{self, LogFormat, OtlpProtocol, Redactor, TelemetryOptions, TraceConfig};
+        let exports = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let endpoint = plain.block_on(otlp_sink(exports.clone()));
+        let options = TelemetryOptions {
+            format: LogFormat::Json,
+            redactor: Redactor::new([], []).expect("redactor"),
+            traces: Some(TraceConfig::new(endpoint, OtlpProtocol::HttpProtobuf)),
+        };
+        let (dispatch, telemetry) = {
+            let _context = plain.enter();
+            telemetry::build(options, std::io::sink).expect("telemetry")
+        };
+        let runtime = runtime_builder()
+            .on_thread_start({
+                let dispatch = dispatch.clone();
+                // The guard would reset the thread's default when dropped;
+                // these threads live as long as the runtime.
+                move || std::mem::forget(tracing::dispatcher::set_default(&dispatch))
+            })
+            .build()
+            .expect("tokio");
+        let main_thread = tracing::dispatcher::set_default(&dispatch);
+        Self {
+            runtime,
+            telemetry,
+            exports,
+            _main_thread: main_thread,
+        }
+    }
+
+    fn finish(self) -> serde_json::Value {
+        let flushed = self.telemetry.shutdown();
+        json!({
+            "protocol": "http/protobuf",
+            "export_requests": self.exports.load(std::sync::atomic::Ordering::Relaxed),
+            "flushed": flushed.is_ok(),
+        })
+    }
+}
+
+/// An OTLP/HTTP endpoint that accepts every export and counts them.
+async fn otlp_sink(exports: Arc<std::sync::atomic::AtomicU64>) -> String {
+    use http_body_util::{BodyExt as _, Full};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let endpoint = format!("http://{}/v1/traces", listener.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let exports = exports.clone();
+            let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                let exports = exports.clone();
+                async move {
+                    request.into_body().collect().await?;
+                    exports.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    Ok::<_, hyper::Error>(hyper::Response::new(Full::new(Bytes::new())))
+                }
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+            );
+        }
+    });
+    endpoint
 }
 
 fn envelopes(prefix: &str, agent: &str, count: usize) -> Vec<(String, Bytes)> {
@@ -128,14 +319,51 @@ async fn measure(name: &str, mailbox: Arc<dyn Mailbox>, concurrency: usize, jobs
     })
 }
 
+/// Jobs per second through `Runtime::run_agent` alone: `concurrency` tasks
+/// each running its share of `jobs` back to back.
+async fn bare_runtime(concurrency: usize, jobs: usize) -> f64 {
+    let runtime = Runtime::new(&RuntimeConfig {
+        max_concurrent_jobs: concurrency as u32,
+        max_concurrent_tool_calls: 1,
+        ..RuntimeConfig::default()
+    })
+    .expect("runtime");
+    let agent = runtime
+        .load_agent(&common::guest("trivial"))
+        .await
+        .expect("trivial agent");
+    let env = wink_host::runtime::JobEnv::new(Arc::new(wink_host::model::ScriptedProvider::echo()));
+    let run = |count: usize, prefix: usize| {
+        let (runtime, agent, env) = (runtime.clone(), agent.clone(), env.clone());
+        tokio::spawn(async move {
+            for i in 0..count {
+                let request = wink_host::job::JobRequest::new(format!("bare-{prefix}-{i}"), format!("{{\"n\":{i}}}"));
+                let report = runtime.run_agent(&agent, request, env.clone()).await;
+                assert!(report.outcome.is_ok(), "{:?}", report.outcome);
+            }
+        })
+    };
+    for task in (0..concurrency).map(|t| run(WARMUP_JOBS / concurrency + 1, t)) {
+        task.await.expect("warm-up task");
+    }
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..concurrency).map(|t| run(jobs / concurrency, t)).collect();
+    for task in tasks {
+        task.await.expect("bare task");
+    }
+    (jobs / concurrency * concurrency) as f64 / started.elapsed().as_secs_f64()
+}
+
 /// Enqueue `jobs` from a producer task while the worker drains them; the
 /// time until the worker has acked all of them (`done_before` were acked earlier).
 async fn drain(worker: &Worker, mailbox: &dyn Mailbox, jobs: Vec<(String, Bytes)>, done_before: u64) -> Duration {
     let total = done_before + jobs.len() as u64;
     let started = Instant::now();
     let producer = async {
-        for (id, payload) in jobs {
-            mailbox.send(&id, payload).await.expect("send");
+        for batch in jobs.chunks(SEND_BATCH) {
+            for sent in mailbox.send_batch(batch).await.expect("send") {
+                sent.expect("send");
+            }
         }
     };
     let finished = async {

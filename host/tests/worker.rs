@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use common::worker_process::WorkerProcess;
 use common::*;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -197,6 +198,8 @@ async fn jobs_run_end_to_end_and_each_is_answered_once() {
         assert_eq!(trivial.output, Some(json!({"ok": true, "echo": {"n": i}})));
         assert!(trivial.usage.fuel > 0);
     }
+    // Acks are batched: the routed job may be answered after the others.
+    reply(mailbox.as_ref(), "routed").await;
     let stored = mailbox.reply("routed").await.expect("reply").expect("stored reply");
     let sent = replies
         .claim(10, Duration::from_secs(5), Duration::ZERO)
@@ -785,107 +788,6 @@ async fn health_reports_live_ready_and_metrics_and_goes_unready_while_draining()
         assert!(scrape.contains(line), "missing {line} in:\n{scrape}");
     }
     assert_eq!(get(addr, "/nope").await.0, 404);
-}
-
-/// `wink-host worker` as a process: logs go to a pipe (JSON), so the health
-/// address it picked is read from its "health server listening" line.
-struct WorkerProcess {
-    child: std::process::Child,
-    health: std::net::SocketAddr,
-    stderr: std::sync::mpsc::Receiver<String>,
-}
-
-impl WorkerProcess {
-    fn spawn(args: &[&str]) -> Self {
-        use std::io::BufRead;
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_wink-host"))
-            .arg("worker")
-            .args([
-                "--health-host",
-                "127.0.0.1",
-                "--health-port",
-                "0",
-                "--poll-wait",
-                "100ms",
-            ])
-            .args(args)
-            .env("WINK_LOG", "info")
-            .env("WINK_LOG_FORMAT", "json")
-            .env_remove("WINK_MAILBOX")
-            .env_remove("WINK_QUEUE")
-            .env_remove("WINK_MODEL")
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("spawn wink-host worker");
-        let (lines, stderr) = std::sync::mpsc::channel();
-        let pipe = child.stderr.take().expect("stderr");
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
-                let _ = lines.send(line);
-            }
-        });
-        let give_up = Instant::now() + Duration::from_secs(60);
-        let health = loop {
-            let line = stderr
-                .recv_timeout(give_up.saturating_duration_since(Instant::now()))
-                .expect("the worker logs its health address");
-            let Ok(record) = serde_json::from_str::<serde_json::Value>(&line) else {
-                continue;
-            };
-            if record["fields"]["message"] == "health server listening" {
-                break record["fields"]["addr"]
-                    .as_str()
-                    .and_then(|a| a.parse().ok())
-                    .expect("addr");
-            }
-        };
-        Self { child, health, stderr }
-    }
-
-    fn status(&self, path: &str) -> u16 {
-        use std::io::{Read, Write};
-        let Ok(mut stream) = std::net::TcpStream::connect(self.health) else {
-            return 0;
-        };
-        let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-        let mut response = String::new();
-        if stream.write_all(request.as_bytes()).is_err() || stream.read_to_string(&mut response).is_err() {
-            return 0;
-        }
-        response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
-    }
-
-    fn wait_ready(&self) {
-        let give_up = Instant::now() + Duration::from_secs(30);
-        while self.status("/health/ready") != 200 {
-            assert!(Instant::now() < give_up, "the worker never became ready");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn signal(&self, name: &str) {
-        let status = std::process::Command::new("kill")
-            .args([&format!("-{name}"), &self.child.id().to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success());
-    }
-
-    /// The exit status, and every log line it wrote.
-    fn wait(mut self, limit: Duration) -> (std::process::ExitStatus, Vec<String>) {
-        let give_up = Instant::now() + limit;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                break status;
-            }
-            if Instant::now() > give_up {
-                let _ = self.child.kill();
-                panic!("the worker did not exit within {limit:?}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        (status, self.stderr.try_iter().collect())
-    }
 }
 
 #[test]

@@ -65,9 +65,11 @@ enum Command {
     /// Runs `cargo bench -p wink-host --bench <SCENARIO>` with
     /// WINK_GUEST_DIR=T/wasm and WINK_BENCH_OUT=T/bench/<SCENARIO>.json.
     Bench {
-        /// The scenario to run: instantiate, concurrency or model.
+        /// The scenario to run: instantiate, concurrency, model, tool or throughput.
         scenario: String,
-        /// Also export telemetry from the benchmark (sets WINK_BENCH_OTEL=1).
+        /// Also measure with telemetry export on (sets WINK_BENCH_OTEL=1):
+        /// throughput runs each case without and with OTLP trace export to
+        /// an in-process receiver and reports the drop.
         #[arg(long)]
         otel: bool,
     },

@@ -11,7 +11,7 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use super::run::{BedrockArgs, ModelPolicyArgs, default_cache_dir, model_provider};
 use crate::mailbox;
-use crate::model::ModelSpec;
+use crate::model::{ModelPolicy, ModelSpec};
 use crate::policy::{HumanDuration, Policy, parse_duration};
 use crate::runtime::{Limits, Runtime, RuntimeConfig};
 use crate::session::MemorySessionStore;
@@ -214,6 +214,7 @@ impl WorkerArgs {
             max_concurrent_jobs: concurrency,
             max_concurrent_tool_calls: concurrency.clamp(4, 256),
             cache_dir,
+            worker_id: config.worker_id.clone(),
             ..RuntimeConfig::default()
         })?;
         let mailbox = mailbox::open(&self.mailbox, &self.queue)
@@ -233,7 +234,7 @@ impl WorkerArgs {
         tokio::spawn(signals.forward_to(worker.clone()));
         worker.run().await?;
         health.shutdown();
-        // Trace export, once the process has it, is flushed here.
+        // main() flushes the trace exporter after this returns.
         Ok(())
     }
 
@@ -250,7 +251,10 @@ impl WorkerArgs {
             model: model_provider(&self.model, &self.bedrock).await?,
             tools,
             policy,
-            model_policy: self.model_policy.policy().await?,
+            model_policy: ModelPolicy {
+                ledger: mailbox::open_usage_ledger(&self.mailbox).await?,
+                ..self.model_policy.policy().await?
+            },
             sessions: Arc::new(MemorySessionStore::default()),
         })
     }

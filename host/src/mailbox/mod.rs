@@ -23,6 +23,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use crate::model::LedgerError;
+
 pub use self::redis::{DEFAULT_USAGE_TTL, RedisMailbox, RedisUsageLedger};
 pub use envelope::{
     AgentRef, ENVELOPE_VERSION, Envelope, EnvelopeError, MAX_REQUEST_ID_BYTES, validate_queue_name, validate_request_id,
@@ -248,21 +250,39 @@ pub(crate) fn unix_ms(time: SystemTime) -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// URL schemes served by [`RedisMailbox`].
+const REDIS_SCHEMES: [&str; 4] = ["redis", "rediss", "redis+cluster", "rediss+cluster"];
+
+/// The scheme of a mailbox URL (all of it when it has no `://`).
+fn scheme(url: &str) -> &str {
+    url.split_once("://").map_or(url, |(scheme, _)| scheme)
+}
+
+/// The usage ledger for workers of the mailbox at `url`. On Redis it is
+/// [`RedisUsageLedger`] on the same server, so every worker reads the same
+/// totals and a job redelivered to another worker continues its budget;
+/// otherwise an in-process [`MemoryUsageLedger`](crate::model::MemoryUsageLedger)
+/// (with `sqs://` a job redelivered to another worker starts a fresh budget).
+pub async fn open_usage_ledger(url: &str) -> Result<std::sync::Arc<dyn crate::model::UsageLedger>, LedgerError> {
+    if REDIS_SCHEMES.contains(&scheme(url)) {
+        Ok(std::sync::Arc::new(RedisUsageLedger::open(url).await?))
+    } else {
+        Ok(std::sync::Arc::new(crate::model::MemoryUsageLedger::default()))
+    }
+}
+
 /// Open queue `queue` of the mailbox at `url`. Schemes: `memory://` (this
 /// process only); `redis://`, `rediss://` (TLS), `redis+cluster://host:port,host:port`
 /// and `rediss+cluster://` (see [`RedisMailbox::open`]); `sqs://`
 /// ([`SqsOptions::from_url`]; credentials from the AWS SDK's default chain).
 pub async fn open(url: &str, queue: &str) -> Result<std::sync::Arc<dyn Mailbox>, MailboxError> {
     validate_queue_name(queue).map_err(MailboxError::Invalid)?;
-    let scheme = url.split_once("://").map_or(url, |(scheme, _)| scheme);
-    match scheme {
+    match scheme(url) {
         "memory" => Ok(std::sync::Arc::new(MemoryMailbox::new(queue))),
         "sqs" => Ok(std::sync::Arc::new(
             SqsMailbox::open(queue, &SqsOptions::from_url(url)?).await?,
         )),
-        "redis" | "rediss" | "redis+cluster" | "rediss+cluster" => {
-            Ok(std::sync::Arc::new(RedisMailbox::open(url, queue).await?))
-        }
+        scheme if REDIS_SCHEMES.contains(&scheme) => Ok(std::sync::Arc::new(RedisMailbox::open(url, queue).await?)),
         other => Err(MailboxError::Invalid(format!(
             "unsupported mailbox URL scheme `{other}` in `{}` (expected memory://, sqs://, redis://, rediss://, \
              redis+cluster:// or rediss+cluster://)",

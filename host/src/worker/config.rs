@@ -13,7 +13,8 @@ use crate::runtime::Limits;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WorkerConfig {
-    /// Names this worker in logs, spans and replies. Default: `HOSTNAME-PID`.
+    /// Names this worker in logs, spans and replies. Default: the runtime's
+    /// (`HOSTNAME-PID`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub worker_id: Option<String>,
     /// Jobs run at once; the worker claims only what it has room for.

@@ -167,7 +167,9 @@ struct Shared {
     counters: Counters,
     /// Jobs running now.
     in_flight: AtomicUsize,
-    /// Woken whenever a job ends.
+    /// Woken when a full worker gets a free slot (the claim loop waits on it).
+    slot_freed: Notify,
+    /// Woken whenever a job ends (the drain waits on it).
     job_ended: Notify,
     job_seq: AtomicU64,
     acks: mpsc::Sender<AckItem>,
@@ -186,7 +188,8 @@ impl std::fmt::Debug for Agents {
 
 impl Worker {
     /// A worker for `mailbox`'s queue; `routes` opens the queues named by
-    /// envelopes' `reply_to`.
+    /// envelopes' `reply_to`. Without a `worker_id` in `config` the worker
+    /// takes the runtime's, so job spans and worker logs name the same one.
     pub fn new(
         runtime: Runtime,
         mailbox: Arc<dyn Mailbox>,
@@ -195,7 +198,10 @@ impl Worker {
         routes: ReplyRoutes,
     ) -> Result<Self, WorkerError> {
         config.validate().map_err(WorkerError::Config)?;
-        let id = config.worker_id.clone().unwrap_or_else(default_worker_id);
+        let id = config
+            .worker_id
+            .clone()
+            .unwrap_or_else(|| runtime.worker_id().to_owned());
         let resources = Arc::new(resources);
         let (acks, ack_queue) = mpsc::channel(config.ack_batch.max(config.concurrency) * 2);
         Ok(Self {
@@ -211,6 +217,7 @@ impl Worker {
                 routes,
                 counters: Counters::default(),
                 in_flight: AtomicUsize::new(0),
+                slot_freed: Notify::new(),
                 job_ended: Notify::new(),
                 job_seq: AtomicU64::new(0),
                 acks,
@@ -295,20 +302,30 @@ impl Shared {
 
     /// Claim up to the free capacity, run each delivery as a task, repeat
     /// until shutdown. The loop heartbeats readiness on every turn.
+    ///
+    /// When only a few slots are free while many jobs run, the loop first
+    /// yields, letting jobs that are about to finish do so: one claim then
+    /// fetches a batch instead of one message per finished job.
     async fn claim_loop(self: &Arc<Self>) {
         let concurrency = self.config.concurrency;
+        let batch = claim_batch(concurrency);
         let poll_wait = self.config.poll_wait.0;
         while !self.shutdown.is_cancelled() {
             self.health.loop_beat();
-            let free = concurrency.saturating_sub(self.in_flight.load(Ordering::Acquire));
+            let in_flight = self.in_flight.load(Ordering::Acquire);
+            let free = concurrency.saturating_sub(in_flight);
             if free == 0 {
                 tokio::select! {
-                    () = self.job_ended.notified() => {}
+                    () = self.slot_freed.notified() => {}
                     () = self.shutdown.cancelled() => {}
                     () = tokio::time::sleep(poll_wait) => {}
                 }
                 continue;
             }
+            if free < batch && in_flight > 0 {
+                tokio::task::yield_now().await;
+            }
+            let free = concurrency.saturating_sub(self.in_flight.load(Ordering::Acquire));
             match self.mailbox.claim(free, self.config.lease.0, poll_wait).await {
                 Ok(batch) => {
                     self.health.mailbox_answered();
@@ -412,10 +429,23 @@ struct Slot<'a>(&'a Shared);
 
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
-        self.0.job_ended.notify_one();
-        self.0.job_ended.notify_waiters();
+        let shared = self.0;
+        let was = shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+        // Only the first free slot wakes a full claim loop; it claims
+        // whatever is free by then. Waking it per job would cost a wake-up
+        // and a one-message claim per job.
+        if was == shared.config.concurrency {
+            shared.slot_freed.notify_one();
+        }
+        if shared.shutdown.is_cancelled() {
+            shared.job_ended.notify_waiters();
+        }
     }
+}
+
+/// How many free slots make a claim worth it without lingering.
+fn claim_batch(concurrency: usize) -> usize {
+    (concurrency / 4).max(1)
 }
 
 /// Reap lapsed leases and poll the depth, each on its own interval.
@@ -435,17 +465,6 @@ async fn maintain(shared: Arc<Shared>) {
             _ = depth.tick() => shared.probe_depth().await,
         }
     }
-}
-
-/// `HOSTNAME-PID`, the hostname from the environment or the kernel.
-fn default_worker_id() -> String {
-    let host = std::env::var("HOSTNAME")
-        .ok()
-        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "wink".to_owned());
-    format!("{host}-{}", std::process::id())
 }
 
 /// Shortest pause between retries of a failed mailbox call.

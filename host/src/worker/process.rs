@@ -108,17 +108,33 @@ impl Shared {
             Err(err) => return self.dead_letter(&delivery, None, &err.into()).await,
         };
         let job_id = self.next_job_id();
+        // The delivery's span (an OpenTelemetry consumer span) continues the
+        // producer's trace; the runtime's job span becomes its child, so the
+        // caller, the delivery, the job and its model and tool calls are one
+        // trace, and the worker's own lines (retries, dead letters) carry the
+        // job's ids.
         let span = tracing::info_span!(
             "worker_job",
+            otel.name = %format_args!("process {}", self.queue()),
+            otel.kind = "consumer",
+            messaging.operation.type = "process",
+            messaging.destination.name = %self.queue(),
+            messaging.message.id = %delivery.lease.message_id,
             request_id = %envelope.request_id,
             job_id = %job_id,
-            attempt = delivery.attempt,
+            // Signed: OpenTelemetry has no unsigned integers.
+            attempt = i64::from(delivery.attempt),
             worker_id = %self.id,
+            otel.status_code = tracing::field::Empty,
+            error.type = tracing::field::Empty,
         );
-        self.run_job(&delivery, &envelope, job_id).instrument(span).await;
+        crate::telemetry::continue_trace(&span, envelope.traceparent.as_deref());
+        self.run_job(&delivery, &envelope, job_id, &span)
+            .instrument(span.clone())
+            .await;
     }
 
-    async fn run_job(&self, delivery: &Delivery, envelope: &Envelope, job_id: String) {
+    async fn run_job(&self, delivery: &Delivery, envelope: &Envelope, job_id: String, span: &tracing::Span) {
         let max = self.config.max_attempts;
         if delivery.attempt > max {
             let poison = Poison::new(
@@ -170,9 +186,12 @@ impl Shared {
             job_id: job_id.clone(),
             attempt: delivery.attempt,
             input: envelope.input.to_string(),
-            traceparent: envelope.traceparent.clone(),
+            // This delivery's span when traces are recorded, else the caller's.
+            traceparent: crate::telemetry::traceparent(span).or_else(|| envelope.traceparent.clone()),
         };
-        let job = self.runtime.run_agent(&agent.component, request, env);
+        // Boxed: the sandbox's future is kilobytes, and every job task would
+        // otherwise copy it each time the task future moves (spawn included).
+        let job = Box::pin(self.runtime.run_agent(&agent.component, request, env));
         match self.run_leased(&delivery.lease, job).await {
             Run::Finished(report) => {
                 self.conclude(delivery, envelope, &job_id, started_at_ms, report).await;
@@ -198,9 +217,8 @@ impl Shared {
     /// Run `job`, extending the lease every heartbeat from this same task:
     /// a task that stops being scheduled stops extending, so a stuck job's
     /// lease lapses and another worker takes it over.
-    async fn run_leased(&self, lease: &Lease, job: impl Future<Output = JobReport>) -> Run {
+    async fn run_leased(&self, lease: &Lease, mut job: impl Future<Output = JobReport> + Unpin) -> Run {
         let heartbeat = self.config.heartbeat.0;
-        tokio::pin!(job);
         let beat = tokio::time::sleep(heartbeat);
         tokio::pin!(beat);
         loop {
@@ -291,7 +309,10 @@ impl Shared {
         let finished_at_ms = unix_ms_now();
         let (status, error, output) = match answer {
             Answer::Output(output) => (ReplyStatus::Succeeded, None, Some(output)),
-            Answer::Failed(error) => (ReplyStatus::Failed, Some(error), None),
+            Answer::Failed(error) => {
+                mark_failed(&error.kind);
+                (ReplyStatus::Failed, Some(error), None)
+            }
         };
         let head = ReplyHead {
             version: REPLY_VERSION,
@@ -396,6 +417,7 @@ impl Shared {
             kind: poison.kind.to_owned(),
             message: poison.message.clone(),
         };
+        mark_failed(poison.kind);
         match self.mailbox.dead_letter(&delivery.lease, &reason).await {
             Ok(()) => {
                 self.runtime
@@ -426,6 +448,13 @@ impl Shared {
         self.resources.model_policy.ledger.forget(request_id).await;
         self.resources.sessions.forget(request_id).await;
     }
+}
+
+/// Mark the delivery's span failed with `kind` (an OpenTelemetry error status).
+fn mark_failed(kind: &str) {
+    let span = tracing::Span::current();
+    span.record("otel.status_code", "error");
+    span.record("error.type", kind);
 }
 
 /// The reply error of a job that failed for good.

@@ -124,3 +124,4 @@ pub fn output(report: JobReport) -> serde_json::Value {
 
 pub mod mailbox_contract;
 pub mod redis;
+pub mod worker_process;

@@ -119,4 +119,19 @@ impl UsageLedger for RedisUsageLedger {
             Some(totals.3),
         ]))
     }
+
+    /// Deletes the request's hash in the background, so the worker's acker
+    /// (which forgets every answered request) does not wait a round trip per
+    /// job; if the delete fails the hash lapses with its TTL.
+    async fn forget(&self, request_id: &str) {
+        let ledger = self.clone();
+        let key = Self::key(request_id);
+        tokio::spawn(async move {
+            let mut conn = ledger.conn.clone();
+            let deleted: Result<i64, _> = ::redis::cmd("DEL").arg(&key).query_async(&mut conn).await;
+            if let Err(err) = deleted {
+                tracing::debug!(error = %ledger.failed(&err), "usage left to expire with its TTL");
+            }
+        });
+    }
 }
