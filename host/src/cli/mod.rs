@@ -1,5 +1,7 @@
 //! The `wink-host` command line.
 
+mod config;
+mod engine;
 mod exit;
 mod policy;
 pub mod queue;
@@ -8,6 +10,8 @@ mod worker;
 
 use clap::{Parser, Subcommand};
 
+pub use config::ConfigArgs;
+pub use engine::{BedrockArgs, BudgetArgs, Engine, EngineArgs, ModelPolicyArgs, model_provider};
 pub use exit::{Exit, exit_code};
 pub use policy::PolicyArgs;
 pub use run::RunArgs;
