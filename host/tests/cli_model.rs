@@ -6,7 +6,8 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::{Value, json};
@@ -22,6 +23,10 @@ fn wink_host(args: &[&str], endpoint: &str) -> Output {
 /// `wink-host` with AWS credentials in its environment, no `WINK_*` setting
 /// inherited from the test's, and `env` added.
 fn wink_host_with(args: &[&str], env: &[(&str, &str)]) -> Output {
+    wink_host_command(args, env).output().expect("run wink-host")
+}
+
+fn wink_host_command(args: &[&str], env: &[(&str, &str)]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_wink-host"));
     for (name, _) in std::env::vars().filter(|(name, _)| name.starts_with("WINK_")) {
         command.env_remove(name);
@@ -33,9 +38,8 @@ fn wink_host_with(args: &[&str], env: &[(&str, &str)]) -> Output {
         .env("AWS_ACCESS_KEY_ID", "AKIACLITESTKEY000001")
         .env("AWS_SECRET_ACCESS_KEY", SECRET)
         .env("AWS_EC2_METADATA_DISABLED", "true")
-        .envs(env.iter().copied())
-        .output()
-        .expect("run wink-host")
+        .envs(env.iter().copied());
+    command
 }
 
 /// The adversary guest's `models` mode: `count` calls, then what is left.
@@ -204,8 +208,7 @@ async fn flags_beat_environment_variables_which_beat_the_config_file() {
     let config = write(
         dir.path(),
         "wink.toml",
-        &format!(
-            r#"
+        r#"
 [model]
 default = "echo"
 [bedrock]
@@ -215,8 +218,7 @@ identifier = "gr0abc"
 version = "1"
 [budget]
 max_turns = 1
-"#
-        ),
+"#,
     );
     let adversary = guest("adversary");
     let input = models_input(3, None);
@@ -462,4 +464,115 @@ async fn the_policy_grants_models_and_budget_and_flags_only_narrow_them() {
         "{line}"
     );
     assert_eq!(fake.request_count(), 4, "a refused run sends nothing");
+}
+
+/// `wink-host worker` reads the same file as `run`: the model, the Bedrock
+/// endpoint and retries, the default budget and its own `[worker]` section
+/// reach a job it claims from Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_reads_the_config_file_like_run() {
+    let fake = FakeBedrock::start(FakeReply::text("from the worker", 1, 1))
+        .await
+        .expect("fake");
+    let redis = common::redis::RedisServer::start();
+    let mailbox = redis.url();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write(
+        dir.path(),
+        "wink.toml",
+        &format!(
+            r#"
+[model]
+default = "bedrock:{HAIKU}"
+[bedrock]
+endpoint_url = "{}"
+[bedrock.retry]
+max_attempts = 1
+[budget]
+max_turns = 2
+[worker]
+poll_wait = "100ms"
+health_host = "127.0.0.1"
+health_port = 0
+"#,
+            fake.endpoint_url()
+        ),
+    );
+    let queue = ["--mailbox", mailbox.as_str(), "--queue", "configured"];
+    let mut worker = wink_host_command(&["worker", "--config", &config, "--no-cache"], &[])
+        .args(queue)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn the worker");
+    let adversary = guest("adversary");
+    let input = models_input(3, None);
+    let mut enqueue = vec![
+        "enqueue",
+        "--agent",
+        adversary.to_str().expect("path"),
+        "--input",
+        &input,
+        "--request-id",
+        "configured-1",
+    ];
+    enqueue.extend(queue);
+    let out = wink_host_with(&enqueue, &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut reply_args = vec!["queue", "reply", "configured-1"];
+    reply_args.extend(queue);
+    let give_up = Instant::now() + Duration::from_secs(90);
+    let reply = loop {
+        let out = wink_host_with(&reply_args, &[]);
+        if out.status.success() {
+            break stdout_json(&out);
+        }
+        assert!(
+            Instant::now() < give_up,
+            "no reply: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if let Some(status) = worker.try_wait().expect("try_wait") {
+            panic!("the worker exited early: {status}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    worker.kill().expect("kill the worker");
+    worker.wait().expect("reap the worker");
+    let output = &reply["output"];
+    assert_eq!(
+        output["texts"],
+        json!(["from the worker", "from the worker"]),
+        "the file's model and endpoint: {reply}"
+    );
+    assert!(
+        output["error"].to_string().contains("turns: limit 2"),
+        "the file's [budget]: {reply}"
+    );
+    assert_eq!(fake.request_count(), 2);
+    assert_eq!(fake.requests()[0].model_id, HAIKU);
+}
+
+#[test]
+fn the_worker_refuses_a_bad_config_file_naming_the_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let worker = |text: &str, extra: &[&str]| {
+        let config = write(dir.path(), "worker.toml", text);
+        let mut args = vec!["worker", "--config", &config, "--no-cache", "--health-port", "0"];
+        args.extend_from_slice(extra);
+        wink_host_with(&args, &[])
+    };
+    let line = one_line_error(&worker("[worker]\nconcurrency = 2\nleese = \"1s\"\n", &[]));
+    assert!(line.contains("worker.toml:3:1: unknown field `leese`"), "{line}");
+    let line = one_line_error(&worker("[worker]\nlease = \"1s\"\nheartbeat = \"1s\"\n", &[]));
+    assert!(
+        line.contains("heartbeat 1000ms must be at most half the lease 1000ms"),
+        "the [worker] section is read: {line}"
+    );
+    let line = one_line_error(&worker("[worker]\nlease = \"1s\"\n", &["--heartbeat", "2s"]));
+    assert!(
+        line.contains("heartbeat 2000ms must be at most half the lease 1000ms"),
+        "the flag beats the file, which beats the default: {line}"
+    );
+    let line = one_line_error(&worker("[bedrock.guardrail]\nidentifier = \"gr0abc\"\n", &[]));
+    assert!(line.contains("\"gr0abc\" needs a version"), "{line}");
 }

@@ -9,20 +9,21 @@ use std::time::Duration;
 use wink_host::config::{BedrockSection, GuardrailSection, HostConfig, RetrySection};
 use wink_host::model::ModelSpec;
 use wink_host::policy::HumanDuration;
+use wink_host::worker::WorkerConfig;
 
-/// The full example in docs/models.md, between its marker and the fence's end.
+/// The full example in docs/config.md, between its marker and the fence's end.
 fn documented_example() -> String {
-    let docs = std::fs::read_to_string(common::repo_root().join("docs/models.md")).expect("docs/models.md");
+    let docs = std::fs::read_to_string(common::repo_root().join("docs/config.md")).expect("docs/config.md");
     let (_, after) = docs
         .split_once("<!-- config-example -->")
-        .expect("docs/models.md marks its config example");
+        .expect("docs/config.md marks its config example");
     let body = after.split_once("```toml\n").expect("a toml fence").1;
     body.split_once("```").expect("the fence ends").0.to_owned()
 }
 
 #[test]
 fn the_documented_example_sets_every_section() {
-    let config = HostConfig::parse(&documented_example(), "docs/models.md").expect("the example parses");
+    let config = HostConfig::parse(&documented_example(), "docs/config.md").expect("the example parses");
     assert_eq!(
         config.model.default,
         Some(ModelSpec::Bedrock("us.anthropic.claude-3-5-haiku-20241022-v1:0".into()))
@@ -45,6 +46,11 @@ fn the_documented_example_sets_every_section() {
     assert_eq!(config.budget.max_turns, Some(20));
     assert_eq!(config.budget.timeout, Some(HumanDuration(Duration::from_secs(300))));
     assert_eq!(config.prices["meta.llama3"].output_usd_per_mtok, 0.6);
+    assert_eq!(
+        config.worker,
+        WorkerConfig::default(),
+        "the example's [worker] values are the documented defaults"
+    );
 }
 
 #[test]
@@ -66,6 +72,7 @@ fn unknown_keys_are_named_with_their_line() {
             "c.toml:5:1:",
             "max_attempt",
         ),
+        ("[worker]\nconcurrency = 2\nleese = \"1s\"\n", "c.toml:3:1:", "leese"),
         (
             "[budget]\nmax_turns = 3\nmax_tokens = 10\n",
             "c.toml:3:1:",
@@ -93,6 +100,7 @@ fn bad_values_are_named() {
         ("[model]\ndefault = \"gpt:4\"\n", "c.toml:2:", "\"gpt:4\""),
         ("[bedrock]\nstream = \"yes\"\n", "c.toml:2:", "\"yes\""),
         ("[budget]\nmax_usd = -1.0\n", "budget.max_usd", "-1"),
+        ("[worker]\nmemory = \"64MB\"\n", "c.toml:2:", "64MB"),
         (
             "[prices]\n\"m\" = { input_usd_per_mtok = -2, output_usd_per_mtok = 1 }\n",
             "input_usd_per_mtok",

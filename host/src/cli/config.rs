@@ -12,7 +12,7 @@ use crate::config::{ConfigError, HostConfig};
 pub struct ConfigArgs {
     /// Host configuration file (TOML, see docs/models.md). Flags and their
     /// environment variables override its values [default: none, built-in defaults].
-    #[arg(long = "config", env = "WINK_CONFIG", value_name = "FILE")]
+    #[arg(id = "config", long = "config", env = "WINK_CONFIG", value_name = "FILE")]
     pub path: Option<PathBuf>,
 }
 

@@ -252,7 +252,7 @@ pub struct BedrockArgs {
 
     /// Attempts per model call, the first included; 1 never retries [default: 6].
     #[arg(long = "bedrock-max-attempts", env = "WINK_BEDROCK_MAX_ATTEMPTS", value_name = "N")]
-    pub max_attempts: Option<NonZeroU32>,
+    pub retry_max_attempts: Option<NonZeroU32>,
 
     /// Backoff ceiling before the first retry; doubles on each retry [default: 200ms].
     #[arg(long = "bedrock-retry-base-delay", env = "WINK_BEDROCK_RETRY_BASE_DELAY", value_name = "DURATION",
@@ -303,7 +303,7 @@ impl BedrockArgs {
             endpoint_url: self.endpoint_url.clone(),
             stream: self.stream,
             retry: RetrySection {
-                max_attempts: self.max_attempts,
+                max_attempts: self.retry_max_attempts,
                 base_delay: self.retry_base_delay.map(HumanDuration),
                 max_delay: self.retry_max_delay.map(HumanDuration),
             },

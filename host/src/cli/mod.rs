@@ -73,3 +73,18 @@ impl Cli {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    /// clap checks a command's definition only when that subcommand is
+    /// parsed; this checks all of them (duplicate ids from flattened argument
+    /// groups, conflicting short flags) without running any.
+    #[test]
+    fn every_subcommand_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+}
