@@ -555,11 +555,25 @@ health_port = 0
 #[test]
 fn the_worker_refuses_a_bad_config_file_naming_the_key() {
     let dir = tempfile::tempdir().expect("tempdir");
+    // A worker that accepts its settings runs until killed: give up after a while.
     let worker = |text: &str, extra: &[&str]| {
         let config = write(dir.path(), "worker.toml", text);
         let mut args = vec!["worker", "--config", &config, "--no-cache", "--health-port", "0"];
         args.extend_from_slice(extra);
-        wink_host_with(&args, &[])
+        let mut child = wink_host_command(&args, &[])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn the worker");
+        let give_up = Instant::now() + Duration::from_secs(60);
+        while child.try_wait().expect("try_wait").is_none() {
+            if Instant::now() > give_up {
+                child.kill().expect("kill");
+                panic!("the worker accepted {text:?} {extra:?} and kept running");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        child.wait_with_output().expect("worker output")
     };
     let line = one_line_error(&worker("[worker]\nconcurrency = 2\nleese = \"1s\"\n", &[]));
     assert!(line.contains("worker.toml:3:1: unknown field `leese`"), "{line}");

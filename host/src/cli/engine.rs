@@ -91,6 +91,9 @@ impl EngineArgs {
             .or_else(|| config.model.default.clone())
             .unwrap_or_default();
         let bedrock = config.bedrock.clone().overridden_by(self.bedrock.section());
+        // Checked whatever the model: a bad Bedrock setting fails now, not
+        // first when a later run or a config change switches to Bedrock.
+        bedrock.options(None)?;
         let model = model_provider(&spec, &bedrock).await?;
         let prices = Arc::new(self.model_policy.prices(&config).await?);
         let policy = match &self.policy {
