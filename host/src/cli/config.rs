@@ -10,7 +10,7 @@ use crate::config::{ConfigError, HostConfig};
 /// arguments with `#[command(flatten)]`.
 #[derive(Debug, Clone, Default, Args)]
 pub struct ConfigArgs {
-    /// Host configuration file (TOML, see docs/models.md). Flags and their
+    /// Host configuration file (TOML, see docs/config.md). Flags and their
     /// environment variables override its values [default: none, built-in defaults].
     #[arg(id = "config", long = "config", env = "WINK_CONFIG", value_name = "FILE")]
     pub path: Option<PathBuf>,

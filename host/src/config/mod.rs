@@ -1,7 +1,7 @@
 //! The host configuration file: settings an operator would otherwise repeat
 //! on every command line.
 //!
-//! `--config FILE` or `WINK_CONFIG` names it (see `docs/models.md` for a
+//! `--config FILE` or `WINK_CONFIG` names it (see `docs/config.md` for a
 //! full example). Every section and every key is optional. A command-line
 //! flag beats its environment variable, which beats the file, which beats
 //! the built-in default. Unknown keys are rejected with their name and line,
