@@ -11,6 +11,7 @@
 
 pub mod bindings;
 pub mod cli;
+pub mod config;
 pub mod job;
 pub mod mailbox;
 pub mod model;

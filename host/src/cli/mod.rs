@@ -1,5 +1,7 @@
 //! The `wink-host` command line.
 
+mod config;
+mod engine;
 mod exit;
 mod policy;
 pub mod queue;
@@ -8,6 +10,8 @@ mod worker;
 
 use clap::{Parser, Subcommand};
 
+pub use config::ConfigArgs;
+pub use engine::{BedrockArgs, BudgetArgs, Engine, EngineArgs, ModelPolicyArgs, model_provider};
 pub use exit::{Exit, exit_code};
 pub use policy::PolicyArgs;
 pub use run::RunArgs;
@@ -67,5 +71,20 @@ impl Cli {
             Command::Dlq(args) => args.execute().await,
             Command::Worker(args) => args.execute().await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    /// clap checks a command's definition only when that subcommand is
+    /// parsed; this checks all of them (duplicate ids from flattened argument
+    /// groups, conflicting short flags) without running any.
+    #[test]
+    fn every_subcommand_is_well_formed() {
+        Cli::command().debug_assert();
     }
 }

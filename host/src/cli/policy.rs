@@ -73,7 +73,7 @@ impl CheckArgs {
 }
 
 /// The effective policy of `agent`, narrowed by the file `narrow` if given.
-async fn effective(policy: &Policy, agent: &str, narrow: Option<&Path>) -> anyhow::Result<EffectivePolicy> {
+pub(super) async fn effective(policy: &Policy, agent: &str, narrow: Option<&Path>) -> anyhow::Result<EffectivePolicy> {
     let effective = policy.for_agent(agent, &Limits::default())?;
     let Some(path) = narrow else {
         return Ok(effective);
@@ -88,17 +88,13 @@ async fn effective(policy: &Policy, agent: &str, narrow: Option<&Path>) -> anyho
 /// The tool set of a `run`: without a policy, every tool as loaded; with
 /// one, each tool restricted to its grants, and a tool the agent is not
 /// granted refuses the run.
-pub(super) async fn tool_set(
+pub(super) fn tool_set(
     runtime: &Runtime,
-    agent: &str,
     tools: Vec<ToolComponent>,
-    policy: Option<&Path>,
-    narrow: Option<&Path>,
+    policy: Option<&EffectivePolicy>,
 ) -> anyhow::Result<ToolSet> {
-    let Some(path) = policy else {
-        return Ok(ToolSet::new(tools)?);
-    };
-    let policy = Policy::load(path).await?;
-    let effective = effective(&policy, agent, narrow).await?;
-    Ok(ToolSet::granted(runtime, tools, &effective)?)
+    Ok(match policy {
+        None => ToolSet::new(tools)?,
+        Some(effective) => ToolSet::granted(runtime, tools, effective)?,
+    })
 }

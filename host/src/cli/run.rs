@@ -8,12 +8,15 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 
+use super::engine::{Engine, EngineArgs};
 use crate::job::JobRequest;
-use crate::model::bedrock::{BedrockOptions, BedrockProvider};
-use crate::model::{Budget, ModelPolicy, ModelProvider, ModelSpec, PriceTable, Script, ScriptedProvider};
+use crate::policy::{self, EffectivePolicy};
 use crate::runtime::{JobEnv, Limits, Runtime, RuntimeConfig};
 use crate::sandbox::Workspace;
 use crate::session::MemorySessionStore;
+
+/// The job's wall-clock limit when no flag, policy or configuration sets one.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Arguments of `wink-host run`.
 #[derive(Debug, Args)]
@@ -29,26 +32,9 @@ pub struct RunArgs {
     #[arg(long, short)]
     pub workspace: Option<PathBuf>,
 
-    /// Model provider: `echo` (answers with the last user text), `scripted:FILE` or `bedrock:MODEL_ID`.
-    #[arg(long, short, env = "WINK_MODEL", default_value = "echo")]
-    pub model: ModelSpec,
-
-    /// Bedrock settings (used with `--model bedrock:MODEL_ID`).
+    /// Model, Bedrock, budget, tool, policy, configuration and cache settings.
     #[command(flatten)]
-    pub bedrock: BedrockArgs,
-
-    /// The job's model allowlist and budget.
-    #[command(flatten)]
-    pub model_policy: ModelPolicyArgs,
-
-    /// A tool component (.wasm) to grant to the agent; repeat for several.
-    #[arg(long = "tool", short = 't')]
-    pub tools: Vec<PathBuf>,
-
-    /// Policy file (TOML, see docs/policy.md): the agent must have a section
-    /// in it, and every `--tool` must be granted to it, or the run is refused.
-    #[arg(long, env = "WINK_POLICY")]
-    pub policy: Option<PathBuf>,
+    pub engine: EngineArgs,
 
     /// Narrow the agent's policy for this job (TOML); needs `--policy`.
     #[arg(long, requires = "policy")]
@@ -62,9 +48,10 @@ pub struct RunArgs {
     #[arg(long, default_value_t = Limits::default().fuel)]
     pub fuel: u64,
 
-    /// Wall-clock limit for the whole job, e.g. 500ms, 30s, 5m.
-    #[arg(long, default_value = "300s", value_parser = crate::policy::parse_duration)]
-    pub timeout: Duration,
+    /// Wall-clock limit for the whole job, e.g. 500ms, 30s, 5m; at most the policy's
+    /// budget timeout [default: the policy's, else the config's `[budget] timeout`, else 300s].
+    #[arg(long, value_parser = crate::policy::parse_duration)]
+    pub timeout: Option<Duration>,
 
     /// Linear-memory limit in bytes.
     #[arg(long, default_value_t = Limits::default().memory_bytes)]
@@ -73,56 +60,42 @@ pub struct RunArgs {
     /// Largest output the agent may return, in bytes.
     #[arg(long, default_value_t = Limits::default().output_bytes)]
     pub max_output: usize,
-
-    /// Keep precompiled components here so later runs skip compilation
-    /// [default: $XDG_CACHE_HOME/wink-host, else ~/.cache/wink-host].
-    #[arg(long, env = "WINK_CACHE_DIR")]
-    pub cache_dir: Option<PathBuf>,
-
-    /// Compile components in memory only; read and write no cache directory.
-    #[arg(long, conflicts_with = "cache_dir")]
-    pub no_cache: bool,
 }
 
 impl RunArgs {
     /// Run the job and print its output.
     pub async fn execute(self) -> anyhow::Result<()> {
         let input = self.read_input().await?;
+        // Settings are checked before any component is compiled.
+        let engine = self.engine.resolve().await?;
+        let runtime = Runtime::new(&RuntimeConfig {
+            max_concurrent_jobs: 1,
+            max_concurrent_tool_calls: 4,
+            cache_dir: self.engine.cache_dir(),
+            ..RuntimeConfig::default()
+        })?;
+        let agent = runtime.load_agent(&self.component).await?;
+        let grant = self.grant(&engine, agent.name()).await?;
         let limits = Limits {
             fuel: self.fuel,
-            deadline: self.timeout,
+            deadline: grant
+                .budget
+                .timeout
+                .or(engine.config.budget.timeout)
+                .map_or(DEFAULT_TIMEOUT, |t| t.0),
             memory_bytes: self.memory,
             output_bytes: self.max_output,
             ..Limits::default()
         };
-        let runtime = Runtime::new(&RuntimeConfig {
-            max_concurrent_jobs: 1,
-            max_concurrent_tool_calls: 4,
-            cache_dir: self.cache_dir(),
-            ..RuntimeConfig::default()
-        })?;
-        let agent = runtime.load_agent(&self.component).await?;
-        let mut tools = Vec::with_capacity(self.tools.len());
-        for path in &self.tools {
-            tools.push(runtime.load_tool(path, Limits::default()).await?);
-        }
+        let tools = self.engine.load_tools(&runtime).await?;
         let workspace = self.workspace.as_ref().map(Workspace::open).transpose()?;
         let env = JobEnv {
-            model: model_provider(&self.model, &self.bedrock).await?,
-            tools: Arc::new(
-                super::policy::tool_set(
-                    &runtime,
-                    agent.name(),
-                    tools,
-                    self.policy.as_deref(),
-                    self.narrow.as_deref(),
-                )
-                .await?,
-            ),
+            model: engine.model.clone(),
+            tools: Arc::new(super::policy::tool_set(&runtime, tools, grant.policy.as_ref())?),
             sessions: Arc::new(MemorySessionStore::default()),
             workspace: workspace.map(Arc::new),
             limits,
-            model_policy: self.model_policy.policy().await?,
+            model_policy: engine.model_policy(grant.models, &grant.budget),
         };
         let report = runtime
             .run_agent(&agent, JobRequest::new(self.request_id, input), env)
@@ -138,11 +111,27 @@ impl RunArgs {
         Ok(())
     }
 
-    fn cache_dir(&self) -> Option<PathBuf> {
-        if self.no_cache {
-            return None;
-        }
-        self.cache_dir.clone().or_else(default_cache_dir)
+    /// What the job may use: the agent's policy narrowed by `--narrow`, then
+    /// by the flags, which may narrow but never widen it; without a policy,
+    /// what the flags say.
+    async fn grant(&self, engine: &Engine, agent: &str) -> anyhow::Result<Grant> {
+        let flags = self.engine.model_policy.narrowing(self.timeout);
+        let Some(policy) = &engine.policy else {
+            return Ok(Grant {
+                policy: None,
+                models: flags.models,
+                budget: flags.budget,
+            });
+        };
+        let effective = super::policy::effective(policy, agent, self.narrow.as_deref())
+            .await?
+            .narrow(&flags)
+            .context("--allow-model, --max-* or --timeout asks for more than the policy grants")?;
+        Ok(Grant {
+            models: effective.models.clone(),
+            budget: effective.budget,
+            policy: Some(effective),
+        })
     }
 
     async fn read_input(&self) -> anyhow::Result<String> {
@@ -157,111 +146,13 @@ impl RunArgs {
     }
 }
 
-/// Which models the agent may call and how much it may spend (docs/models.md).
-#[derive(Debug, Clone, Default, Args)]
-pub struct ModelPolicyArgs {
-    /// Grant this model id to the agent; repeat for several (none given: any model).
-    #[arg(long = "allow-model")]
-    pub allow_models: Vec<String>,
-
-    /// Most prompt tokens across the job's model calls.
-    #[arg(long)]
-    pub max_input_tokens: Option<u64>,
-
-    /// Most generated tokens across the job's model calls.
-    #[arg(long)]
-    pub max_output_tokens: Option<u64>,
-
-    /// Most prompt plus generated tokens.
-    #[arg(long)]
-    pub max_total_tokens: Option<u64>,
-
-    /// Most spend in US dollars, priced per model (e.g. 0.25).
-    #[arg(long)]
-    pub max_usd: Option<f64>,
-
-    /// Most model calls.
-    #[arg(long)]
-    pub max_turns: Option<u32>,
-
-    /// JSON price overrides `{"MODEL_PREFIX": {"input_usd_per_mtok": N, "output_usd_per_mtok": N}}`.
-    #[arg(long, env = "WINK_MODEL_PRICES")]
-    pub prices: Option<PathBuf>,
-}
-
-impl ModelPolicyArgs {
-    /// The policy these flags describe.
-    pub async fn policy(&self) -> anyhow::Result<ModelPolicy> {
-        let prices = match &self.prices {
-            Some(path) => {
-                let text = tokio::fs::read_to_string(path)
-                    .await
-                    .with_context(|| format!("cannot read price file {}", path.display()))?;
-                PriceTable::with_overrides(&text)
-                    .map_err(|reason| anyhow::anyhow!("invalid price file {}: {reason}", path.display()))?
-            }
-            None => PriceTable::default(),
-        };
-        let max_micro_usd = self
-            .max_usd
-            .map(|usd| {
-                anyhow::ensure!(usd.is_finite() && usd >= 0.0, "--max-usd must be a non-negative number");
-                Ok((usd * 1e6).round() as u64)
-            })
-            .transpose()?;
-        Ok(ModelPolicy {
-            allowed_models: (!self.allow_models.is_empty()).then(|| self.allow_models.clone()),
-            budget: Budget {
-                max_input_tokens: self.max_input_tokens,
-                max_output_tokens: self.max_output_tokens,
-                max_total_tokens: self.max_total_tokens,
-                max_micro_usd,
-                max_turns: self.max_turns,
-            },
-            prices: Arc::new(prices),
-            ..ModelPolicy::default()
-        })
-    }
-}
-
-/// How to reach Bedrock; credentials always come from the AWS default chain.
-#[derive(Debug, Clone, Default, Args)]
-pub struct BedrockArgs {
-    /// AWS region for Bedrock (default: the AWS chain's, e.g. `AWS_REGION`).
-    #[arg(long = "bedrock-region", env = "WINK_BEDROCK_REGION")]
-    pub region: Option<String>,
-
-    /// Bedrock Runtime endpoint override, e.g. a VPC endpoint.
-    #[arg(long = "bedrock-endpoint", env = "WINK_BEDROCK_ENDPOINT")]
-    pub endpoint_url: Option<String>,
-
-    /// Call ConverseStream and assemble the response instead of Converse.
-    #[arg(long = "bedrock-stream", env = "WINK_BEDROCK_STREAM")]
-    pub stream: bool,
-}
-
-/// `$XDG_CACHE_HOME/wink-host`, else `$HOME/.cache/wink-host`.
-pub(super) fn default_cache_dir() -> Option<PathBuf> {
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))?;
-    Some(base.join("wink-host"))
-}
-
-/// The provider a model spec names.
-pub async fn model_provider(spec: &ModelSpec, bedrock: &BedrockArgs) -> anyhow::Result<Arc<dyn ModelProvider>> {
-    Ok(match spec {
-        ModelSpec::Echo => Arc::new(ScriptedProvider::echo()),
-        ModelSpec::Scripted(path) => Arc::new(ScriptedProvider::new(Script::load(path).await?)),
-        ModelSpec::Bedrock(model) => Arc::new(
-            BedrockProvider::from_environment(BedrockOptions {
-                default_model: Some(model.clone()),
-                region: bedrock.region.clone(),
-                endpoint_url: bedrock.endpoint_url.clone(),
-                stream: bedrock.stream,
-                ..BedrockOptions::default()
-            })
-            .await,
-        ),
-    })
+/// What a job may use, before the configuration's defaults fill in what is unset.
+#[derive(Debug)]
+struct Grant {
+    /// The effective policy; none without `--policy`.
+    policy: Option<EffectivePolicy>,
+    /// Model ids allowed; none: any.
+    models: Option<Vec<String>>,
+    /// Budget ceilings; an unset dimension is left to the configuration.
+    budget: policy::Budget,
 }

@@ -2,18 +2,17 @@
 //! SIGTERM or SIGINT, then drain and exit 0.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
-use super::run::{BedrockArgs, ModelPolicyArgs, default_cache_dir, model_provider};
+use super::engine::{Engine, EngineArgs};
 use crate::mailbox;
-use crate::model::{ModelPolicy, ModelSpec};
-use crate::policy::{HumanDuration, Policy, parse_duration};
-use crate::runtime::{Limits, Runtime, RuntimeConfig};
+use crate::model::ModelPolicy;
+use crate::policy::{HumanDuration, parse_duration};
+use crate::runtime::{Runtime, RuntimeConfig};
 use crate::session::MemorySessionStore;
 use crate::worker::{HealthServer, JobResources, ReplyRoutes, Worker, WorkerConfig};
 
@@ -33,36 +32,10 @@ pub struct WorkerArgs {
     #[command(flatten)]
     pub options: WorkerOptions,
 
-    /// Model provider: `echo` (answers with the last user text), `scripted:FILE` or `bedrock:MODEL_ID`.
-    #[arg(long, short, env = "WINK_MODEL", default_value = "echo")]
-    pub model: ModelSpec,
-
-    /// Bedrock settings (used with `--model bedrock:MODEL_ID`).
+    /// Model, Bedrock, budget, tool, policy, configuration and cache
+    /// settings; `--allow-model` and `--max-*` cap every agent's grants.
     #[command(flatten)]
-    pub bedrock: BedrockArgs,
-
-    /// Host-wide model allowlist and budget, capping every agent's.
-    #[command(flatten)]
-    pub model_policy: ModelPolicyArgs,
-
-    /// A tool component (.wasm) to offer; each agent gets the tools its
-    /// policy grants (all of them without `--policy`). Repeat for several.
-    #[arg(long = "tool", short = 't')]
-    pub tools: Vec<PathBuf>,
-
-    /// Policy file (TOML, docs/policy.md): an agent without a section in it
-    /// is refused (dead-lettered as `policy_refused`).
-    #[arg(long, env = "WINK_POLICY")]
-    pub policy: Option<PathBuf>,
-
-    /// Keep precompiled components here so restarts skip compilation
-    /// [default: $XDG_CACHE_HOME/wink-host, else ~/.cache/wink-host].
-    #[arg(long, env = "WINK_CACHE_DIR")]
-    pub cache_dir: Option<PathBuf>,
-
-    /// Compile components in memory only; read and write no cache directory.
-    #[arg(long, conflicts_with = "cache_dir")]
-    pub no_cache: bool,
+    pub engine: EngineArgs,
 }
 
 /// Worker options as flags; each one unset keeps the [`WorkerConfig`] value.
@@ -201,14 +174,12 @@ impl WorkerOptions {
 impl WorkerArgs {
     /// Run the worker until a signal, then drain.
     pub async fn execute(self) -> anyhow::Result<()> {
-        let config = self.options.apply(WorkerConfig::default());
+        let engine = self.engine.resolve().await?;
+        // The config file's `[worker]` section, with flags and their variables over it.
+        let config = self.options.apply(engine.config.worker.clone());
         config.validate().map_err(anyhow::Error::msg)?;
         let signals = Signals::install()?;
-        let cache_dir = if self.no_cache {
-            None
-        } else {
-            self.cache_dir.clone().or_else(default_cache_dir)
-        };
+        let cache_dir = self.engine.cache_dir();
         let concurrency = u32::try_from(config.concurrency).context("--concurrency is too large")?;
         let runtime = Runtime::new(&RuntimeConfig {
             max_concurrent_jobs: concurrency,
@@ -223,7 +194,7 @@ impl WorkerArgs {
         if self.mailbox.starts_with("memory:") {
             tracing::warn!("mailbox memory:// lives inside this process: nothing outside it can enqueue jobs");
         }
-        let resources = self.resources(&runtime).await?;
+        let resources = self.resources(&runtime, engine).await?;
         let routes = ReplyRoutes::new(self.mailbox.clone()).register(mailbox.clone());
         let worker = Worker::new(runtime.clone(), mailbox, config.clone(), resources, routes)?;
         let addr = SocketAddr::new(config.health_host, config.health_port);
@@ -238,23 +209,20 @@ impl WorkerArgs {
         Ok(())
     }
 
-    async fn resources(&self, runtime: &Runtime) -> anyhow::Result<JobResources> {
-        let mut tools = Vec::with_capacity(self.tools.len());
-        for path in &self.tools {
-            tools.push(runtime.load_tool(path, Limits::default()).await?);
-        }
-        let policy = match &self.policy {
-            Some(path) => Some(Policy::load(path).await?),
-            None => None,
-        };
+    async fn resources(&self, runtime: &Runtime, engine: Engine) -> anyhow::Result<JobResources> {
+        let flags = &self.engine.model_policy;
         Ok(JobResources {
-            model: model_provider(&self.model, &self.bedrock).await?,
-            tools,
-            policy,
+            tools: self.engine.load_tools(runtime).await?,
             model_policy: ModelPolicy {
+                allowed_models: flags.models(),
+                budget: flags.budget.budget(None).model_budget(),
+                prices: engine.prices,
                 ledger: mailbox::open_usage_ledger(&self.mailbox).await?,
-                ..self.model_policy.policy().await?
+                ..ModelPolicy::default()
             },
+            budget_defaults: engine.config.budget,
+            model: engine.model,
+            policy: engine.policy,
             sessions: Arc::new(MemorySessionStore::default()),
         })
     }

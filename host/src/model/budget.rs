@@ -16,7 +16,7 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use serde::Deserialize;
 
-use super::{ConverseRequest, ModelError, estimate_tokens, message_text};
+use super::{ContentBlock, ConverseRequest, ModelError, estimate_tokens, tokens_for_bytes};
 
 /// Limits on one request's model use; none means unlimited. The deadline is
 /// the job's [`crate::runtime::Limits::deadline`].
@@ -117,7 +117,20 @@ impl Budget {
                 return Err(exceeded(dimension, max, used));
             }
         }
-        let mut output_room = [
+        let usd_room = match self.max_micro_usd {
+            Some(max_usd) => {
+                let left_usd = left.micro_usd.unwrap_or(0);
+                let price = price.ok_or_else(|| {
+                    ModelError::InvalidRequest(
+                        "the model has no price, so the job's USD budget cannot be enforced".into(),
+                    )
+                })?;
+                let room = price.output_tokens_for(left_usd.saturating_sub(price.input_cost(prompt)));
+                Some(("usd", room, max_usd, spent.micro_usd))
+            }
+            None => None,
+        };
+        let output_room = [
             (
                 "output_tokens",
                 left.output_tokens,
@@ -133,15 +146,7 @@ impl Budget {
         ]
         .into_iter()
         .filter_map(|(dimension, left, max, used)| Some((dimension, left?, max?, used)))
-        .collect::<Vec<_>>();
-        if let Some(max_usd) = self.max_micro_usd {
-            let left_usd = left.micro_usd.unwrap_or(0);
-            let price = price.ok_or_else(|| {
-                ModelError::InvalidRequest("the model has no price, so the job's USD budget cannot be enforced".into())
-            })?;
-            let room = price.output_tokens_for(left_usd.saturating_sub(price.input_cost(prompt)));
-            output_room.push(("usd", room, max_usd, spent.micro_usd));
-        }
+        .chain(usd_room);
         let mut max_tokens = request.config.max_tokens;
         for (dimension, room, max, used) in output_room {
             if room == 0 {
@@ -160,7 +165,21 @@ impl Budget {
 /// cannot fit; the provider's count is what gets recorded.
 fn estimate_prompt_tokens(request: &ConverseRequest) -> u32 {
     let system: u32 = request.system.iter().map(|s| estimate_tokens(s)).sum();
-    let messages: u32 = request.messages.iter().map(|m| estimate_tokens(&message_text(m))).sum();
+    // Each message's text counted as one text, without concatenating it.
+    let text_bytes = |blocks: &[ContentBlock]| -> usize {
+        blocks
+            .iter()
+            .map(|block| match block {
+                ContentBlock::Text(text) => text.len(),
+                _ => 0,
+            })
+            .sum()
+    };
+    let messages: u32 = request
+        .messages
+        .iter()
+        .map(|m| tokens_for_bytes(text_bytes(&m.content)))
+        .sum();
     system.saturating_add(messages)
 }
 
@@ -242,8 +261,13 @@ impl PriceTable {
     pub fn with_overrides(json: &str) -> Result<Self, String> {
         let overrides: HashMap<String, Price> = serde_json::from_str(json).map_err(|e| e.to_string())?;
         let mut table = Self::default();
-        table.prices.extend(overrides);
+        table.extend(overrides);
         Ok(table)
+    }
+
+    /// Add or replace entries, by model id prefix.
+    pub fn extend(&mut self, prices: impl IntoIterator<Item = (String, Price)>) {
+        self.prices.extend(prices);
     }
 
     /// The price of `model`, if any prefix matches.
@@ -310,9 +334,13 @@ impl UsageLedger for MemoryUsageLedger {
 
     async fn add(&self, request_id: &str, spend: Spent) -> Result<Spent, LedgerError> {
         let mut map = self.map();
-        let total = map.entry(request_id.to_owned()).or_default();
-        *total += spend;
-        Ok(*total)
+        // Look up before inserting: `entry` would allocate the key on every call.
+        if let Some(total) = map.get_mut(request_id) {
+            *total += spend;
+            return Ok(*total);
+        }
+        map.insert(request_id.to_owned(), spend);
+        Ok(spend)
     }
 
     async fn forget(&self, request_id: &str) {

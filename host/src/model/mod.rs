@@ -141,5 +141,10 @@ pub fn message_text(message: &Message) -> String {
 
 /// A rough token count for providers that do not report one: four bytes a token.
 pub(crate) fn estimate_tokens(text: &str) -> u32 {
-    u32::try_from(text.len().div_ceil(4)).unwrap_or(u32::MAX)
+    tokens_for_bytes(text.len())
+}
+
+/// [`estimate_tokens`] of a text of `bytes` bytes.
+pub(crate) fn tokens_for_bytes(bytes: usize) -> u32 {
+    u32::try_from(bytes.div_ceil(4)).unwrap_or(u32::MAX)
 }

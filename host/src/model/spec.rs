@@ -29,6 +29,14 @@ pub struct ModelSpecError {
     reason: &'static str,
 }
 
+/// A spec in a configuration file: the same text as `--model`.
+impl<'de> serde::Deserialize<'de> for ModelSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 impl FromStr for ModelSpec {
     type Err = ModelSpecError;
 

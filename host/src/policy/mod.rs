@@ -158,6 +158,33 @@ pub struct ToolLimits {
     pub output_bytes: Option<ByteSize>,
 }
 
+impl Budget {
+    /// This budget with each dimension it leaves unset taken from `defaults`.
+    pub fn or(&self, defaults: &Budget) -> Budget {
+        Budget {
+            max_input_tokens: self.max_input_tokens.or(defaults.max_input_tokens),
+            max_output_tokens: self.max_output_tokens.or(defaults.max_output_tokens),
+            max_total_tokens: self.max_total_tokens.or(defaults.max_total_tokens),
+            max_usd: self.max_usd.or(defaults.max_usd),
+            max_turns: self.max_turns.or(defaults.max_turns),
+            timeout: self.timeout.or(defaults.timeout),
+        }
+    }
+
+    /// The model calls' share of this budget as the model layer enforces it
+    /// (US dollars in micro-dollars; the timeout is the job's deadline).
+    pub fn model_budget(&self) -> crate::model::Budget {
+        crate::model::Budget {
+            max_input_tokens: self.max_input_tokens,
+            max_output_tokens: self.max_output_tokens,
+            max_total_tokens: self.max_total_tokens,
+            // Negative amounts are refused when parsed; `as` saturates what is left.
+            max_micro_usd: self.max_usd.map(|usd| (usd * 1e6).round().max(0.0) as u64),
+            max_turns: self.max_turns,
+        }
+    }
+}
+
 impl ToolLimits {
     /// `base` with every limit set here applied.
     pub fn apply(&self, base: Limits) -> Limits {
@@ -298,10 +325,7 @@ impl EffectivePolicy {
 /// Deserialize TOML, turning the error into one line with its position.
 fn parse_toml<T: serde::de::DeserializeOwned>(text: &str, origin: &str) -> Result<T, PolicyError> {
     toml::from_str(text).map_err(|err| {
-        let offset = err.span().map_or(0, |span| span.start);
-        let before = &text[..offset.min(text.len())];
-        let line = before.matches('\n').count() + 1;
-        let column = before.rfind('\n').map_or(before.len(), |nl| before.len() - nl - 1) + 1;
+        let (line, column) = crate::config::toml_position(text, &err);
         PolicyError::Parse {
             origin: origin.to_owned(),
             line,

@@ -151,12 +151,18 @@ impl CachedAgent {
     ) -> Result<JobEnv, Poison> {
         let setup = self.setup.as_ref().map_err(Clone::clone)?;
         let narrowed = setup.narrowed(runtime, resources, envelope)?;
-        let (granted, tools, model_policy) = match &narrowed {
-            Some((policy, tools)) => (policy, tools.clone(), setup.model_policy_for(policy)),
-            None => (&setup.granted, setup.tools.clone(), setup.model_policy.clone()),
+        let (granted, tools) = match &narrowed {
+            Some((policy, tools)) => (policy, tools.clone()),
+            None => (&setup.granted, setup.tools.clone()),
         };
-        let deadline = granted
-            .budget
+        // The configuration's defaults fill only what every grant left unset.
+        let budget = granted.budget.or(&resources.budget_defaults);
+        let model_policy = ModelPolicy {
+            allowed_models: granted.models.clone(),
+            budget: budget.model_budget(),
+            ..setup.model_policy.clone()
+        };
+        let deadline = budget
             .timeout
             .map_or(limits.deadline, |timeout| timeout.0.min(limits.deadline));
         Ok(JobEnv {
@@ -176,6 +182,8 @@ struct AgentSetup {
     /// file), capped by the host-wide model allowlist and budget.
     granted: EffectivePolicy,
     tools: Arc<ToolSet>,
+    /// The host-wide model policy: prices and ledger; each job's allowlist
+    /// and budget replace its caps.
     model_policy: ModelPolicy,
 }
 
@@ -201,13 +209,11 @@ impl AgentSetup {
             },
         };
         let tools = Arc::new(tool_set(runtime, resources, &granted)?);
-        let mut setup = Self {
+        Ok(Self {
             model_policy: caps.clone(),
             granted,
             tools,
-        };
-        setup.model_policy = setup.model_policy_for(&setup.granted);
-        Ok(setup)
+        })
     }
 
     /// The granted policy narrowed by the envelope, and the tool set that
@@ -239,14 +245,6 @@ impl AgentSetup {
             self.tools.clone()
         };
         Ok(Some((policy, tools)))
-    }
-
-    fn model_policy_for(&self, policy: &EffectivePolicy) -> ModelPolicy {
-        ModelPolicy {
-            allowed_models: policy.models.clone(),
-            budget: model_budget(&policy.budget),
-            ..self.model_policy.clone()
-        }
     }
 }
 
@@ -302,17 +300,6 @@ fn policy_budget(budget: &crate::model::Budget) -> Budget {
     }
 }
 
-/// A policy budget as the model layer enforces it (USD in micro-dollars).
-fn model_budget(budget: &Budget) -> crate::model::Budget {
-    crate::model::Budget {
-        max_input_tokens: budget.max_input_tokens,
-        max_output_tokens: budget.max_output_tokens,
-        max_total_tokens: budget.max_total_tokens,
-        max_micro_usd: budget.max_usd.map(|usd| (usd * 1e6).round().max(0.0) as u64),
-        max_turns: budget.max_turns,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -337,8 +324,8 @@ mod tests {
         assert_eq!(both.max_usd, Some(0.5));
         assert_eq!(both.max_total_tokens, Some(100));
         assert_eq!(both.timeout, policy.timeout);
-        assert_eq!(model_budget(&both).max_micro_usd, Some(500_000));
-        assert_eq!(policy_budget(&model_budget(&both)).max_usd, Some(0.5));
+        assert_eq!(both.model_budget().max_micro_usd, Some(500_000));
+        assert_eq!(policy_budget(&both.model_budget()).max_usd, Some(0.5));
     }
 
     #[test]

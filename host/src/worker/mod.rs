@@ -53,6 +53,9 @@ pub struct JobResources {
     /// and the usage ledger: one ledger for all jobs, so a redelivered
     /// request continues from what it already spent.
     pub model_policy: ModelPolicy,
+    /// Budget of a job in dimensions that its policy, the caps above and its
+    /// envelope leave unset (the configuration file's `[budget]`).
+    pub budget_defaults: crate::policy::Budget,
     /// Session checkpoints, by request id, read again by a redelivered job.
     pub sessions: Arc<dyn SessionStore>,
 }
@@ -77,6 +80,7 @@ impl JobResources {
             tools: Vec::new(),
             policy: None,
             model_policy: ModelPolicy::default(),
+            budget_defaults: crate::policy::Budget::default(),
             sessions: Arc::new(MemorySessionStore::default()),
         }
     }

@@ -20,9 +20,10 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::task::JoinSet;
 
 use super::{EXIT_CODES_HELP, MailboxArgs, print_line, time};
+use crate::cli::BudgetArgs;
 use crate::cli::exit::Exit;
 use crate::mailbox::{Envelope, Mailbox, MailboxError, Sent, unix_ms};
-use crate::policy::{Budget, HumanDuration, PolicyNarrowing, parse_duration};
+use crate::policy::{PolicyNarrowing, parse_duration};
 
 /// Sends retried after the mailbox reports itself unavailable, with doubling pauses.
 const SEND_RETRIES: u32 = 3;
@@ -91,6 +92,10 @@ pub struct EnqueueArgs {
     #[command(flatten)]
     pub budget: BudgetArgs,
 
+    /// Wall-clock limit of the job once it runs, e.g. 30s, 5m.
+    #[arg(long, value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+
     /// Narrow the agent's policy for this job (TOML, docs/policy.md).
     #[arg(long, value_name = "FILE")]
     pub narrow: Option<PathBuf>,
@@ -122,54 +127,10 @@ pub struct EnqueueArgs {
     pub json: bool,
 }
 
-/// A job's budget, from flags.
-#[derive(Debug, Clone, Default, Args)]
-pub struct BudgetArgs {
-    /// Most prompt tokens across the job's model calls.
-    #[arg(long)]
-    pub max_input_tokens: Option<u64>,
-    /// Most generated tokens across the job's model calls.
-    #[arg(long)]
-    pub max_output_tokens: Option<u64>,
-    /// Most prompt plus generated tokens.
-    #[arg(long)]
-    pub max_total_tokens: Option<u64>,
-    /// Most spend in US dollars (e.g. 0.25).
-    #[arg(long, value_parser = parse_usd)]
-    pub max_usd: Option<f64>,
-    /// Most model calls.
-    #[arg(long)]
-    pub max_turns: Option<u32>,
-    /// Wall-clock limit of the job once it runs, e.g. 30s, 5m.
-    #[arg(long, value_parser = parse_duration)]
-    pub timeout: Option<Duration>,
-}
-
-impl BudgetArgs {
-    /// The budget these flags describe; unset dimensions stay unlimited.
-    pub fn budget(&self) -> Budget {
-        Budget {
-            max_input_tokens: self.max_input_tokens,
-            max_output_tokens: self.max_output_tokens,
-            max_total_tokens: self.max_total_tokens,
-            max_usd: self.max_usd,
-            max_turns: self.max_turns,
-            timeout: self.timeout.map(HumanDuration),
-        }
-    }
-}
-
 fn parse_tag(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
         Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
         _ => Err(format!("`{text}` is not KEY=VALUE")),
-    }
-}
-
-fn parse_usd(text: &str) -> Result<f64, String> {
-    match text.parse::<f64>() {
-        Ok(usd) if usd.is_finite() && usd >= 0.0 => Ok(usd),
-        _ => Err(format!("`{text}` is not a non-negative amount of US dollars")),
     }
 }
 
@@ -533,7 +494,7 @@ impl EnqueueArgs {
             .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
         let mut envelope = Envelope::new(request_id, agent);
         envelope.input = self.read_input().await?;
-        envelope.budget = self.budget.budget();
+        envelope.budget = self.budget.budget(self.timeout);
         envelope.deadline = match &self.deadline {
             Some(text) => Some(
                 time::parse_deadline(text, unix_ms(SystemTime::now()))
@@ -635,12 +596,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn tags_and_dollars_name_bad_values() {
+    fn tags_name_bad_values() {
         assert_eq!(parse_tag("team=search=x"), Ok(("team".into(), "search=x".into())));
         assert!(parse_tag("=x").unwrap_err().contains("`=x`"));
         assert!(parse_tag("team").unwrap_err().contains("`team` is not KEY=VALUE"));
-        assert_eq!(parse_usd("0.25"), Ok(0.25));
-        assert!(parse_usd("-1").unwrap_err().contains("`-1`"));
-        assert!(parse_usd("NaN").unwrap_err().contains("`NaN`"));
     }
 }

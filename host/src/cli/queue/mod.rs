@@ -20,8 +20,8 @@ use crate::mailbox::{self, Depth, Mailbox, PurgeScope, validate_request_id};
 
 pub use dlq::{DeadLetterView, DlqArgs, DlqCommand, PAYLOAD_PREVIEW_CHARS, dead_letter_views, render_dead_letters};
 pub use enqueue::{
-    BudgetArgs, EnqueueArgs, EnqueueSummary, JsonlError, JsonlOptions, MAX_LINE_BYTES, MAX_LISTED_REJECTIONS,
-    Rejection, enqueue_jsonl, send_with_retry,
+    EnqueueArgs, EnqueueSummary, JsonlError, JsonlOptions, MAX_LINE_BYTES, MAX_LISTED_REJECTIONS, Rejection,
+    enqueue_jsonl, send_with_retry,
 };
 pub use time::{format_rfc3339_ms, parse_deadline};
 

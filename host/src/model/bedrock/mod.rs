@@ -64,17 +64,17 @@ pub struct BedrockProvider {
     breakers: Breakers,
 }
 
-/// Set the request on a Converse or ConverseStream builder: they have the
+/// Move the request into a Converse or ConverseStream builder: they have the
 /// same setters but no common trait.
 macro_rules! with_request {
     ($builder:expr, $model:expr, $request:expr, $guardrail:expr) => {
         $builder
             .model_id($model)
-            .set_messages(Some($request.messages.clone()))
-            .set_system(Some($request.system.clone()))
-            .set_tool_config($request.tool_config.clone())
-            .inference_config($request.inference.clone())
-            .set_additional_model_request_fields($request.additional_fields.clone())
+            .set_messages(Some($request.messages))
+            .set_system(Some($request.system))
+            .set_tool_config($request.tool_config)
+            .inference_config($request.inference)
+            .set_additional_model_request_fields($request.additional_fields)
             .set_guardrail_config($guardrail)
     };
 }
@@ -115,6 +115,12 @@ impl BedrockProvider {
         }
     }
 
+    /// The SDK client calls go through (its configuration and connection
+    /// pool), for Bedrock APIs the provider does not wrap.
+    pub fn sdk_client(&self) -> &Client {
+        &self.client
+    }
+
     fn model_id<'r>(&'r self, request: &'r ConverseRequest) -> Result<&'r str, ModelError> {
         request
             .model
@@ -123,7 +129,7 @@ impl BedrockProvider {
             .ok_or_else(|| ModelError::InvalidRequest("the request names no model and the job has no default".into()))
     }
 
-    async fn attempt(&self, model: &str, request: &SdkRequest) -> Result<ConverseResponse, Failure> {
+    async fn attempt(&self, model: &str, request: SdkRequest) -> Result<ConverseResponse, Failure> {
         if self.options.stream {
             self.converse_stream(model, request).await
         } else {
@@ -131,7 +137,7 @@ impl BedrockProvider {
         }
     }
 
-    async fn converse(&self, model: &str, request: &SdkRequest) -> Result<ConverseResponse, Failure> {
+    async fn converse(&self, model: &str, request: SdkRequest) -> Result<ConverseResponse, Failure> {
         let guardrail = self.options.guardrail.as_ref().map(|g| {
             sdk::GuardrailConfiguration::builder()
                 .guardrail_identifier(&g.identifier)
@@ -139,8 +145,11 @@ impl BedrockProvider {
                 .trace(trace(g))
                 .build()
         });
-        let output = with_request!(self.client.converse(), model, request, guardrail)
-            .send()
+        // The SDK's send future is about 7 KB. Boxed here, every future
+        // above it stays small; unboxed, each await level (attempt, deadline,
+        // retry loop, the trait's box) moved a copy of it on every call,
+        // which cost more than everything else the host does per call.
+        let output = Box::pin(with_request!(self.client.converse(), model, request, guardrail).send())
             .await
             .map_err(|err| classify(&err, None))?;
         Ok(ConverseResponse {
@@ -150,7 +159,7 @@ impl BedrockProvider {
         })
     }
 
-    async fn converse_stream(&self, model: &str, request: &SdkRequest) -> Result<ConverseResponse, Failure> {
+    async fn converse_stream(&self, model: &str, request: SdkRequest) -> Result<ConverseResponse, Failure> {
         let guardrail = self.options.guardrail.as_ref().map(|g| {
             sdk::GuardrailStreamConfiguration::builder()
                 .guardrail_identifier(&g.identifier)
@@ -158,8 +167,8 @@ impl BedrockProvider {
                 .trace(trace(g))
                 .build()
         });
-        let mut output = with_request!(self.client.converse_stream(), model, request, guardrail)
-            .send()
+        // Boxed for the reason given in `converse`.
+        let mut output = Box::pin(with_request!(self.client.converse_stream(), model, request, guardrail).send())
             .await
             .map_err(|err| classify(&err, None))?;
         let mut assembler = stream::Assembler::new();
@@ -178,7 +187,7 @@ impl BedrockProvider {
         &self,
         breaker: &Breaker,
         model: &str,
-        request: &SdkRequest,
+        request: SdkRequest,
         context: &CallContext,
     ) -> Result<ConverseResponse, Failure> {
         let metrics = context.metrics.as_deref();
@@ -238,11 +247,13 @@ impl ModelProvider for BedrockProvider {
             return Err(ModelError::InvalidRequest("the conversation has no messages".into()));
         }
         let model = self.model_id(request)?;
-        let sdk_request = convert::request(request)?;
+        // Converted before the first attempt so a malformed request fails
+        // without touching the breaker; each attempt consumes its copy.
+        let mut sdk_request = convert::request(request)?;
         let breaker = self.breakers.get(model);
         let mut retry = 0;
         loop {
-            let err = match self.guarded_attempt(&breaker, model, &sdk_request, context).await {
+            let err = match self.guarded_attempt(&breaker, model, sdk_request, context).await {
                 Ok(response) => return Ok(response),
                 Err(Failure::Permanent(err)) => return Err(err),
                 Err(Failure::Transient(err)) => err,
@@ -253,6 +264,8 @@ impl ModelProvider for BedrockProvider {
             };
             tracing::warn!(model, retry, delay_ms = delay.as_millis() as u64, error = %err, "model call failed; retrying");
             tokio::time::sleep(delay).await;
+            // Converting again costs what cloning would have, and only retries pay it.
+            sdk_request = convert::request(request)?;
         }
     }
 }

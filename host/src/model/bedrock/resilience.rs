@@ -198,15 +198,17 @@ impl Breakers {
 
     pub(super) fn get(&self, model: &str) -> Arc<Breaker> {
         let mut map = self.by_model.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        map.entry(model.to_owned())
-            .or_insert_with(|| {
-                Arc::new(Breaker {
-                    config: self.config,
-                    model: model.to_owned(),
-                    state: Mutex::new(State::Closed { failures: 0 }),
-                })
-            })
-            .clone()
+        // Look up before inserting: `entry` would allocate the key on every call.
+        if let Some(breaker) = map.get(model) {
+            return breaker.clone();
+        }
+        let breaker = Arc::new(Breaker {
+            config: self.config,
+            model: model.to_owned(),
+            state: Mutex::new(State::Closed { failures: 0 }),
+        });
+        map.insert(model.to_owned(), breaker.clone());
+        breaker
     }
 }
 
