@@ -233,8 +233,8 @@ async fn blocking<T: Send + 'static>(
 /// the guest's libc resolves a path through the longest matching preopen.
 ///
 /// The context's filesystem calls block the thread that runs the guest: the
-/// host runs every tool instance on a blocking-pool thread, never on an
-/// async worker (see `tools::on_blocking_thread`).
+/// host never polls a tool instance on a thread that is an async worker at
+/// the time (see `tools::without_blocking_workers`).
 pub fn tool_context(
     preopens: &[Preopen],
     env: &[String],
