@@ -456,6 +456,11 @@ async fn a_long_tool_call_does_not_stall_its_task_on_a_multi_thread_runtime() {
     let ctx = context(root.path());
     let read = call(&tools, "read_file", json!({"path": "docs/a.txt"}), &ctx).await;
     assert_eq!(read.expect("read_file")["content"], "alpha\nbeta TODO\n");
+    let prefix = call(&tools, "read_file", json!({"path": "docs/a.txt", "max_bytes": 3}), &ctx).await;
+    assert_eq!(
+        prefix.expect("read_file"),
+        json!({"path": "docs/a.txt", "content": "alp", "bytes": 16, "truncated": true})
+    );
 
     let mut ticks = 0_u32;
     let ticker = async {
