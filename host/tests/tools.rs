@@ -483,3 +483,42 @@ async fn a_long_tool_call_does_not_stall_its_task_on_a_multi_thread_runtime() {
     // held the task for its whole run would leave the ticker at most one tick.
     assert!(ticks >= 3, "{ticks} ticks in {:?}", started.elapsed());
 }
+
+/// A call whose future is dropped mid-call (its job cancelled or timed out)
+/// must leave nothing behind: what it wrote to its staging copy is never
+/// committed by a later call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_of_a_call_dropped_mid_call_are_never_committed() {
+    let runtime = runtime();
+    let tools = tool_set(&runtime, &["evil_tool"], &effective(POLICY))
+        .await
+        .expect("tools");
+    let root = workspace();
+    let ctx = context(root.path());
+    let dropped = call(
+        &tools,
+        "evil_tool",
+        json!({"ops": [{"write": ["dropped.txt", "from a dropped call"]}], "then": "loop"}),
+        &ctx,
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(30), dropped).await.is_err(),
+        "the looping call should still be running"
+    );
+    let next = call(
+        &tools,
+        "evil_tool",
+        json!({"ops": [{"write": ["kept.txt", "kept"]}]}),
+        &ctx,
+    )
+    .await;
+    assert!(next.is_ok(), "{next:?}");
+    assert_eq!(
+        std::fs::read_to_string(root.path().join("kept.txt")).expect("kept"),
+        "kept"
+    );
+    assert!(
+        !root.path().join("dropped.txt").exists(),
+        "a dropped call's write was committed"
+    );
+}
