@@ -442,3 +442,83 @@ fs = [{ path = ".", access = "read-write" }, { path = "out", access = "read-writ
         "kept"
     );
 }
+
+/// On a multi-thread runtime (the worker's) a tool call runs on the caller's
+/// task; futures sharing that task, like the job's lease heartbeat, must keep
+/// running while the tool does, and the tool's limits must still hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_tool_call_does_not_stall_its_task_on_a_multi_thread_runtime() {
+    let runtime = runtime();
+    let tools = tool_set(&runtime, &["evil_tool", "read_file"], &effective(POLICY))
+        .await
+        .expect("tools");
+    let root = workspace();
+    let ctx = context(root.path());
+    let read = call(&tools, "read_file", json!({"path": "docs/a.txt"}), &ctx).await;
+    assert_eq!(read.expect("read_file")["content"], "alpha\nbeta TODO\n");
+    let prefix = call(&tools, "read_file", json!({"path": "docs/a.txt", "max_bytes": 3}), &ctx).await;
+    assert_eq!(
+        prefix.expect("read_file"),
+        json!({"path": "docs/a.txt", "content": "alp", "bytes": 16, "truncated": true})
+    );
+
+    let mut ticks = 0_u32;
+    let ticker = async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            ticks += 1;
+        }
+    };
+    let looping = call(&tools, "evil_tool", json!({"then": "loop"}), &ctx);
+    let started = Instant::now();
+    let result = tokio::select! {
+        result = looping => result,
+        () = ticker => unreachable!("the ticker never ends"),
+    };
+    match result {
+        Err(ToolError::LimitExceeded(message)) => assert_eq!(message, "fuel limit exceeded (200000000 fuel)"),
+        other => panic!("expected the fuel limit, got {other:?}"),
+    }
+    // The guest yields to its task at every epoch tick (10 ms): a call that
+    // held the task for its whole run would leave the ticker at most one tick.
+    assert!(ticks >= 3, "{ticks} ticks in {:?}", started.elapsed());
+}
+
+/// A call whose future is dropped mid-call (its job cancelled or timed out)
+/// must leave nothing behind: what it wrote to its staging copy is never
+/// committed by a later call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_of_a_call_dropped_mid_call_are_never_committed() {
+    let runtime = runtime();
+    let tools = tool_set(&runtime, &["evil_tool"], &effective(POLICY))
+        .await
+        .expect("tools");
+    let root = workspace();
+    let ctx = context(root.path());
+    let dropped = call(
+        &tools,
+        "evil_tool",
+        json!({"ops": [{"write": ["dropped.txt", "from a dropped call"]}], "then": "loop"}),
+        &ctx,
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(30), dropped).await.is_err(),
+        "the looping call should still be running"
+    );
+    let next = call(
+        &tools,
+        "evil_tool",
+        json!({"ops": [{"write": ["kept.txt", "kept"]}]}),
+        &ctx,
+    )
+    .await;
+    assert!(next.is_ok(), "{next:?}");
+    assert_eq!(
+        std::fs::read_to_string(root.path().join("kept.txt")).expect("kept"),
+        "kept"
+    );
+    assert!(
+        !root.path().join("dropped.txt").exists(),
+        "a dropped call's write was committed"
+    );
+}

@@ -159,7 +159,11 @@ impl ToolCallFs {
                         })
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            let (guard, preopens, staged) = blocking(move || stage(guard, call.preopens, originals)).await?;
+            let (guard, preopens, staged) = {
+                let preopens = std::mem::take(&mut call.preopens);
+                blocking(move || stage(guard, preopens, originals))
+            }
+            .await?;
             call = Self {
                 preopens,
                 staged,
@@ -171,11 +175,11 @@ impl ToolCallFs {
 
     /// End the call: on `commit`, apply the staged changes to the
     /// workspace; otherwise discard them, leaving the workspace untouched.
-    pub async fn finish(self, commit: bool) -> Result<(), SandboxError> {
-        let Some(mut guard) = self.guard else {
+    pub async fn finish(mut self, commit: bool) -> Result<(), SandboxError> {
+        let Some(mut guard) = self.guard.take() else {
             return Ok(());
         };
-        let staged = self.staged;
+        let staged = std::mem::take(&mut self.staged);
         blocking(move || {
             guard.finish(&staged, commit).map_err(|err| SandboxError::Commit {
                 path: err.grant.as_str().to_owned(),
@@ -183,6 +187,19 @@ impl ToolCallFs {
             })
         })
         .await
+    }
+}
+
+impl Drop for ToolCallFs {
+    /// A call dropped before [`ToolCallFs::finish`] (its job cancelled or
+    /// timed out mid-call) may have written its staging copies: they are
+    /// forgotten, so that nothing of that call is ever committed.
+    fn drop(&mut self) {
+        if let Some(guard) = &mut self.guard {
+            for (grant, _) in &self.staged {
+                guard.forget(grant);
+            }
+        }
     }
 }
 
@@ -233,8 +250,8 @@ async fn blocking<T: Send + 'static>(
 /// the guest's libc resolves a path through the longest matching preopen.
 ///
 /// The context's filesystem calls block the thread that runs the guest: the
-/// host runs every tool instance on a blocking-pool thread, never on an
-/// async worker (see `tools::on_blocking_thread`).
+/// host never polls a tool instance on a thread that is an async worker at
+/// the time (see `tools::without_blocking_workers`).
 pub fn tool_context(
     preopens: &[Preopen],
     env: &[String],

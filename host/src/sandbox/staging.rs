@@ -302,6 +302,15 @@ impl Stagings {
         Ok(Some((scan(original)?, after)))
     }
 
+    /// Stop trusting the staging copy of `grant`, as after a call that ended
+    /// without `finish` (its future dropped mid-call): what that call wrote
+    /// there must never reach a later call's commit. The next call rebuilds
+    /// the copy; the old one, no longer reachable, goes with the staging
+    /// root. No filesystem access, so it may run anywhere.
+    pub(crate) fn forget(&mut self, grant: &GrantPath) {
+        self.stages.remove(grant);
+    }
+
     /// Remove every staging copy.
     pub(crate) fn remove_all(&mut self) -> io::Result<()> {
         self.stages.clear();

@@ -168,7 +168,7 @@ impl Runtime {
             let tool = spec_pre.instantiate_async(&mut store).await?;
             tool.call_spec(&mut store).await
         };
-        let spec = on_blocking_thread(async move { tokio::time::timeout(limits.deadline, call).await })
+        let spec = without_blocking_workers(async move { tokio::time::timeout(limits.deadline, call).await })
             .await
             .map_err(|e| spec_error(e.to_string()))?
             .map_err(|_| spec_error("timed out".into()))?
@@ -327,17 +327,36 @@ fn sandbox_error(err: SandboxError) -> ToolError {
     }
 }
 
-/// Drive `future` to completion on a tokio blocking-pool thread.
+/// Drive `future`, whose polls may block the thread (tool instances are
+/// built with wasmtime-wasi's `allow_blocking_current_thread`, see
+/// [`sandbox::tool_context`]), without blocking an async worker thread.
 ///
-/// Tool instances are built with wasmtime-wasi's
-/// `allow_blocking_current_thread` (see [`sandbox::tool_context`]), so their
-/// filesystem calls run inline instead of each one hopping to the blocking
-/// pool and back. Blocking is only allowed off the async worker threads,
-/// hence every tool instance runs here: one hop per call instead of one per
-/// filesystem operation. Timers and network I/O inside keep working through
-/// the runtime's handle. The thread is held for the whole call, which
-/// `max_concurrent_tool_calls` bounds; dropping the returned future does not
-/// stop the call, which ends at its own deadline (never after the job's).
+/// On a multi-thread runtime (the worker's) each poll runs inside
+/// [`tokio::task::block_in_place`]: for the poll's duration the worker hands
+/// its other tasks to another thread, and the call itself never waits for a
+/// thread hand-off (a round trip through the blocking pool costs more than
+/// the rest of a small call). A poll lasts until the guest next yields (at
+/// every epoch tick, or when it waits on the network or a timer), so futures
+/// sharing the caller's task, such as the job's lease heartbeat, are delayed
+/// by at most one such stretch, never by the whole call. A current-thread
+/// runtime cannot do that, so there the whole call runs on a blocking-pool
+/// thread instead ([`on_blocking_thread`]).
+async fn without_blocking_workers<T: Send + 'static>(
+    future: impl Future<Output = T> + Send + 'static,
+) -> Result<T, tokio::task::JoinError> {
+    if tokio::runtime::Handle::current().runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
+        return on_blocking_thread(future).await;
+    }
+    let mut future = std::pin::pin!(future);
+    Ok(std::future::poll_fn(|cx| tokio::task::block_in_place(|| future.as_mut().poll(cx))).await)
+}
+
+/// Drive `future` to completion on a tokio blocking-pool thread: one hop per
+/// call instead of one per filesystem operation. Timers and network I/O
+/// inside keep working through the runtime's handle. The thread is held for
+/// the whole call, which `max_concurrent_tool_calls` bounds; dropping the
+/// returned future does not stop the call, which ends at its own deadline
+/// (never after the job's).
 async fn on_blocking_thread<T: Send + 'static>(
     future: impl Future<Output = T> + Send + 'static,
 ) -> Result<T, tokio::task::JoinError> {
@@ -346,7 +365,7 @@ async fn on_blocking_thread<T: Send + 'static>(
 }
 
 /// Instantiate the tool over `preopens` and call it once, under its limits,
-/// on a blocking-pool thread.
+/// without blocking an async worker thread.
 async fn run_instance(
     tool: &ToolComponent,
     input: String,
@@ -356,12 +375,13 @@ async fn run_instance(
     span: tracing::Span,
 ) -> Result<String, ToolError> {
     let (tool, preopens, runtime) = (tool.clone(), preopens.to_vec(), runtime.clone());
-    on_blocking_thread(async move { run_instance_here(&tool, input, &preopens, &runtime, deadline, span).await })
+    without_blocking_workers(async move { run_instance_here(&tool, input, &preopens, &runtime, deadline, span).await })
         .await
         .unwrap_or_else(|err| Err(ToolError::Failed(format!("the tool call's thread failed: {err}"))))
 }
 
-/// [`run_instance`] on the current thread, which must be allowed to block.
+/// [`run_instance`] on the current thread, which must be allowed to block
+/// (see [`without_blocking_workers`]).
 async fn run_instance_here(
     tool: &ToolComponent,
     input: String,

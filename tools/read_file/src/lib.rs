@@ -95,7 +95,12 @@ fn read_prefix(path: &Path, max_bytes: u64) -> io::Result<(Vec<u8>, u64)> {
     if !metadata.is_file() {
         return Err(io::Error::other("not a regular file"));
     }
-    let mut content = Vec::new();
+    // Sized from the file's length, the buffer takes one read plus one to see
+    // the end, instead of a read per doubling of a buffer grown from empty;
+    // each read is a round trip through the host. The length is only a hint:
+    // a file that grew meanwhile is still read up to `max_bytes`.
+    let expected = metadata.len().min(max_bytes);
+    let mut content = Vec::with_capacity(usize::try_from(expected).unwrap_or(0));
     file.take(max_bytes).read_to_end(&mut content)?;
     Ok((content, metadata.len()))
 }
