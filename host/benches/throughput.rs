@@ -23,6 +23,9 @@
 
 mod common;
 #[allow(dead_code)]
+#[path = "../tests/common/otlp.rs"]
+mod otlp;
+#[allow(dead_code)]
 #[path = "../tests/common/redis.rs"]
 mod redis_server;
 
@@ -182,15 +185,14 @@ fn runtime_builder() -> tokio::runtime::Builder {
 struct Traced {
     runtime: tokio::runtime::Runtime,
     telemetry: wink_host::telemetry::Telemetry,
-    exports: Arc<std::sync::atomic::AtomicU64>,
+    received: otlp::Received,
     _main_thread: tracing::dispatcher::DefaultGuard,
 }
 
 impl Traced {
     fn start(plain: &tokio::runtime::Runtime) -> Self {
         use wink_host::telemetry::{self, LogFormat, OtlpProtocol, Redactor, TelemetryOptions, TraceConfig};
-        let exports = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let endpoint = plain.block_on(otlp_sink(exports.clone()));
+        let (endpoint, received) = plain.block_on(otlp::http_receiver());
         let options = TelemetryOptions {
             format: LogFormat::Json,
             redactor: Redactor::new([], []).expect("redactor"),
@@ -213,7 +215,7 @@ impl Traced {
         Self {
             runtime,
             telemetry,
-            exports,
+            received,
             _main_thread: main_thread,
         }
     }
@@ -222,35 +224,10 @@ impl Traced {
         let flushed = self.telemetry.shutdown();
         json!({
             "protocol": "http/protobuf",
-            "export_requests": self.exports.load(std::sync::atomic::Ordering::Relaxed),
+            "export_requests": self.received.exports(),
             "flushed": flushed.is_ok(),
         })
     }
-}
-
-/// An OTLP/HTTP endpoint that accepts every export and counts them.
-async fn otlp_sink(exports: Arc<std::sync::atomic::AtomicU64>) -> String {
-    use http_body_util::{BodyExt as _, Full};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let endpoint = format!("http://{}/v1/traces", listener.local_addr().expect("addr"));
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let exports = exports.clone();
-            let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-                let exports = exports.clone();
-                async move {
-                    request.into_body().collect().await?;
-                    exports.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    Ok::<_, hyper::Error>(hyper::Response::new(Full::new(Bytes::new())))
-                }
-            });
-            tokio::spawn(
-                hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
-            );
-        }
-    });
-    endpoint
 }
 
 fn envelopes(prefix: &str, agent: &str, count: usize) -> Vec<(String, Bytes)> {

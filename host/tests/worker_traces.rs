@@ -6,17 +6,15 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::otlp::http_receiver;
 use common::*;
-use http_body_util::{BodyExt as _, Full};
-use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
-use prost::Message as _;
 use wink_host::mailbox::{Envelope, Mailbox, MemoryMailbox};
 use wink_host::telemetry::{self, LogFormat, OtlpProtocol, Redactor, TelemetryOptions, TraceConfig};
 use wink_host::worker::{JobResources, ReplyRoutes, Worker, WorkerConfig};
@@ -24,41 +22,6 @@ use wink_host::worker::{JobResources, ReplyRoutes, Worker, WorkerConfig};
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CALLER_SPAN_ID: &str = "00f067aa0ba902b7";
 const POISON_TRACE_ID: &str = "5cf92f3577b34da6a3ce929d0e0e4737";
-
-type Spans = Arc<Mutex<Vec<Span>>>;
-
-/// An OTLP/HTTP receiver keeping every span it is sent.
-async fn receiver() -> (String, Spans) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let endpoint = format!("http://{}/v1/traces", listener.local_addr().expect("addr"));
-    let spans = Spans::default();
-    let sink = spans.clone();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let sink = sink.clone();
-            let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-                let sink = sink.clone();
-                async move {
-                    let body = request.into_body().collect().await?.to_bytes();
-                    let export = ExportTraceServiceRequest::decode(body).expect("OTLP protobuf");
-                    let received = export
-                        .resource_spans
-                        .into_iter()
-                        .flat_map(|r| r.scope_spans)
-                        .flat_map(|s| s.spans);
-                    sink.lock().expect("spans").extend(received);
-                    let reply = Bytes::from(ExportTraceServiceResponse::default().encode_to_vec());
-                    Ok::<_, hyper::Error>(hyper::Response::new(Full::new(reply)))
-                }
-            });
-            tokio::spawn(
-                hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
-            );
-        }
-    });
-    (endpoint, spans)
-}
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -85,7 +48,7 @@ fn one<'a>(spans: &'a [Span], name: &str) -> &'a Span {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delivery_continues_the_producers_trace_and_the_job_runs_inside_it() {
-    let (endpoint, received) = receiver().await;
+    let (endpoint, received) = http_receiver().await;
     let telemetry = telemetry::install(
         TelemetryOptions {
             format: LogFormat::Json,
@@ -136,7 +99,7 @@ async fn a_delivery_continues_the_producers_trace_and_the_job_runs_inside_it() {
     running.await.expect("task").expect("run");
     tokio::task::block_in_place(|| telemetry.flush()).expect("flush");
 
-    let spans = received.lock().expect("spans").clone();
+    let spans = received.spans();
     let trace: Vec<Span> = spans.iter().filter(|s| hex(&s.trace_id) == TRACE_ID).cloned().collect();
     let process = one(&trace, "process jobs");
     assert_eq!(

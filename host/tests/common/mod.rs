@@ -123,5 +123,6 @@ pub fn output(report: JobReport) -> serde_json::Value {
 }
 
 pub mod mailbox_contract;
+pub mod otlp;
 pub mod redis;
 pub mod worker_process;

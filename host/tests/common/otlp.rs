@@ -1,0 +1,161 @@
+//! An in-process OTLP trace receiver that decodes the protobuf payloads,
+//! over HTTP/protobuf (hyper) and gRPC (tonic).
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+use opentelemetry_proto::tonic::common::v1::KeyValue;
+use opentelemetry_proto::tonic::trace::v1::Span;
+use prost::Message as _;
+use tokio::net::TcpListener;
+
+/// What a receiver has been sent.
+#[derive(Clone, Default)]
+pub struct Received(Arc<Mutex<ReceivedInner>>);
+
+#[derive(Default)]
+pub struct ReceivedInner {
+    /// Each span with its resource's attributes.
+    spans: Vec<(Vec<KeyValue>, Span)>,
+    /// The `x-api-key` header of each export request.
+    api_keys: Vec<Option<String>>,
+    /// The path of each HTTP export request.
+    paths: Vec<String>,
+    /// Export requests, over either protocol.
+    exports: usize,
+}
+
+impl Received {
+    pub fn add(&self, path: &str, api_key: Option<String>, request: ExportTraceServiceRequest) {
+        let mut inner = self.0.lock().expect("received");
+        inner.exports += 1;
+        inner.paths.push(path.to_owned());
+        inner.api_keys.push(api_key);
+        for resource_spans in request.resource_spans {
+            let resource = resource_spans.resource.map(|r| r.attributes).unwrap_or_default();
+            for scope_spans in resource_spans.scope_spans {
+                for span in scope_spans.spans {
+                    inner.spans.push((resource.clone(), span));
+                }
+            }
+        }
+    }
+
+    /// The spans of `trace_id`, once at least `count` of them arrived.
+    pub async fn trace(&self, trace_id: &[u8], count: usize) -> Vec<(Vec<KeyValue>, Span)> {
+        let give_up = Instant::now() + Duration::from_secs(60);
+        loop {
+            let spans: Vec<_> = {
+                let inner = self.0.lock().expect("received");
+                inner
+                    .spans
+                    .iter()
+                    .filter(|(_, span)| span.trace_id == trace_id)
+                    .cloned()
+                    .collect()
+            };
+            if spans.len() >= count {
+                return spans;
+            }
+            assert!(
+                Instant::now() < give_up,
+                "only {} of {count} spans arrived: {spans:#?}",
+                spans.len()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn api_keys(&self) -> Vec<Option<String>> {
+        self.0.lock().expect("received").api_keys.clone()
+    }
+
+    pub fn paths(&self) -> Vec<String> {
+        self.0.lock().expect("received").paths.clone()
+    }
+
+    /// Every span received so far, without its resource.
+    pub fn spans(&self) -> Vec<Span> {
+        let inner = self.0.lock().expect("received");
+        inner.spans.iter().map(|(_, span)| span.clone()).collect()
+    }
+
+    /// How many export requests arrived.
+    pub fn exports(&self) -> usize {
+        self.0.lock().expect("received").exports
+    }
+}
+
+/// An OTLP/HTTP receiver on hyper: `POST` protobuf `ExportTraceServiceRequest`s.
+pub async fn http_receiver() -> (String, Received) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let endpoint = format!("http://{}/v1/traces", listener.local_addr().expect("addr"));
+    let received = Received::default();
+    let sink = received.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let sink = sink.clone();
+            let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                let sink = sink.clone();
+                async move {
+                    let api_key = header(request.headers(), "x-api-key");
+                    let path = request.uri().path().to_owned();
+                    let body = request.into_body().collect().await?.to_bytes();
+                    let export = ExportTraceServiceRequest::decode(body).expect("OTLP protobuf");
+                    sink.add(&path, api_key, export);
+                    let reply = Bytes::from(ExportTraceServiceResponse::default().encode_to_vec());
+                    Ok::<_, hyper::Error>(
+                        hyper::Response::builder()
+                            .header("content-type", "application/x-protobuf")
+                            .body(Full::new(reply))
+                            .expect("response"),
+                    )
+                }
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+            );
+        }
+    });
+    (endpoint, received)
+}
+
+fn header(headers: &http::HeaderMap, name: &str) -> Option<String> {
+    headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
+}
+
+/// An OTLP/gRPC receiver on tonic.
+pub async fn grpc_receiver() -> (String, Received) {
+    struct Collector(Received);
+
+    #[tonic::async_trait]
+    impl TraceService for Collector {
+        async fn export(
+            &self,
+            request: tonic::Request<ExportTraceServiceRequest>,
+        ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+            let api_key = request
+                .metadata()
+                .get("x-api-key")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            self.0.add("grpc", api_key, request.into_inner());
+            Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+        }
+    }
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
+    let received = Received::default();
+    let service = TraceServiceServer::new(Collector(received.clone()));
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .serve_with_incoming(service, tonic::transport::server::TcpIncoming::from(listener)),
+    );
+    (endpoint, received)
+}
