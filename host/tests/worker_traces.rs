@@ -90,8 +90,18 @@ async fn a_delivery_continues_the_producers_trace_and_the_job_runs_inside_it() {
         .await
         .expect("send");
 
+    // Most producers send no traceparent: the delivery starts a trace.
+    let untraced = Envelope::new("untraced-1", guest("hello").to_str().expect("path"));
+    mailbox
+        .send(&untraced.request_id, Bytes::from(untraced.to_bytes()))
+        .await
+        .expect("send");
+
     let give_up = Instant::now() + Duration::from_secs(30);
-    while mailbox.reply("traced-1").await.expect("reply").is_none() || mailbox.depth().await.expect("depth").dead < 1 {
+    while mailbox.reply("traced-1").await.expect("reply").is_none()
+        || mailbox.reply("untraced-1").await.expect("reply").is_none()
+        || mailbox.depth().await.expect("depth").dead < 1
+    {
         assert!(Instant::now() < give_up, "the jobs were not finished");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -136,6 +146,18 @@ async fn a_delivery_continues_the_producers_trace_and_the_job_runs_inside_it() {
     assert!(
         process.events.iter().any(|e| e.name == "message dead-lettered"),
         "{process:#?}"
+    );
+
+    let started = spans
+        .iter()
+        .find(|s| s.name == "process jobs" && text(s, "request_id").as_deref() == Some("untraced-1"))
+        .expect("the delivery of a job without a traceparent is exported");
+    assert!(started.parent_span_id.is_empty(), "a new trace: {started:#?}");
+    assert!(
+        spans
+            .iter()
+            .any(|s| s.name == "invoke_agent hello" && s.trace_id == started.trace_id),
+        "its job is in its trace"
     );
     telemetry.shutdown().expect("shutdown");
 }
