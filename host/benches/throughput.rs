@@ -58,7 +58,7 @@ fn jobs_per_case() -> usize {
 }
 
 fn main() {
-    let tokio = runtime_builder().build().expect("tokio");
+    let tokio = plain_runtime();
     let jobs = jobs_per_case();
     let mut traced = std::env::var("WINK_BENCH_OTEL")
         .is_ok_and(|v| v == "1")
@@ -79,7 +79,7 @@ fn main() {
                 Some(traced) => with_and_without_export(&tokio, traced, &case),
             };
             if *kind == "memory" {
-                let bare = tokio.block_on(bare_runtime(concurrency, jobs));
+                let bare = untraced(|| tokio.block_on(bare_runtime(concurrency, jobs)));
                 result["sandbox_only_jobs_per_s"] = json!(bare.round());
                 result["worker_overhead_us_per_job"] =
                     json!(common::round(result["us_per_job"].as_f64().unwrap_or(0.0) - 1e6 / bare));
@@ -133,7 +133,7 @@ fn with_and_without_export(plain: &tokio::runtime::Runtime, traced: &Traced, cas
     };
     let (mut without, mut with) = (Vec::new(), Vec::new());
     for round in 0..OTEL_ROUNDS {
-        without.push(plain.block_on(case.measure(2 * round)));
+        without.push(untraced(|| plain.block_on(case.measure(2 * round))));
         with.push(traced.runtime.block_on(case.measure(2 * round + 1)));
     }
     let exported = best(with);
@@ -169,6 +169,22 @@ impl Case<'_> {
     }
 }
 
+/// `work` on this thread with tracing off, whatever the global subscriber.
+fn untraced<T>(work: impl FnOnce() -> T) -> T {
+    tracing::dispatcher::with_default(&tracing::Dispatch::none(), work)
+}
+
+/// The runtime of the runs without export: its threads trace nothing even
+/// when `--otel` installs a global subscriber.
+fn plain_runtime() -> tokio::runtime::Runtime {
+    runtime_builder()
+        // The guard would reset the thread's default when dropped; these
+        // threads live as long as the runtime.
+        .on_thread_start(|| std::mem::forget(tracing::dispatcher::set_default(&tracing::Dispatch::none())))
+        .build()
+        .expect("tokio")
+}
+
 fn runtime_builder() -> tokio::runtime::Builder {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(threads) = std::env::var("WINK_BENCH_THREADS").ok().and_then(|n| n.parse().ok()) {
@@ -186,7 +202,6 @@ struct Traced {
     runtime: tokio::runtime::Runtime,
     telemetry: wink_host::telemetry::Telemetry,
     received: otlp::Received,
-    _main_thread: tracing::dispatcher::DefaultGuard,
 }
 
 impl Traced {
@@ -202,21 +217,15 @@ impl Traced {
             let _context = plain.enter();
             telemetry::build(options, std::io::sink).expect("telemetry")
         };
-        let runtime = runtime_builder()
-            .on_thread_start({
-                let dispatch = dispatch.clone();
-                // The guard would reset the thread's default when dropped;
-                // these threads live as long as the runtime.
-                move || std::mem::forget(tracing::dispatcher::set_default(&dispatch))
-            })
-            .build()
-            .expect("tokio");
-        let main_thread = tracing::dispatcher::set_default(&dispatch);
+        // Global, as `wink-host` installs it: with the dispatcher scoped to
+        // this runtime's threads instead, not one span reached the receiver
+        // (why is not established). The plain runtime opts out per thread.
+        tracing::dispatcher::set_global_default(dispatch).expect("no global subscriber yet");
+        let runtime = runtime_builder().build().expect("tokio");
         Self {
             runtime,
             telemetry,
             received,
-            _main_thread: main_thread,
         }
     }
 
