@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use common::worker_jobs::*;
 use common::worker_process::WorkerProcess;
 use common::*;
 use serde_json::json;
@@ -22,15 +23,10 @@ use wink_host::model::{
 use wink_host::policy::{HumanDuration, Policy};
 use wink_host::runtime::Runtime;
 use wink_host::worker::{
-    HealthServer, JobResources, ReplyDocument, ReplyRoutes, ReplyStatus, Worker, WorkerConfig, WorkerError,
-    WorkerSummary,
+    HealthServer, JobResources, ReplyRoutes, ReplyStatus, Worker, WorkerConfig, WorkerError, WorkerSummary,
 };
 
 const QUEUE: &str = "jobs";
-
-fn ms(millis: u64) -> HumanDuration {
-    HumanDuration(Duration::from_millis(millis))
-}
 
 /// Quick to poll, retry and shut down, so the tests run in seconds.
 fn config() -> WorkerConfig {
@@ -95,50 +91,11 @@ fn start(config: WorkerConfig) -> Running {
     start_with(Arc::new(MemoryMailbox::new(QUEUE)), config, JobResources::default())
 }
 
-fn envelope(request_id: &str, agent: &str, input: serde_json::Value) -> Envelope {
-    let mut envelope = Envelope::new(request_id, guest(agent).to_str().expect("path"));
-    envelope.input = input;
-    envelope
-}
-
-async fn send(mailbox: &dyn Mailbox, envelope: &Envelope) {
-    mailbox
-        .send(&envelope.request_id, Bytes::from(envelope.to_bytes()))
-        .await
-        .expect("send");
-}
-
 async fn send_raw(mailbox: &dyn Mailbox, request_id: &str, payload: &str) {
     mailbox
         .send(request_id, Bytes::from(payload.to_owned()))
         .await
         .expect("send");
-}
-
-/// Poll until `condition` holds, failing after `limit`.
-async fn eventually<F, Fut, T>(what: &str, limit: Duration, mut condition: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let give_up = Instant::now() + limit;
-    loop {
-        if let Some(value) = condition().await {
-            return value;
-        }
-        assert!(Instant::now() < give_up, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-async fn reply(mailbox: &dyn Mailbox, request_id: &str) -> ReplyDocument {
-    let body = eventually(
-        &format!("the reply to {request_id}"),
-        Duration::from_secs(30),
-        || async { mailbox.reply(request_id).await.expect("reply") },
-    )
-    .await;
-    ReplyDocument::parse(&body).expect("reply document")
 }
 
 async fn dead_letters(mailbox: &dyn Mailbox, count: usize) -> Vec<DeadLetter> {
@@ -480,13 +437,7 @@ async fn a_passed_deadline_is_answered_as_deadline_exceeded_not_run_or_retried()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redelivered_request_continues_its_budget_instead_of_starting_over() {
-    // Turn 1 answers at once; turn 2 outlasts the job's 500 ms timeout, a
-    // retryable failure. The retry replays turn 1 (spending the second of
-    // two turns), so its turn 2 is refused by the budget instead of hanging.
-    let model = scripted_model(json!({"responses": [
-        {"content": [{"text": "one"}], "usage": {"input_tokens": 10, "output_tokens": 5}},
-        {"content": [{"text": "two"}], "delay_ms": 20_000},
-    ]}));
+    let model = scripted_model(budgeted_script());
     let ledger = Arc::new(MemoryUsageLedger::default());
     let resources = JobResources {
         model_policy: ModelPolicy {
@@ -497,23 +448,10 @@ async fn a_redelivered_request_continues_its_budget_instead_of_starting_over() {
     };
     let running = start_with(Arc::new(MemoryMailbox::new(QUEUE)), config(), resources);
     let mailbox = running.mailbox.clone();
-    let mut job = envelope("budgeted", "adversary", json!({"mode": "models", "count": 2}));
-    job.budget.max_turns = Some(2);
-    job.budget.timeout = Some(ms(500));
-    send(mailbox.as_ref(), &job).await;
+    send(mailbox.as_ref(), &budgeted_job()).await;
 
     let answer = reply(mailbox.as_ref(), "budgeted").await;
-    assert_eq!(answer.status, ReplyStatus::Succeeded, "{answer:?}");
-    assert_eq!(answer.attempts, 2);
-    let output = answer.output.expect("output");
-    assert_eq!(output["texts"], json!(["one"]));
-    assert!(
-        output["error"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("turns: limit 2, spent 2"),
-        "{output}"
-    );
+    assert_budget_carried_over(&answer);
     assert_eq!(
         (answer.spent.turns, answer.spent.input_tokens),
         (2, 20),

@@ -8,8 +8,8 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use common::redis::RedisServer;
+use common::worker_jobs::*;
 use common::worker_process::WorkerProcess;
 use common::*;
 use serde_json::json;
@@ -23,44 +23,6 @@ const QUEUE: &str = "jobs";
 /// A model call that answers after ten minutes: a job parked in it is
 /// mid-run for as long as any test lasts.
 const PARKED_MODEL: &str = r#"{"responses": [{"content": [{"text": "parked"}], "delay_ms": 600000}]}"#;
-
-fn ms(millis: u64) -> HumanDuration {
-    HumanDuration(Duration::from_millis(millis))
-}
-
-fn envelope(request_id: &str, agent: &str, input: serde_json::Value) -> Envelope {
-    let mut envelope = Envelope::new(request_id, guest(agent).to_str().expect("path"));
-    envelope.input = input;
-    envelope
-}
-
-async fn send(mailbox: &dyn Mailbox, envelope: &Envelope) -> Sent {
-    mailbox
-        .send(&envelope.request_id, Bytes::from(envelope.to_bytes()))
-        .await
-        .expect("send")
-}
-
-async fn reply(mailbox: &dyn Mailbox, request_id: &str) -> Option<ReplyDocument> {
-    let body = mailbox.reply(request_id).await.expect("reply")?;
-    Some(ReplyDocument::parse(&body).expect("reply document"))
-}
-
-/// Poll `condition` every 20 ms until it holds, failing after `limit`.
-async fn eventually<T, Fut: Future<Output = Option<T>>>(
-    what: &str,
-    limit: Duration,
-    mut condition: impl FnMut() -> Fut,
-) -> T {
-    let give_up = Instant::now() + limit;
-    loop {
-        if let Some(value) = condition().await {
-            return value;
-        }
-        assert!(Instant::now() < give_up, "timed out after {limit:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 // ---- the shared usage ledger ------------------------------------------------
 
@@ -106,22 +68,12 @@ async fn start_worker(url: &str, config: WorkerConfig, script: &serde_json::Valu
 async fn a_job_redelivered_to_another_worker_continues_the_spend_of_its_first_attempt() {
     let server = RedisServer::start();
     let url = server.url();
-    // Turn 1 answers at once; turn 2 outlasts the job's 500 ms timeout, a
-    // retryable failure. On the second worker the retry replays turn 1,
-    // spending the second of two turns only if it sees the first attempt's
-    // spend, so its turn 2 is refused by the budget instead of hanging.
-    let script = json!({"responses": [
-        {"content": [{"text": "one"}], "usage": {"input_tokens": 10, "output_tokens": 5}},
-        {"content": [{"text": "two"}], "delay_ms": 20_000},
-    ]});
+    let script = budgeted_script();
     // The first worker's retry delay (at least half of 4 s) leaves time to
     // stop it before it could claim the job again itself.
     let first = start_worker(&url, in_process_config("first", ms(4_000)), &script).await;
     let producer = mailbox::open(&url, QUEUE).await.expect("redis mailbox");
-    let mut job = envelope("budgeted", "adversary", json!({"mode": "models", "count": 2}));
-    job.budget.max_turns = Some(2);
-    job.budget.timeout = Some(ms(500));
-    assert_eq!(send(producer.as_ref(), &job).await, Sent::Enqueued);
+    assert_eq!(send(producer.as_ref(), &budgeted_job()).await, Sent::Enqueued);
 
     eventually("the first attempt to fail", Duration::from_secs(30), || async {
         (first.summary().retried == 1).then_some(())
@@ -137,21 +89,9 @@ async fn a_job_redelivered_to_another_worker_continues_the_spend_of_its_first_at
     );
 
     let second = start_worker(&url, in_process_config("second", ms(50)), &script).await;
-    let answer = eventually("the reply", Duration::from_secs(30), || {
-        reply(producer.as_ref(), "budgeted")
-    })
-    .await;
-    assert_eq!(answer.status, ReplyStatus::Succeeded, "{answer:?}");
-    assert_eq!((answer.attempts, answer.worker_id.as_str()), (2, "second"));
-    let output = answer.output.expect("output");
-    assert_eq!(output["texts"], json!(["one"]));
-    assert!(
-        output["error"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("turns: limit 2, spent 2"),
-        "{output}"
-    );
+    let answer = reply(producer.as_ref(), "budgeted").await;
+    assert_budget_carried_over(&answer);
+    assert_eq!(answer.worker_id, "second");
     assert_eq!(
         (
             answer.spent.turns,
@@ -224,7 +164,7 @@ impl Queue {
     }
 
     fn reply(&self, request_id: &str) -> Option<ReplyDocument> {
-        self.tokio.block_on(reply(self.mailbox.as_ref(), request_id))
+        self.tokio.block_on(stored_reply(self.mailbox.as_ref(), request_id))
     }
 
     fn wait_for<T>(&self, what: &str, limit: Duration, mut condition: impl FnMut(&Self) -> Option<T>) -> T {

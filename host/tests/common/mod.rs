@@ -125,4 +125,5 @@ pub fn output(report: JobReport) -> serde_json::Value {
 pub mod mailbox_contract;
 pub mod otlp;
 pub mod redis;
+pub mod worker_jobs;
 pub mod worker_process;
