@@ -15,7 +15,7 @@ use common::*;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinHandle;
-use wink_host::mailbox::{DeadLetter, Envelope, Mailbox, MemoryMailbox, Reply};
+use wink_host::mailbox::{Envelope, Mailbox, MemoryMailbox, Reply};
 use wink_host::model::{
     CallContext, ConverseRequest, ConverseResponse, MemoryUsageLedger, ModelError, ModelPolicy, ModelProvider, Script,
     ScriptedProvider, UsageLedger,
@@ -96,20 +96,6 @@ async fn send_raw(mailbox: &dyn Mailbox, request_id: &str, payload: &str) {
         .send(request_id, Bytes::from(payload.to_owned()))
         .await
         .expect("send");
-}
-
-async fn dead_letters(mailbox: &dyn Mailbox, count: usize) -> Vec<DeadLetter> {
-    eventually(&format!("{count} dead letters"), Duration::from_secs(30), || async {
-        let dead = mailbox.dead_letters(100).await.expect("dead letters");
-        (dead.len() >= count).then_some(dead)
-    })
-    .await
-}
-
-fn dead_letter<'a>(dead: &'a [DeadLetter], id: &str) -> &'a DeadLetter {
-    dead.iter()
-        .find(|d| d.message_id == id)
-        .unwrap_or_else(|| panic!("{id} is not dead-lettered: {dead:?}"))
 }
 
 fn scripted_model(json: serde_json::Value) -> Arc<dyn ModelProvider> {
@@ -211,7 +197,7 @@ async fn poison_messages_go_straight_to_the_dead_letter_queue_while_other_jobs_c
     )
     .await;
     send(mailbox.as_ref(), &envelope("a-tool", "read_file", json!({}))).await;
-    send(mailbox.as_ref(), &Envelope::new("in-s3", "s3://agents/hello.wasm")).await;
+    send(mailbox.as_ref(), &Envelope::new("bucket-only", "s3://agents")).await;
     for i in 0..6 {
         send(
             mailbox.as_ref(),
@@ -228,7 +214,7 @@ async fn poison_messages_go_straight_to_the_dead_letter_queue_while_other_jobs_c
         ("missing", "component_unreadable", "missing.wasm"),
         ("corrupt", "component_invalid", "corrupt"),
         ("a-tool", "component_wrong_world", "agent"),
-        ("in-s3", "component_unsupported", "s3://agents/hello.wasm"),
+        ("bucket-only", "invalid_envelope", "s3://BUCKET/KEY"),
     ];
     for (id, kind, text) in expected {
         let letter = dead_letter(&dead, id);

@@ -95,10 +95,19 @@ pub struct WorkerOptions {
     #[arg(long, env = "WINK_ACK_BATCH")]
     pub ack_batch: Option<usize>,
 
-    /// How long a loaded agent is trusted before its file is checked for
-    /// changes [default: 1s].
+    /// How long a loaded agent is trusted before its file (or S3 object) is
+    /// checked for changes [default: 1s].
     #[arg(long, env = "WINK_AGENT_RECHECK", value_parser = human_duration)]
     pub agent_recheck: Option<HumanDuration>,
+
+    /// S3-compatible endpoint for s3:// agents, addressed path-style
+    /// [default: AWS's].
+    #[arg(long, env = "WINK_S3_ENDPOINT", value_name = "URL")]
+    pub s3_endpoint: Option<String>,
+
+    /// Region of s3:// agents' buckets [default: the AWS default chain's].
+    #[arg(long, env = "WINK_S3_REGION", value_name = "REGION")]
+    pub s3_region: Option<String>,
 
     /// Wall-clock limit of one job, lowered by budgets and deadlines [default: 300s].
     #[arg(long = "timeout", env = "WINK_JOB_TIMEOUT", value_parser = human_duration)]
@@ -158,9 +167,14 @@ impl WorkerOptions {
             health_host,
             health_port
         );
-        if self.worker_id.is_some() {
-            config.worker_id = self.worker_id.clone();
+        macro_rules! overlay_optional {
+            ($($field:ident),*) => {
+                $(if self.$field.is_some() {
+                    config.$field = self.$field.clone();
+                })*
+            };
         }
+        overlay_optional!(worker_id, s3_endpoint, s3_region);
         if let Some(bytes) = self.memory {
             config.memory = crate::policy::ByteSize(bytes);
         }
@@ -224,6 +238,7 @@ impl WorkerArgs {
             model: engine.model,
             policy: engine.policy,
             sessions: Arc::new(MemorySessionStore::default()),
+            aws_config: None,
         })
     }
 }

@@ -3,14 +3,15 @@
 
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use super::JobResources;
 use super::process::Poison;
-use crate::mailbox::Envelope;
+use super::s3::{FetchError, S3Agents, S3Settings};
+use crate::mailbox::{AgentRef, Envelope};
 use crate::model::ModelPolicy;
 use crate::policy::{Budget, EffectivePolicy, PolicyNarrowing};
 use crate::runtime::{AgentComponent, JobEnv, Limits, LoadError, Runtime};
@@ -20,6 +21,7 @@ use crate::tools::ToolSet;
 pub(crate) struct Agents {
     runtime: Runtime,
     resources: Arc<JobResources>,
+    s3: S3Agents,
     recheck: Duration,
     epoch: Instant,
     entries: Mutex<HashMap<String, Arc<CachedAgent>>>,
@@ -28,15 +30,51 @@ pub(crate) struct Agents {
     loading: tokio::sync::Mutex<()>,
 }
 
+/// Why a job's agent is not available to it.
+#[derive(Debug)]
+pub(crate) enum AgentError {
+    /// The reference, the component or its policy is bad: dead-letter.
+    Poison(Poison),
+    /// Its store did not answer: retry later.
+    Unavailable(String),
+}
+
+impl From<Poison> for AgentError {
+    fn from(poison: Poison) -> Self {
+        Self::Poison(poison)
+    }
+}
+
+impl From<LoadError> for AgentError {
+    fn from(err: LoadError) -> Self {
+        Self::Poison(err.into())
+    }
+}
+
+impl From<FetchError> for AgentError {
+    fn from(err: FetchError) -> Self {
+        match err {
+            FetchError::Refused(message) => Self::Poison(Poison::new("component_unreadable", message)),
+            FetchError::Unavailable(message) => Self::Unavailable(message),
+        }
+    }
+}
+
 /// A loaded agent and what its jobs may use.
 pub(crate) struct CachedAgent {
     pub(crate) component: AgentComponent,
     /// The policy refusal, if the agent may not run at all.
     setup: Result<AgentSetup, Poison>,
-    path: PathBuf,
-    stamp: FileStamp,
-    /// Milliseconds after [`Agents::epoch`] of the last check of the file.
+    version: Version,
+    /// Milliseconds after [`Agents::epoch`] of the last check for changes.
     checked_ms: AtomicU64,
+}
+
+/// What identifies the version of an agent that was loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Version {
+    File(FileStamp),
+    S3 { etag: Option<String> },
 }
 
 /// What identifies a file's contents without reading it.
@@ -60,10 +98,11 @@ async fn stamp(path: &Path) -> Result<FileStamp, LoadError> {
 }
 
 impl Agents {
-    pub(crate) fn new(runtime: Runtime, resources: Arc<JobResources>, recheck: Duration) -> Self {
+    pub(crate) fn new(runtime: Runtime, resources: Arc<JobResources>, s3: S3Settings, recheck: Duration) -> Self {
         Self {
             runtime,
             resources,
+            s3: S3Agents::new(s3),
             recheck,
             epoch: Instant::now(),
             entries: Mutex::new(HashMap::new()),
@@ -83,48 +122,97 @@ impl Agents {
             .cloned()
     }
 
-    fn is_fresh(&self, agent: &CachedAgent, now_ms: u64) -> bool {
+    /// The agent `source` (named `reference` in the envelope). A warm agent
+    /// costs a map lookup; once per recheck interval one job checks its
+    /// source for changes (a file's stamp, an object's ETag) while the others
+    /// go on with the cached one, and a changed agent is loaded again. A
+    /// store that does not answer the check keeps the cached agent serving.
+    pub(crate) async fn get(&self, reference: &str, source: &AgentRef) -> Result<Arc<CachedAgent>, AgentError> {
+        let Some(agent) = self.cached(reference) else {
+            return self.load(reference, source, None).await;
+        };
+        let now = self.now_ms();
+        let checked = agent.checked_ms.load(Ordering::Relaxed);
         let recheck_ms = u64::try_from(self.recheck.as_millis()).unwrap_or(u64::MAX);
-        now_ms.saturating_sub(agent.checked_ms.load(Ordering::Relaxed)) < recheck_ms
-    }
-
-    /// The agent at `path` (named `reference` in the envelope). A warm agent
-    /// costs a map lookup; its file is checked for changes at most once per
-    /// recheck interval, and reloaded when it changed.
-    pub(crate) async fn get(&self, reference: &str, path: &Path) -> Result<Arc<CachedAgent>, Poison> {
-        if let Some(agent) = self.cached(reference) {
-            let now = self.now_ms();
-            if self.is_fresh(&agent, now) {
-                return Ok(agent);
-            }
-            if stamp(&agent.path).await.is_ok_and(|s| s == agent.stamp) {
-                agent.checked_ms.store(now, Ordering::Relaxed);
-                return Ok(agent);
-            }
-        }
-        self.load(reference, path).await
-    }
-
-    async fn load(&self, reference: &str, path: &Path) -> Result<Arc<CachedAgent>, Poison> {
-        let _one_at_a_time = self.loading.lock().await;
-        if let Some(agent) = self.cached(reference)
-            && self.is_fresh(&agent, self.now_ms())
+        let due = now.saturating_sub(checked) >= recheck_ms;
+        // Claiming the check by moving its time: the jobs that lose the race
+        // keep the cached agent instead of checking too.
+        if !due
+            || agent
+                .checked_ms
+                .compare_exchange(checked, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
         {
             return Ok(agent);
         }
-        let result = self.read(path).await;
+        match self.current_version(source).await {
+            Ok(version) if version == agent.version => Ok(agent),
+            Ok(_) => self.load(reference, source, Some(&agent)).await,
+            Err(FetchError::Unavailable(message)) => {
+                tracing::warn!(agent = agent.component.name(), reason = %message, "cannot check the agent for changes; the cached one goes on serving");
+                Ok(agent)
+            }
+            Err(FetchError::Refused(_)) => self.load(reference, source, Some(&agent)).await,
+        }
+    }
+
+    async fn current_version(&self, source: &AgentRef) -> Result<Version, FetchError> {
+        match source {
+            AgentRef::File(path) => stamp(path)
+                .await
+                .map(Version::File)
+                .map_err(|err| FetchError::Refused(err.to_string())),
+            AgentRef::S3 { bucket, key } => Ok(Version::S3 {
+                etag: self.s3.etag(bucket, key).await?,
+            }),
+        }
+    }
+
+    /// Load `source` unless another job loaded it while this one waited;
+    /// `stale` is the cached agent found changed, never handed out again.
+    async fn load(
+        &self,
+        reference: &str,
+        source: &AgentRef,
+        stale: Option<&Arc<CachedAgent>>,
+    ) -> Result<Arc<CachedAgent>, AgentError> {
+        let _one_at_a_time = self.loading.lock().await;
+        if let Some(agent) = self.cached(reference)
+            && !stale.is_some_and(|stale| Arc::ptr_eq(stale, &agent))
+        {
+            return Ok(agent);
+        }
+        let result = self.read(source).await;
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         match &result {
-            Ok(agent) => entries.insert(reference.to_owned(), agent.clone()),
-            Err(_) => entries.remove(reference),
-        };
+            Ok(agent) => {
+                entries.insert(reference.to_owned(), agent.clone());
+            }
+            // Gone for good: forget it. Unreachable: keep what was loaded.
+            Err(AgentError::Poison(_)) => {
+                entries.remove(reference);
+            }
+            Err(AgentError::Unavailable(_)) => {}
+        }
         result
     }
 
-    async fn read(&self, path: &Path) -> Result<Arc<CachedAgent>, Poison> {
-        let stamp = stamp(path).await?;
-        let component = self.runtime.load_agent(path).await?;
-        tracing::info!(agent = component.name(), path = %path.display(), digest = %component.digest(), "agent loaded");
+    async fn read(&self, source: &AgentRef) -> Result<Arc<CachedAgent>, AgentError> {
+        let (component, version) = match source {
+            AgentRef::File(path) => {
+                let stamp = stamp(path).await?;
+                (self.runtime.load_agent(path).await?, Version::File(stamp))
+            }
+            AgentRef::S3 { bucket, key } => {
+                let object = self.s3.fetch(bucket, key).await?;
+                let name = Path::new(key)
+                    .file_stem()
+                    .map_or_else(|| "agent".to_owned(), |stem| stem.to_string_lossy().into_owned());
+                let component = self.runtime.load_agent_bytes(&name, object.bytes).await?;
+                (component, Version::S3 { etag: object.etag })
+            }
+        };
+        tracing::info!(agent = component.name(), digest = %component.digest(), "agent loaded");
         let setup = AgentSetup::new(&self.runtime, &self.resources, component.name());
         if let Err(refusal) = &setup {
             tracing::warn!(agent = component.name(), reason = %refusal.message, "agent refused by policy");
@@ -132,8 +220,7 @@ impl Agents {
         Ok(Arc::new(CachedAgent {
             component,
             setup,
-            path: path.to_path_buf(),
-            stamp,
+            version,
             checked_ms: AtomicU64::new(self.now_ms()),
         }))
     }

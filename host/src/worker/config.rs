@@ -49,9 +49,18 @@ pub struct WorkerConfig {
     pub ready_threshold: HumanDuration,
     /// Most replies acknowledged in one batch.
     pub ack_batch: usize,
-    /// How long a cached agent component is trusted before its file is
-    /// checked again for changes (size, mtime, inode).
+    /// How long a cached agent component is trusted before its source is
+    /// checked again for changes (a file's size, mtime and inode; an S3
+    /// object's ETag).
     pub agent_recheck: HumanDuration,
+    /// An S3-compatible endpoint for `s3://` agents (MinIO, Ceph, moto),
+    /// addressed path-style. Default: AWS's endpoint for the region.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub s3_endpoint: Option<String>,
+    /// The region of `s3://` agents' buckets. Default: the AWS default
+    /// chain's (`AWS_REGION`, the profile).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub s3_region: Option<String>,
     /// Wall-clock limit of one job (lowered by the policy's and the job's
     /// budget `timeout` and by the job's `deadline`).
     pub job_timeout: HumanDuration,
@@ -85,6 +94,8 @@ impl Default for WorkerConfig {
             ready_threshold: HumanDuration(Duration::from_secs(15)),
             ack_batch: 256,
             agent_recheck: HumanDuration(Duration::from_secs(1)),
+            s3_endpoint: None,
+            s3_region: None,
             job_timeout: HumanDuration(limits.deadline),
             fuel: limits.fuel,
             memory: ByteSize(limits.memory_bytes),
@@ -137,6 +148,9 @@ impl WorkerConfig {
                 self.poll_wait, self.ready_threshold
             ));
         }
+        if let Some(endpoint) = &self.s3_endpoint {
+            check_endpoint(endpoint)?;
+        }
         Ok(())
     }
 
@@ -166,6 +180,19 @@ impl WorkerConfig {
         let jitter_ms = u64::try_from(half.as_millis()).unwrap_or(u64::MAX);
         half + Duration::from_millis(fastrand::u64(0..=jitter_ms))
     }
+}
+
+/// An S3 endpoint must be an http(s) URL with a host.
+fn check_endpoint(endpoint: &str) -> Result<(), String> {
+    let bad = |why: &str| format!("worker option s3_endpoint `{endpoint}` is not an S3 endpoint URL: {why}");
+    let url = url::Url::parse(endpoint).map_err(|err| bad(&err.to_string()))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(bad("the scheme must be http or https"));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(bad("it names no host"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -200,6 +227,19 @@ mod tests {
             ..WorkerConfig::default()
         };
         assert!(config.validate().unwrap_err().contains("poll_wait"));
+        for endpoint in ["localhost:9000", "ftp://host", "not a url"] {
+            let config = WorkerConfig {
+                s3_endpoint: Some(endpoint.to_owned()),
+                ..WorkerConfig::default()
+            };
+            let err = config.validate().unwrap_err();
+            assert!(err.contains("s3_endpoint") && err.contains(endpoint), "{err}");
+        }
+        let config = WorkerConfig {
+            s3_endpoint: Some("http://127.0.0.1:9000".to_owned()),
+            ..WorkerConfig::default()
+        };
+        assert_eq!(config.validate(), Ok(()));
     }
 
     #[test]

@@ -15,6 +15,7 @@ mod health;
 mod process;
 mod reply;
 mod routes;
+mod s3;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -38,6 +39,7 @@ pub use routes::ReplyRoutes;
 
 use acker::AckItem;
 use agents::Agents;
+use s3::S3Settings;
 
 /// What every job of a worker may use besides its own component and input.
 pub struct JobResources {
@@ -58,6 +60,9 @@ pub struct JobResources {
     pub budget_defaults: crate::policy::Budget,
     /// Session checkpoints, by request id, read again by a redelivered job.
     pub sessions: Arc<dyn SessionStore>,
+    /// The AWS SDK configuration `s3://` agents are fetched with; none:
+    /// `aws-config`'s default chain, loaded on the first such job.
+    pub aws_config: Option<aws_config::SdkConfig>,
 }
 
 impl std::fmt::Debug for JobResources {
@@ -82,6 +87,7 @@ impl JobResources {
             model_policy: ModelPolicy::default(),
             budget_defaults: crate::policy::Budget::default(),
             sessions: Arc::new(MemorySessionStore::default()),
+            aws_config: None,
         }
     }
 }
@@ -211,7 +217,16 @@ impl Worker {
         Ok(Self {
             shared: Arc::new(Shared {
                 health: Arc::new(Health::new(config.ready_threshold.0)),
-                agents: Agents::new(runtime.clone(), resources.clone(), config.agent_recheck.0),
+                agents: Agents::new(
+                    runtime.clone(),
+                    resources.clone(),
+                    S3Settings {
+                        endpoint: config.s3_endpoint.clone(),
+                        region: config.s3_region.clone(),
+                        base: resources.aws_config.clone(),
+                    },
+                    config.agent_recheck.0,
+                ),
                 limits: config.job_limits(),
                 id,
                 config,

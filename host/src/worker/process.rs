@@ -10,10 +10,10 @@ use tracing::Instrument;
 
 use super::Shared;
 use super::acker::AckItem;
-use super::agents::CachedAgent;
+use super::agents::{AgentError, CachedAgent};
 use super::reply::{REPLY_VERSION, ReplyError, ReplyHead, ReplySpent, ReplyStatus, ReplyTimings, ReplyUsage};
 use crate::job::{AgentFailureKind, JobError, JobReport, JobRequest, JobStats};
-use crate::mailbox::{AgentRef, DeadLetterReason, Delivery, Envelope, EnvelopeError, Lease, MailboxError, Reply};
+use crate::mailbox::{DeadLetterReason, Delivery, Envelope, EnvelopeError, Lease, MailboxError, Reply};
 use crate::policy::PolicyError;
 use crate::runtime::{Limit, LoadError};
 
@@ -171,7 +171,12 @@ impl Shared {
         }
         let agent = match self.agent(envelope).await {
             Ok(agent) => agent,
-            Err(poison) => return self.dead_letter(delivery, Some(envelope), &poison).await,
+            Err(AgentError::Poison(poison)) => return self.dead_letter(delivery, Some(envelope), &poison).await,
+            Err(AgentError::Unavailable(message)) => {
+                return self
+                    .retry_or_dead_letter(delivery, envelope, "component_unavailable", &message)
+                    .await;
+            }
         };
         let mut limits = self.limits;
         if let Some(deadline) = envelope.deadline {
@@ -204,14 +209,9 @@ impl Shared {
         }
     }
 
-    async fn agent(&self, envelope: &Envelope) -> Result<std::sync::Arc<CachedAgent>, Poison> {
-        match envelope.agent_ref()? {
-            AgentRef::File(path) => self.agents.get(&envelope.agent, &path).await,
-            AgentRef::S3 { bucket, key } => Err(Poison::new(
-                "component_unsupported",
-                format!("agent s3://{bucket}/{key}: s3:// agent references are not supported by this worker yet"),
-            )),
-        }
+    async fn agent(&self, envelope: &Envelope) -> Result<std::sync::Arc<CachedAgent>, AgentError> {
+        let source = envelope.agent_ref().map_err(Poison::from)?;
+        self.agents.get(&envelope.agent, &source).await
     }
 
     /// Run `job`, extending the lease every heartbeat from this same task:
@@ -266,12 +266,7 @@ impl Shared {
                 cause: None,
             }
         } else if is_retryable(&err) {
-            let (attempt, max) = (delivery.attempt, self.config.max_attempts);
-            if attempt < max {
-                return self.retry(delivery, &err).await;
-            }
-            let poison = Poison::new(err.kind(), format!("{err} (attempt {attempt} of {max})"));
-            return self.dead_letter(delivery, Some(envelope), &poison).await;
+            return self.retry_or_dead_letter(delivery, envelope, err.kind(), &err).await;
         } else {
             reply_error(&err)
         };
@@ -381,15 +376,28 @@ impl Shared {
         }
     }
 
-    async fn retry(&self, delivery: &Delivery, err: &JobError) {
-        let delay = self.config.backoff(delivery.attempt);
+    /// Give a failed delivery back with a backoff, or dead-letter it as
+    /// `kind` once it has had its attempts.
+    async fn retry_or_dead_letter(
+        &self,
+        delivery: &Delivery,
+        envelope: &Envelope,
+        kind: &'static str,
+        err: &(dyn std::fmt::Display + Sync),
+    ) {
+        let (attempt, max) = (delivery.attempt, self.config.max_attempts);
+        if attempt >= max {
+            let poison = Poison::new(kind, format!("{err} (attempt {attempt} of {max})"));
+            return self.dead_letter(delivery, Some(envelope), &poison).await;
+        }
+        let delay = self.config.backoff(attempt);
         match self.mailbox.nack(&delivery.lease, delay).await {
             Ok(()) => {
                 self.runtime.metrics().mailbox_nacked(self.queue(), 1);
                 self.counters.retried.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(
                     delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
-                    error.kind = err.kind(),
+                    error.kind = kind,
                     error = %err,
                     "job failed; retrying after a backoff"
                 );

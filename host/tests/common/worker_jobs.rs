@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde_json::json;
-use wink_host::mailbox::{Envelope, Mailbox, Sent};
+use wink_host::mailbox::{DeadLetter, Envelope, Mailbox, Sent};
 use wink_host::policy::HumanDuration;
 use wink_host::worker::{ReplyDocument, ReplyStatus};
 
@@ -56,6 +56,22 @@ pub async fn reply(mailbox: &dyn Mailbox, request_id: &str) -> ReplyDocument {
         stored_reply(mailbox, request_id)
     })
     .await
+}
+
+/// The dead letters, once there are at least `count`.
+pub async fn dead_letters(mailbox: &dyn Mailbox, count: usize) -> Vec<DeadLetter> {
+    eventually(&format!("{count} dead letters"), Duration::from_secs(30), || async {
+        let dead = mailbox.dead_letters(100).await.expect("dead letters");
+        (dead.len() >= count).then_some(dead)
+    })
+    .await
+}
+
+/// The dead letter of message `id`.
+pub fn dead_letter<'a>(dead: &'a [DeadLetter], id: &str) -> &'a DeadLetter {
+    dead.iter()
+        .find(|d| d.message_id == id)
+        .unwrap_or_else(|| panic!("{id} is not dead-lettered: {dead:?}"))
 }
 
 /// The model script of [`budgeted_job`]: turn 1 answers at once; turn 2

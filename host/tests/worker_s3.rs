@@ -1,0 +1,238 @@
+//! `s3://` agents: the worker fetches them with the real aws-sdk-s3 client
+//! from a real moto server, reloads them when their ETag changes, keeps
+//! serving the cached one while S3 is down, dead-letters what cannot be
+//! fetched for good and retries what may pass.
+
+mod common;
+
+use std::net::{Ipv4Addr, TcpListener};
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_sdk_s3::primitives::ByteStream;
+use common::moto::Moto;
+use common::worker_jobs::*;
+use common::*;
+use serde_json::json;
+use wink_host::mailbox::{Envelope, Mailbox, MemoryMailbox};
+use wink_host::worker::{JobResources, ReplyRoutes, ReplyStatus, Worker, WorkerConfig, WorkerSummary};
+
+const BUCKET: &str = "agents";
+
+fn config(s3_endpoint: String) -> WorkerConfig {
+    WorkerConfig {
+        worker_id: Some("s3-worker".into()),
+        concurrency: 4,
+        max_attempts: 2,
+        backoff_base: ms(50),
+        backoff_max: ms(100),
+        poll_wait: ms(50),
+        agent_recheck: ms(100),
+        s3_endpoint: Some(s3_endpoint),
+        ..WorkerConfig::default()
+    }
+}
+
+/// A worker on an in-memory queue whose `s3://` agents come from
+/// `s3_endpoint`, with moto's static credentials.
+struct Running {
+    mailbox: Arc<MemoryMailbox>,
+    worker: Worker,
+    task: tokio::task::JoinHandle<Result<WorkerSummary, wink_host::worker::WorkerError>>,
+}
+
+impl Running {
+    fn start(moto: &Moto, s3_endpoint: String) -> Self {
+        let mailbox = Arc::new(MemoryMailbox::new("jobs"));
+        let resources = JobResources {
+            aws_config: Some(moto.sdk_config()),
+            ..JobResources::default()
+        };
+        let worker = Worker::new(
+            runtime(),
+            mailbox.clone(),
+            config(s3_endpoint),
+            resources,
+            ReplyRoutes::registered_only(),
+        )
+        .expect("worker");
+        let task = tokio::spawn({
+            let worker = worker.clone();
+            async move { worker.run().await }
+        });
+        Self { mailbox, worker, task }
+    }
+
+    async fn job(&self, request_id: &str, agent: &str) {
+        let mut job = Envelope::new(request_id, agent);
+        job.input = json!({"prompt": request_id});
+        send(self.mailbox.as_ref(), &job).await;
+    }
+
+    async fn stop(self) -> WorkerSummary {
+        self.worker.shutdown();
+        tokio::time::timeout(Duration::from_secs(30), self.task)
+            .await
+            .expect("the worker stops")
+            .expect("worker task")
+            .expect("worker run")
+    }
+}
+
+fn s3(moto: &Moto) -> aws_sdk_s3::Client {
+    let config = aws_sdk_s3::config::Builder::from(&moto.sdk_config())
+        .force_path_style(true)
+        .build();
+    aws_sdk_s3::Client::from_conf(config)
+}
+
+async fn put(client: &aws_sdk_s3::Client, key: &str, bytes: Vec<u8>) {
+    client
+        .put_object()
+        .bucket(BUCKET)
+        .key(key)
+        .body(ByteStream::from(bytes))
+        .send()
+        .await
+        .expect("put object");
+}
+
+async fn bucket_with(moto: &Moto, objects: &[(&str, Vec<u8>)]) -> aws_sdk_s3::Client {
+    let client = s3(moto);
+    client
+        .create_bucket()
+        .bucket(BUCKET)
+        .send()
+        .await
+        .expect("create bucket");
+    for (key, bytes) in objects {
+        put(&client, key, bytes.clone()).await;
+    }
+    client
+}
+
+fn guest_bytes(name: &str) -> Vec<u8> {
+    std::fs::read(guest(name)).expect("built guest")
+}
+
+/// A loopback port with nothing listening on it.
+fn closed_port() -> u16 {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+    listener.local_addr().expect("address").port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_s3_agent_runs_is_reloaded_when_its_etag_changes_and_outlives_an_s3_outage() {
+    let moto = Moto::start().await;
+    let client = bucket_with(&moto, &[("v1/agent.wasm", guest_bytes("trivial"))]).await;
+    let running = Running::start(&moto, moto.endpoint());
+    let agent = format!("s3://{BUCKET}/v1/agent.wasm");
+
+    running.job("first", &agent).await;
+    let first = reply(running.mailbox.as_ref(), "first").await;
+    assert_eq!(first.status, ReplyStatus::Succeeded, "{first:?}");
+    assert_eq!(first.output, Some(json!({"ok": true, "echo": {"prompt": "first"}})));
+
+    // A new version under the same key: a job after the recheck interval
+    // runs it.
+    put(&client, "v1/agent.wasm", guest_bytes("hello")).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    running.job("second", &agent).await;
+    let second = reply(running.mailbox.as_ref(), "second").await;
+    assert_eq!(second.status, ReplyStatus::Succeeded, "{second:?}");
+    assert_eq!(
+        second.output.as_ref().map(|output| output["text"].clone()),
+        Some(json!("echo: second")),
+        "the changed object was fetched again: {second:?}"
+    );
+
+    // S3 goes away: the cached agent goes on serving past its recheck.
+    drop(moto);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    running.job("third", &agent).await;
+    let third = reply(running.mailbox.as_ref(), "third").await;
+    assert_eq!(third.status, ReplyStatus::Succeeded, "{third:?}");
+    assert_eq!(third.attempts, 1);
+
+    let summary = running.stop().await;
+    assert_eq!((summary.succeeded, summary.retried, summary.dead_lettered), (3, 0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_agents_that_cannot_be_fetched_or_run_are_dead_lettered_at_once() {
+    let moto = Moto::start().await;
+    bucket_with(
+        &moto,
+        &[
+            ("corrupt.wasm", b"\0asm not really".to_vec()),
+            ("tool.wasm", guest_bytes("read_file")),
+        ],
+    )
+    .await;
+    let running = Running::start(&moto, moto.endpoint());
+    let cases = [
+        (
+            "no-key",
+            format!("s3://{BUCKET}/missing.wasm"),
+            "component_unreadable",
+            "NoSuchKey",
+        ),
+        (
+            "no-bucket",
+            "s3://nobucket/agent.wasm".to_owned(),
+            "component_unreadable",
+            "NoSuchBucket",
+        ),
+        (
+            "corrupt",
+            format!("s3://{BUCKET}/corrupt.wasm"),
+            "component_invalid",
+            "corrupt",
+        ),
+        (
+            "tool",
+            format!("s3://{BUCKET}/tool.wasm"),
+            "component_wrong_world",
+            "agent",
+        ),
+    ];
+    for (id, agent, _, _) in &cases {
+        running.job(id, agent).await;
+    }
+    let dead = dead_letters(running.mailbox.as_ref(), cases.len()).await;
+    for (id, agent, kind, text) in &cases {
+        let letter = dead_letter(&dead, id);
+        assert_eq!(letter.reason.kind, *kind, "{id}: {letter:?}");
+        assert!(letter.reason.message.contains(text), "{id}: {}", letter.reason.message);
+        if *kind == "component_unreadable" {
+            assert!(
+                letter.reason.message.contains(agent.as_str()),
+                "{id}: {}",
+                letter.reason.message
+            );
+        }
+        assert_eq!(letter.attempts, 1, "{id} is not retried");
+    }
+    let summary = running.stop().await;
+    assert_eq!((summary.dead_lettered, summary.retried), (4, 0), "{summary:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_s3_is_retried_then_dead_lettered_as_unavailable() {
+    let moto = Moto::start().await;
+    let unreachable = format!("http://127.0.0.1:{}", closed_port());
+    let running = Running::start(&moto, unreachable);
+    running.job("offline", &format!("s3://{BUCKET}/agent.wasm")).await;
+    let dead = dead_letters(running.mailbox.as_ref(), 1).await;
+    let letter = dead_letter(&dead, "offline");
+    assert_eq!(letter.reason.kind, "component_unavailable", "{letter:?}");
+    assert!(
+        letter.reason.message.contains("unreachable") && letter.reason.message.contains("(attempt 2 of 2)"),
+        "{}",
+        letter.reason.message
+    );
+    assert_eq!(letter.attempts, 2);
+    assert_eq!(running.mailbox.reply("offline").await.expect("reply"), None);
+    let summary = running.stop().await;
+    assert_eq!((summary.retried, summary.dead_lettered), (1, 1), "{summary:?}");
+}
