@@ -9,9 +9,10 @@
 //! overhead per job is the difference.
 //!
 //! With `WINK_BENCH_OTEL=1` (`cargo xtask bench throughput --otel`) each case
-//! runs three times alternately without and with logging and OTLP trace
-//! export (to an in-process receiver on loopback), and the report gives the
-//! best of each and the throughput drop.
+//! also runs three times alternately with JSON logging alone (`wink-host`
+//! without OTLP) and with JSON logging plus OTLP/HTTP trace export (to an
+//! in-process endpoint on loopback that counts requests), and the report
+//! gives the best of each, the drop logging costs and the drop export costs.
 //!
 //! Each case runs on the in-memory mailbox and on a `redis-server` (on
 //! PATH) started on loopback for the run.
@@ -58,11 +59,11 @@ fn jobs_per_case() -> usize {
 }
 
 fn main() {
-    let tokio = plain_runtime();
+    let bare = Telemetry::bare();
     let jobs = jobs_per_case();
-    let mut traced = std::env::var("WINK_BENCH_OTEL")
+    let telemetry = std::env::var("WINK_BENCH_OTEL")
         .is_ok_and(|v| v == "1")
-        .then(|| Traced::start(&tokio));
+        .then(|| Telemetries::start(&bare));
     let mailboxes = mailbox_cases();
     let redis = mailboxes.contains(&"redis").then(redis_server::RedisServer::start);
     let mut results = Vec::new();
@@ -74,12 +75,12 @@ fn main() {
                 concurrency,
                 jobs,
             };
-            let mut result = match &mut traced {
-                None => tokio.block_on(case.measure(0)),
-                Some(traced) => with_and_without_export(&tokio, traced, &case),
+            let mut result = match &telemetry {
+                None => bare.block_on(case.measure(0)),
+                Some(telemetry) => telemetry.compare(&bare, &case),
             };
             if *kind == "memory" {
-                let bare = untraced(|| tokio.block_on(bare_runtime(concurrency, jobs)));
+                let bare = bare.block_on(bare_runtime(concurrency, jobs));
                 result["sandbox_only_jobs_per_s"] = json!(bare.round());
                 result["worker_overhead_us_per_job"] =
                     json!(common::round(result["us_per_job"].as_f64().unwrap_or(0.0) - 1e6 / bare));
@@ -88,7 +89,7 @@ fn main() {
             results.push(result);
         }
     }
-    let otel = traced.map(Traced::finish);
+    let otel = telemetry.map(Telemetries::finish);
     common::write_report(
         "throughput",
         json!({
@@ -113,41 +114,6 @@ fn mailbox_cases() -> Vec<&'static str> {
         .collect()
 }
 
-/// Rounds of (without export, with export) per case under `--otel`: the
-/// best of each is compared, so a round slowed by something else on the
-/// machine does not count as the exporter's cost.
-const OTEL_ROUNDS: usize = 3;
-
-/// The case measured alternately without and with OTLP export; the best
-/// round of each, and the drop between them.
-fn with_and_without_export(plain: &tokio::runtime::Runtime, traced: &Traced, case: &Case) -> serde_json::Value {
-    let best = |runs: Vec<serde_json::Value>| {
-        runs.into_iter()
-            .max_by(|a, b| {
-                a["jobs_per_s"]
-                    .as_f64()
-                    .unwrap_or(0.0)
-                    .total_cmp(&b["jobs_per_s"].as_f64().unwrap_or(0.0))
-            })
-            .expect("at least one round")
-    };
-    let (mut without, mut with) = (Vec::new(), Vec::new());
-    for round in 0..OTEL_ROUNDS {
-        without.push(untraced(|| plain.block_on(case.measure(2 * round))));
-        with.push(traced.runtime.block_on(case.measure(2 * round + 1)));
-    }
-    let exported = best(with);
-    let mut result = best(without);
-    let (plain_rate, exported_rate) = (
-        result["jobs_per_s"].as_f64().unwrap_or(1.0),
-        exported["jobs_per_s"].as_f64().unwrap_or(0.0),
-    );
-    result["rounds"] = json!(OTEL_ROUNDS);
-    result["otel_jobs_per_s"] = json!(exported_rate);
-    result["otel_drop_percent"] = json!(common::round(100.0 * (1.0 - exported_rate / plain_rate)));
-    result
-}
-
 /// One measurement: a mailbox kind at one concurrency.
 struct Case<'a> {
     kind: &'a str,
@@ -169,22 +135,6 @@ impl Case<'_> {
     }
 }
 
-/// `work` on this thread with tracing off, whatever the global subscriber.
-fn untraced<T>(work: impl FnOnce() -> T) -> T {
-    tracing::dispatcher::with_default(&tracing::Dispatch::none(), work)
-}
-
-/// The runtime of the runs without export: its threads trace nothing even
-/// when `--otel` installs a global subscriber.
-fn plain_runtime() -> tokio::runtime::Runtime {
-    runtime_builder()
-        // The guard would reset the thread's default when dropped; these
-        // threads live as long as the runtime.
-        .on_thread_start(|| std::mem::forget(tracing::dispatcher::set_default(&tracing::Dispatch::none())))
-        .build()
-        .expect("tokio")
-}
-
 fn runtime_builder() -> tokio::runtime::Builder {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(threads) = std::env::var("WINK_BENCH_THREADS").ok().and_then(|n| n.parse().ok()) {
@@ -194,49 +144,113 @@ fn runtime_builder() -> tokio::runtime::Builder {
     builder
 }
 
-/// `WINK_BENCH_OTEL=1`: a second tokio runtime whose threads log and trace
-/// as `wink-host` does with OTLP export on (JSON log lines at `WINK_LOG`'s
-/// level to a sink, every span exported over OTLP/HTTP to an in-process
-/// receiver), so each case runs with and without export in the same process.
-struct Traced {
+/// A tokio runtime whose threads, and the thread that drives it, trace
+/// into one subscriber (none for the bare runs), so variants with
+/// different telemetry run side by side in one process.
+struct Telemetry {
     runtime: tokio::runtime::Runtime,
-    telemetry: wink_host::telemetry::Telemetry,
+    dispatch: tracing::Dispatch,
+}
+
+impl Telemetry {
+    /// No subscriber at all.
+    fn bare() -> Self {
+        Self::on(tracing::Dispatch::none())
+    }
+
+    fn on(dispatch: tracing::Dispatch) -> Self {
+        let thread_dispatch = dispatch.clone();
+        let runtime = runtime_builder()
+            // The guard would reset the thread's default when dropped; these
+            // threads live as long as the runtime.
+            .on_thread_start(move || std::mem::forget(tracing::dispatcher::set_default(&thread_dispatch)))
+            .build()
+            .expect("tokio");
+        Self { runtime, dispatch }
+    }
+
+    fn block_on<F: std::future::Future>(&self, future: F) -> F::Output {
+        tracing::dispatcher::with_default(&self.dispatch, || self.runtime.block_on(future))
+    }
+}
+
+/// Rounds of (logs only, logs and export) per case under `--otel`: the
+/// best of each is compared, so a round slowed by something else on the
+/// machine does not count as the exporter's cost.
+const OTEL_ROUNDS: usize = 3;
+
+/// `WINK_BENCH_OTEL=1`: `wink-host`'s telemetry as it runs in production
+/// (JSON log lines at `WINK_LOG`'s level, to a sink here), without and with
+/// OTLP/HTTP trace export to an endpoint that only counts requests, as a
+/// collector elsewhere would take them. The drop is the export's cost: the
+/// logs are the same on both sides.
+///
+/// Both subscribers are registered with tracing-core, which then caches
+/// each callsite's interest from the registered subscribers. With a single
+/// one, it caches it from whatever subscriber is the default on the thread
+/// that first hits the callsite: with the bare run first, every callsite
+/// was cached as never enabled and the traced runs recorded nothing.
+struct Telemetries {
+    logs: Telemetry,
+    export: Telemetry,
+    providers: [wink_host::telemetry::Telemetry; 2],
     received: otlp::Received,
 }
 
-impl Traced {
-    fn start(plain: &tokio::runtime::Runtime) -> Self {
+impl Telemetries {
+    fn start(bare: &Telemetry) -> Self {
         use wink_host::telemetry::{self, LogFormat, OtlpProtocol, Redactor, TelemetryOptions, TraceConfig};
-        let (endpoint, received) = plain.block_on(otlp::http_receiver());
-        let options = TelemetryOptions {
-            format: LogFormat::Json,
-            redactor: Redactor::new([], []).expect("redactor"),
-            traces: Some(TraceConfig::new(endpoint, OtlpProtocol::HttpProtobuf)),
-        };
-        let (dispatch, telemetry) = {
-            let _context = plain.enter();
+        let (endpoint, received) = bare.runtime.block_on(otlp::http_counter());
+        let build = |traces| {
+            let options = TelemetryOptions {
+                format: LogFormat::Json,
+                redactor: Redactor::new([], []).expect("redactor"),
+                traces,
+            };
+            let _context = bare.runtime.enter();
             telemetry::build(options, std::io::sink).expect("telemetry")
         };
-        // Global, as `wink-host` installs it: with the dispatcher scoped to
-        // this runtime's threads instead, not one span reached the receiver
-        // (why is not established). The plain runtime opts out per thread.
-        tracing::dispatcher::set_global_default(dispatch).expect("no global subscriber yet");
-        let runtime = runtime_builder().build().expect("tokio");
+        let (logs, logs_provider) = build(None);
+        let (export, export_provider) = build(Some(TraceConfig::new(endpoint, OtlpProtocol::HttpProtobuf)));
         Self {
-            runtime,
-            telemetry,
+            logs: Telemetry::on(logs),
+            export: Telemetry::on(export),
+            providers: [logs_provider, export_provider],
             received,
         }
     }
 
+    /// The case measured bare once, then alternately with logs only and
+    /// with logs and export; the best round of each, and the drops.
+    fn compare(&self, bare: &Telemetry, case: &Case) -> serde_json::Value {
+        let mut result = bare.block_on(case.measure(0));
+        let (mut logs, mut export) = (0.0f64, 0.0f64);
+        for round in 1..=OTEL_ROUNDS {
+            logs = logs.max(jobs_per_s(&self.logs.block_on(case.measure(2 * round - 1))));
+            export = export.max(jobs_per_s(&self.export.block_on(case.measure(2 * round))));
+        }
+        let drop = |from: f64, to: f64| common::round(100.0 * (1.0 - to / from));
+        result["rounds"] = json!(OTEL_ROUNDS);
+        result["logs_jobs_per_s"] = json!(logs);
+        result["otel_jobs_per_s"] = json!(export);
+        result["logs_drop_percent"] = json!(drop(jobs_per_s(&result), logs));
+        result["otel_drop_percent"] = json!(drop(logs, export));
+        result
+    }
+
     fn finish(self) -> serde_json::Value {
-        let flushed = self.telemetry.shutdown();
+        let flushed = self.providers.into_iter().all(|provider| provider.shutdown().is_ok());
         json!({
             "protocol": "http/protobuf",
+            "receiver": "in-process, counts requests without decoding them",
             "export_requests": self.received.exports(),
-            "flushed": flushed.is_ok(),
+            "flushed": flushed,
         })
     }
+}
+
+fn jobs_per_s(result: &serde_json::Value) -> f64 {
+    result["jobs_per_s"].as_f64().unwrap_or(0.0)
 }
 
 fn envelopes(prefix: &str, agent: &str, count: usize) -> Vec<(String, Bytes)> {
