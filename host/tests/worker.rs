@@ -14,7 +14,6 @@ use common::worker_process::WorkerProcess;
 use common::*;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::task::JoinHandle;
 use wink_host::mailbox::{Envelope, Mailbox, MemoryMailbox, Reply};
 use wink_host::model::{
     CallContext, ConverseRequest, ConverseResponse, MemoryUsageLedger, ModelError, ModelPolicy, ModelProvider, Script,
@@ -22,9 +21,7 @@ use wink_host::model::{
 };
 use wink_host::policy::{HumanDuration, Policy};
 use wink_host::runtime::Runtime;
-use wink_host::worker::{
-    HealthServer, JobResources, ReplyRoutes, ReplyStatus, Worker, WorkerConfig, WorkerError, WorkerSummary,
-};
+use wink_host::worker::{HealthServer, JobResources, ReplyRoutes, ReplyStatus, WorkerConfig};
 
 const QUEUE: &str = "jobs";
 
@@ -51,23 +48,6 @@ fn config() -> WorkerConfig {
     }
 }
 
-struct Running {
-    mailbox: Arc<MemoryMailbox>,
-    worker: Worker,
-    task: JoinHandle<Result<WorkerSummary, WorkerError>>,
-}
-
-impl Running {
-    async fn stop(self) -> WorkerSummary {
-        self.worker.shutdown();
-        tokio::time::timeout(Duration::from_secs(30), self.task)
-            .await
-            .expect("the worker stops")
-            .expect("worker task")
-            .expect("worker run")
-    }
-}
-
 fn start_with(mailbox: Arc<MemoryMailbox>, config: WorkerConfig, resources: JobResources) -> Running {
     start_on(runtime(), mailbox, config, resources, ReplyRoutes::registered_only())
 }
@@ -79,12 +59,7 @@ fn start_on(
     resources: JobResources,
     routes: ReplyRoutes,
 ) -> Running {
-    let worker = Worker::new(runtime, mailbox.clone(), config, resources, routes).expect("worker");
-    let task = tokio::spawn({
-        let worker = worker.clone();
-        async move { worker.run().await }
-    });
-    Running { mailbox, worker, task }
+    Running::start(runtime, mailbox, config, resources, routes)
 }
 
 fn start(config: WorkerConfig) -> Running {

@@ -15,7 +15,7 @@ use common::worker_jobs::*;
 use common::*;
 use serde_json::json;
 use wink_host::mailbox::{Envelope, Mailbox, MemoryMailbox};
-use wink_host::worker::{JobResources, ReplyRoutes, ReplyStatus, Worker, WorkerConfig, WorkerSummary};
+use wink_host::worker::{JobResources, ReplyRoutes, ReplyStatus, WorkerConfig};
 
 const BUCKET: &str = "agents";
 
@@ -35,48 +35,24 @@ fn config(s3_endpoint: String) -> WorkerConfig {
 
 /// A worker on an in-memory queue whose `s3://` agents come from
 /// `s3_endpoint`, with moto's static credentials.
-struct Running {
-    mailbox: Arc<MemoryMailbox>,
-    worker: Worker,
-    task: tokio::task::JoinHandle<Result<WorkerSummary, wink_host::worker::WorkerError>>,
+fn start(moto: &Moto, s3_endpoint: String) -> Running {
+    let resources = JobResources {
+        aws_config: Some(moto.sdk_config()),
+        ..JobResources::default()
+    };
+    Running::start(
+        runtime(),
+        Arc::new(MemoryMailbox::new("jobs")),
+        config(s3_endpoint),
+        resources,
+        ReplyRoutes::registered_only(),
+    )
 }
 
-impl Running {
-    fn start(moto: &Moto, s3_endpoint: String) -> Self {
-        let mailbox = Arc::new(MemoryMailbox::new("jobs"));
-        let resources = JobResources {
-            aws_config: Some(moto.sdk_config()),
-            ..JobResources::default()
-        };
-        let worker = Worker::new(
-            runtime(),
-            mailbox.clone(),
-            config(s3_endpoint),
-            resources,
-            ReplyRoutes::registered_only(),
-        )
-        .expect("worker");
-        let task = tokio::spawn({
-            let worker = worker.clone();
-            async move { worker.run().await }
-        });
-        Self { mailbox, worker, task }
-    }
-
-    async fn job(&self, request_id: &str, agent: &str) {
-        let mut job = Envelope::new(request_id, agent);
-        job.input = json!({"prompt": request_id});
-        send(self.mailbox.as_ref(), &job).await;
-    }
-
-    async fn stop(self) -> WorkerSummary {
-        self.worker.shutdown();
-        tokio::time::timeout(Duration::from_secs(30), self.task)
-            .await
-            .expect("the worker stops")
-            .expect("worker task")
-            .expect("worker run")
-    }
+async fn job(running: &Running, request_id: &str, agent: &str) {
+    let mut job = Envelope::new(request_id, agent);
+    job.input = json!({"prompt": request_id});
+    send(running.mailbox.as_ref(), &job).await;
 }
 
 fn s3(moto: &Moto) -> aws_sdk_s3::Client {
@@ -125,10 +101,10 @@ fn closed_port() -> u16 {
 async fn an_s3_agent_runs_is_reloaded_when_its_etag_changes_and_outlives_an_s3_outage() {
     let moto = Moto::start().await;
     let client = bucket_with(&moto, &[("v1/agent.wasm", guest_bytes("trivial"))]).await;
-    let running = Running::start(&moto, moto.endpoint());
+    let running = start(&moto, moto.endpoint());
     let agent = format!("s3://{BUCKET}/v1/agent.wasm");
 
-    running.job("first", &agent).await;
+    job(&running, "first", &agent).await;
     let first = reply(running.mailbox.as_ref(), "first").await;
     assert_eq!(first.status, ReplyStatus::Succeeded, "{first:?}");
     assert_eq!(first.output, Some(json!({"ok": true, "echo": {"prompt": "first"}})));
@@ -137,7 +113,7 @@ async fn an_s3_agent_runs_is_reloaded_when_its_etag_changes_and_outlives_an_s3_o
     // runs it.
     put(&client, "v1/agent.wasm", guest_bytes("hello")).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    running.job("second", &agent).await;
+    job(&running, "second", &agent).await;
     let second = reply(running.mailbox.as_ref(), "second").await;
     assert_eq!(second.status, ReplyStatus::Succeeded, "{second:?}");
     assert_eq!(
@@ -149,7 +125,7 @@ async fn an_s3_agent_runs_is_reloaded_when_its_etag_changes_and_outlives_an_s3_o
     // S3 goes away: the cached agent goes on serving past its recheck.
     drop(moto);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    running.job("third", &agent).await;
+    job(&running, "third", &agent).await;
     let third = reply(running.mailbox.as_ref(), "third").await;
     assert_eq!(third.status, ReplyStatus::Succeeded, "{third:?}");
     assert_eq!(third.attempts, 1);
@@ -169,7 +145,7 @@ async fn s3_agents_that_cannot_be_fetched_or_run_are_dead_lettered_at_once() {
         ],
     )
     .await;
-    let running = Running::start(&moto, moto.endpoint());
+    let running = start(&moto, moto.endpoint());
     let cases = [
         (
             "no-key",
@@ -197,7 +173,7 @@ async fn s3_agents_that_cannot_be_fetched_or_run_are_dead_lettered_at_once() {
         ),
     ];
     for (id, agent, _, _) in &cases {
-        running.job(id, agent).await;
+        job(&running, id, agent).await;
     }
     let dead = dead_letters(running.mailbox.as_ref(), cases.len()).await;
     for (id, agent, kind, text) in &cases {
@@ -221,8 +197,8 @@ async fn s3_agents_that_cannot_be_fetched_or_run_are_dead_lettered_at_once() {
 async fn an_unreachable_s3_is_retried_then_dead_lettered_as_unavailable() {
     let moto = Moto::start().await;
     let unreachable = format!("http://127.0.0.1:{}", closed_port());
-    let running = Running::start(&moto, unreachable);
-    running.job("offline", &format!("s3://{BUCKET}/agent.wasm")).await;
+    let running = start(&moto, unreachable);
+    job(&running, "offline", &format!("s3://{BUCKET}/agent.wasm")).await;
     let dead = dead_letters(running.mailbox.as_ref(), 1).await;
     let letter = dead_letter(&dead, "offline");
     assert_eq!(letter.reason.kind, "component_unavailable", "{letter:?}");

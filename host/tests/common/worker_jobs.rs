@@ -2,13 +2,52 @@
 //! waiting for what a worker does with them, on any mailbox.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde_json::json;
-use wink_host::mailbox::{DeadLetter, Envelope, Mailbox, Sent};
+use tokio::task::JoinHandle;
+use wink_host::mailbox::{DeadLetter, Envelope, Mailbox, MemoryMailbox, Sent};
 use wink_host::policy::HumanDuration;
-use wink_host::worker::{ReplyDocument, ReplyStatus};
+use wink_host::runtime::Runtime;
+use wink_host::worker::{
+    JobResources, ReplyDocument, ReplyRoutes, ReplyStatus, Worker, WorkerConfig, WorkerError, WorkerSummary,
+};
+
+/// A worker running on its own task over an in-memory queue.
+pub struct Running {
+    pub mailbox: Arc<MemoryMailbox>,
+    pub worker: Worker,
+    pub task: JoinHandle<Result<WorkerSummary, WorkerError>>,
+}
+
+impl Running {
+    pub fn start(
+        runtime: Runtime,
+        mailbox: Arc<MemoryMailbox>,
+        config: WorkerConfig,
+        resources: JobResources,
+        routes: ReplyRoutes,
+    ) -> Self {
+        let worker = Worker::new(runtime, mailbox.clone(), config, resources, routes).expect("worker");
+        let task = tokio::spawn({
+            let worker = worker.clone();
+            async move { worker.run().await }
+        });
+        Self { mailbox, worker, task }
+    }
+
+    /// Shut the worker down; what it did.
+    pub async fn stop(self) -> WorkerSummary {
+        self.worker.shutdown();
+        tokio::time::timeout(Duration::from_secs(30), self.task)
+            .await
+            .expect("the worker stops")
+            .expect("worker task")
+            .expect("worker run")
+    }
+}
 
 pub fn ms(millis: u64) -> HumanDuration {
     HumanDuration(Duration::from_millis(millis))
