@@ -67,9 +67,10 @@ enum Command {
     Bench {
         /// The scenario to run: instantiate, concurrency, model, tool or throughput.
         scenario: String,
-        /// Also measure with telemetry export on (sets WINK_BENCH_OTEL=1):
-        /// throughput runs each case without and with OTLP trace export to
-        /// an in-process receiver and reports the drop.
+        /// Also measure with telemetry on (sets WINK_BENCH_OTEL=1):
+        /// throughput runs each case with JSON logs alone and with JSON logs
+        /// plus OTLP trace export to an in-process endpoint, and reports what
+        /// each costs.
         #[arg(long)]
         otel: bool,
     },
