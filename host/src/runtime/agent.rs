@@ -98,14 +98,18 @@ pub(super) fn linker(engine: &Engine) -> wasmtime::Result<Linker<SandboxState<Ag
     Ok(linker)
 }
 
+/// The name an agent stored at `path` goes by (policy sections, logs,
+/// metrics): its file stem, `agent` if it has none. A file path or an S3 key.
+pub fn agent_name(path: &Path) -> String {
+    path.file_stem()
+        .map_or_else(|| "agent".to_owned(), |stem| stem.to_string_lossy().into_owned())
+}
+
 impl Runtime {
     /// Load an agent component from a file, compiling it unless cached.
     pub async fn load_agent(&self, path: &Path) -> Result<AgentComponent, LoadError> {
         let bytes = Self::read_component(path).await?;
-        let name = path
-            .file_stem()
-            .map_or_else(|| "agent".to_owned(), |s| s.to_string_lossy().into_owned());
-        self.load_agent_bytes(&name, bytes).await
+        self.load_agent_bytes(&agent_name(path), bytes).await
     }
 
     /// Load an agent component from its bytes.

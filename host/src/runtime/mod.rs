@@ -22,7 +22,7 @@ use crate::telemetry::Metrics;
 use wasmtime::component::Linker;
 use wasmtime::{Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap, UpdateDeadline};
 
-pub use agent::{AgentComponent, JobEnv};
+pub use agent::{AgentComponent, JobEnv, agent_name};
 pub use cache::{ComponentCache, Digest, LoadError};
 pub use limits::{Limit, LimitExceeded, Limits};
 

@@ -14,7 +14,7 @@ use super::s3::{FetchError, S3Agents, S3Settings};
 use crate::mailbox::{AgentRef, Envelope};
 use crate::model::ModelPolicy;
 use crate::policy::{Budget, EffectivePolicy, PolicyNarrowing};
-use crate::runtime::{AgentComponent, JobEnv, Limits, LoadError, Runtime};
+use crate::runtime::{AgentComponent, JobEnv, Limits, LoadError, Runtime, agent_name};
 use crate::tools::ToolSet;
 
 /// Loaded agents, keyed by the envelope's `agent` text.
@@ -205,9 +205,7 @@ impl Agents {
             }
             AgentRef::S3 { bucket, key } => {
                 let object = self.s3.fetch(bucket, key).await?;
-                let name = Path::new(key)
-                    .file_stem()
-                    .map_or_else(|| "agent".to_owned(), |stem| stem.to_string_lossy().into_owned());
+                let name = agent_name(Path::new(key));
                 let component = self.runtime.load_agent_bytes(&name, object.bytes).await?;
                 (component, Version::S3 { etag: object.etag })
             }
