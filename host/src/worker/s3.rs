@@ -86,18 +86,24 @@ impl S3Agents {
             return Err(FetchError::Refused(too_large(bucket, key, length)));
         }
         let etag = output.e_tag().map(str::to_owned);
-        let bytes = output
-            .body
-            .collect()
+        // Read chunk by chunk so that a body longer than its header said is
+        // refused at the limit, not after it was all held in memory.
+        let capacity = length.and_then(|len| usize::try_from(len).ok()).unwrap_or(0);
+        let mut bytes = Vec::with_capacity(capacity);
+        let mut body = output.body;
+        while let Some(chunk) = body
+            .try_next()
             .await
             .map_err(|err| FetchError::Unavailable(format!("agent s3://{bucket}/{key}: reading the object: {err}")))?
-            .into_bytes();
-        let length = bytes.len() as u64;
-        if length > MAX_AGENT_BYTES {
-            return Err(FetchError::Refused(too_large(bucket, key, length)));
+        {
+            let read = (bytes.len() + chunk.len()) as u64;
+            if read > MAX_AGENT_BYTES {
+                return Err(FetchError::Refused(too_large(bucket, key, read)));
+            }
+            bytes.extend_from_slice(&chunk);
         }
         Ok(AgentObject {
-            bytes: Arc::from(&bytes[..]),
+            bytes: Arc::from(bytes),
             etag,
         })
     }
@@ -139,7 +145,7 @@ async fn build_client(settings: &S3Settings) -> Client {
 }
 
 fn too_large(bucket: &str, key: &str, length: u64) -> String {
-    format!("agent s3://{bucket}/{key} is {length} bytes, over the limit of {MAX_AGENT_BYTES}")
+    format!("agent s3://{bucket}/{key} is at least {length} bytes, over the limit of {MAX_AGENT_BYTES}")
 }
 
 /// Sort an S3 error into refused (missing, denied) or worth a retry.
