@@ -703,7 +703,7 @@ fn the_worker_binary_serves_health_and_exits_0_on_sigterm() {
 
 #[test]
 fn bad_worker_options_exit_non_zero_with_a_one_line_reason() {
-    let cases: [(&[&str], &str); 3] = [
+    let cases: [(&[&str], &str); 4] = [
         (
             &["--lease", "1s", "--heartbeat", "1s"],
             "heartbeat 1000ms must be at most half the lease",
@@ -713,6 +713,10 @@ fn bad_worker_options_exit_non_zero_with_a_one_line_reason() {
             "unsupported mailbox URL scheme `nats`",
         ),
         (&["--queue", "no spaces"], "queue name `no spaces`"),
+        (
+            &["--s3-endpoint", "minio:9000"],
+            "worker option s3_endpoint `minio:9000` is not an S3 endpoint URL",
+        ),
     ];
     for (args, expected) in cases {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_wink-host"))
