@@ -191,11 +191,11 @@ impl BedrockProvider {
         context: &CallContext,
     ) -> Result<ConverseResponse, Failure> {
         let metrics = context.metrics.as_deref();
-        breaker.admit(metrics).map_err(Failure::Permanent)?;
+        let admission = breaker.admit(metrics, context.deadline).map_err(Failure::Permanent)?;
         let result = tokio::time::timeout_at(context.deadline.into(), self.attempt(model, request)).await;
         match result {
             Ok(Ok(response)) => {
-                breaker.success(metrics);
+                admission.success();
                 Ok(response)
             }
             // Throttling is the account's quota speaking, not an outage: it is
@@ -204,20 +204,20 @@ impl BedrockProvider {
                 if let Some(metrics) = metrics {
                     metrics.model_throttled(model);
                 }
-                breaker.neutral();
+                admission.neutral();
                 Err(Failure::Transient(err))
             }
             Ok(Err(Failure::Transient(err))) => {
-                breaker.failure(metrics);
+                admission.failure();
                 Err(Failure::Transient(err))
             }
             Ok(Err(Failure::Permanent(err))) => {
-                breaker.neutral();
+                admission.neutral();
                 Err(Failure::Permanent(err))
             }
             // A model that does not answer within the job's deadline counts as failing.
             Err(_elapsed) => {
-                breaker.failure(metrics);
+                admission.failure();
                 Err(Failure::Permanent(ModelError::DeadlineExceeded))
             }
         }

@@ -115,24 +115,33 @@ impl Breaker {
 
     /// Let an attempt through, or fail fast while the circuit is open. After
     /// the cool-down exactly one attempt (the probe) goes through.
-    pub(super) fn admit(&self, metrics: Option<&Metrics>) -> Result<(), ModelError> {
+    ///
+    /// The attempt owes the breaker a verdict: the returned [`Admission`]
+    /// gives one even when the attempt is dropped unfinished.
+    pub(super) fn admit<'b>(
+        &'b self,
+        metrics: Option<&'b Metrics>,
+        deadline: Instant,
+    ) -> Result<Admission<'b>, ModelError> {
         let mut state = self.state();
         let now = Instant::now();
         match *state {
-            State::Closed { .. } => Ok(()),
+            State::Closed { .. } => {}
             State::Open { until } if now >= until => {
                 *state = State::HalfOpen { probing: true };
                 tracing::info!(model = %self.model, "circuit half-open: probing");
                 self.report(metrics, CircuitState::HalfOpen);
-                Ok(())
             }
-            State::HalfOpen { probing: false } => {
-                *state = State::HalfOpen { probing: true };
-                Ok(())
-            }
-            State::Open { until } => Err(self.open_error(until.saturating_duration_since(now))),
-            State::HalfOpen { probing: true } => Err(self.open_error(Duration::ZERO)),
+            State::HalfOpen { probing: false } => *state = State::HalfOpen { probing: true },
+            State::Open { until } => return Err(self.open_error(until.saturating_duration_since(now))),
+            State::HalfOpen { probing: true } => return Err(self.open_error(Duration::ZERO)),
         }
+        Ok(Admission {
+            breaker: self,
+            metrics,
+            deadline,
+            settled: false,
+        })
     }
 
     fn open_error(&self, left: Duration) -> ModelError {
@@ -143,7 +152,7 @@ impl Breaker {
         ))
     }
 
-    pub(super) fn success(&self, metrics: Option<&Metrics>) {
+    fn success(&self, metrics: Option<&Metrics>) {
         let mut state = self.state();
         if !matches!(*state, State::Closed { failures: 0 }) {
             tracing::info!(model = %self.model, "circuit closed");
@@ -153,7 +162,7 @@ impl Breaker {
         self.report(metrics, CircuitState::Closed);
     }
 
-    pub(super) fn failure(&self, metrics: Option<&Metrics>) {
+    fn failure(&self, metrics: Option<&Metrics>) {
         let mut state = self.state();
         let open = State::Open {
             until: Instant::now() + self.config.cool_down,
@@ -173,11 +182,69 @@ impl Breaker {
 
     /// An attempt that says nothing about the model's health (e.g. an
     /// invalid request) ends: release the probe slot without a verdict.
-    pub(super) fn neutral(&self) {
+    fn neutral(&self) {
         let mut state = self.state();
         if let State::HalfOpen { probing: true } = *state {
             *state = State::HalfOpen { probing: false };
         }
+    }
+}
+
+/// An attempt the breaker let through, until its verdict is in.
+///
+/// An attempt can end without one: its job is cancelled (lease lost,
+/// shutdown) or cut at its deadline while the call is in flight. Dropped
+/// unsettled, it counts as a failure when the deadline has passed (the model
+/// did not answer in time) and as neither otherwise, so that a cancelled
+/// probe frees the half-open circuit's probe slot instead of holding it
+/// forever.
+#[must_use = "an admission settles on drop; give the attempt's verdict"]
+pub(super) struct Admission<'b> {
+    breaker: &'b Breaker,
+    metrics: Option<&'b Metrics>,
+    deadline: Instant,
+    settled: bool,
+}
+
+impl Admission<'_> {
+    /// The model answered.
+    pub(super) fn success(mut self) {
+        self.settled = true;
+        self.breaker.success(self.metrics);
+    }
+
+    /// The model failed (5xx, network, no answer before the deadline).
+    pub(super) fn failure(mut self) {
+        self.settled = true;
+        self.breaker.failure(self.metrics);
+    }
+
+    /// The attempt says nothing about the model's health.
+    pub(super) fn neutral(mut self) {
+        self.settled = true;
+        self.breaker.neutral();
+    }
+}
+
+impl Drop for Admission<'_> {
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        if Instant::now() >= self.deadline {
+            self.breaker.failure(self.metrics);
+        } else {
+            self.breaker.neutral();
+        }
+    }
+}
+
+impl std::fmt::Debug for Admission<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admission")
+            .field("model", &self.breaker.model)
+            .field("settled", &self.settled)
+            .finish()
     }
 }
 
@@ -255,18 +322,63 @@ mod tests {
                 .map(str::to_owned)
         };
         let metrics = Some(&recorded);
-        breaker.failure(metrics);
-        assert!(breaker.admit(metrics).is_ok(), "one failure keeps it closed");
-        breaker.failure(metrics);
+        let far = Instant::now() + Duration::from_secs(60);
+        let admit = || breaker.admit(metrics, far);
+        admit().expect("closed").failure();
+        admit().expect("one failure keeps it closed").failure();
         assert_eq!(gauge().as_deref(), Some("2"), "open");
-        let err = breaker.admit(metrics).unwrap_err().to_string();
+        let err = admit().unwrap_err().to_string();
         assert!(err.contains("circuit open for model m"), "{err}");
         std::thread::sleep(Duration::from_millis(40));
-        assert!(breaker.admit(metrics).is_ok(), "the probe goes through");
+        let probe = admit().expect("the probe goes through");
         assert_eq!(gauge().as_deref(), Some("1"), "half-open");
-        assert!(breaker.admit(metrics).is_err(), "only one probe at a time");
-        breaker.success(metrics);
+        assert!(admit().is_err(), "only one probe at a time");
+        probe.success();
         assert_eq!(gauge().as_deref(), Some("0"), "closed");
-        assert!(breaker.admit(None).is_ok() && breaker.admit(None).is_ok());
+        let (first, second) = (admit(), admit());
+        assert!(first.is_ok() && second.is_ok(), "closed: no limit on attempts");
+    }
+
+    /// Opens a breaker with threshold 1 and waits out its cool-down, so the
+    /// next admission is the probe.
+    fn half_open(breakers: &Breakers) -> Arc<Breaker> {
+        let breaker = breakers.get("m");
+        let far = Instant::now() + Duration::from_secs(60);
+        breaker.admit(None, far).expect("closed").failure();
+        std::thread::sleep(Duration::from_millis(15));
+        breaker
+    }
+
+    #[test]
+    fn a_probe_dropped_before_its_deadline_frees_the_probe_slot() {
+        let breakers = Breakers::new(BreakerConfig {
+            failure_threshold: 1,
+            cool_down: Duration::from_millis(10),
+        });
+        let breaker = half_open(&breakers);
+        let far = Instant::now() + Duration::from_secs(60);
+        // A job cancelled mid-probe (lease lost, shutdown) says nothing
+        // about the model: the next attempt may probe.
+        drop(breaker.admit(None, far).expect("the probe"));
+        let next = breaker.admit(None, far).expect("the slot is free again");
+        next.success();
+        assert!(matches!(*breaker.state(), State::Closed { failures: 0 }));
+    }
+
+    #[test]
+    fn an_attempt_dropped_at_its_deadline_counts_as_a_failure() {
+        let breakers = Breakers::new(BreakerConfig {
+            failure_threshold: 1,
+            cool_down: Duration::from_secs(60),
+        });
+        let breaker = breakers.get("m");
+        let deadline = Instant::now() + Duration::from_millis(5);
+        let attempt = breaker.admit(None, deadline).expect("closed");
+        std::thread::sleep(Duration::from_millis(10));
+        drop(attempt);
+        assert!(
+            breaker.admit(None, Instant::now() + Duration::from_secs(60)).is_err(),
+            "a model that did not answer before the deadline opened the circuit"
+        );
     }
 }
