@@ -6,6 +6,13 @@ use clap::Parser;
 use wink_host::cli::{Cli, exit_code};
 use wink_host::telemetry::{self, LogFormat, Redactor};
 
+/// mimalloc instead of glibc's malloc: a worker allocates on one thread and
+/// frees on another all the time (job futures, SDK requests, spans handed to
+/// the export thread), which glibc serves through locked arenas. Measured in
+/// docs/benchmarks.md (2026-12-06, "allocator").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let redactor = match Redactor::from_env() {

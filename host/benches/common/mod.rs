@@ -6,6 +6,10 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// The `wink-host` binary's allocator, so that benchmarks measure what it runs.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A built guest component (`cargo xtask bench` sets `WINK_GUEST_DIR`).
 pub fn guest(name: &str) -> PathBuf {
     let dir = std::env::var_os("WINK_GUEST_DIR")
@@ -67,6 +71,7 @@ pub fn machine() -> serde_json::Value {
     serde_json::json!({
         "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         "os": std::env::consts::OS,
+        "allocator": "mimalloc",
     })
 }
 
