@@ -155,12 +155,14 @@ struct Telemetry {
 impl Telemetry {
     /// No subscriber at all.
     fn bare() -> Self {
-        Self::on(tracing::Dispatch::none())
+        Self::on("bare", tracing::Dispatch::none())
     }
 
-    fn on(dispatch: tracing::Dispatch) -> Self {
+    /// Its threads are named `name` (for profiles).
+    fn on(name: &str, dispatch: tracing::Dispatch) -> Self {
         let thread_dispatch = dispatch.clone();
         let runtime = runtime_builder()
+            .thread_name(name)
             // The guard would reset the thread's default when dropped; these
             // threads live as long as the runtime.
             .on_thread_start(move || std::mem::forget(tracing::dispatcher::set_default(&thread_dispatch)))
@@ -213,8 +215,8 @@ impl Telemetries {
         let (logs, logs_provider) = build(None);
         let (export, export_provider) = build(Some(TraceConfig::new(endpoint, OtlpProtocol::HttpProtobuf)));
         Self {
-            logs: Telemetry::on(logs),
-            export: Telemetry::on(export),
+            logs: Telemetry::on("logs", logs),
+            export: Telemetry::on("export", export),
             providers: [logs_provider, export_provider],
             received,
         }
