@@ -212,3 +212,66 @@ async fn an_unreachable_s3_is_retried_then_dead_lettered_as_unavailable() {
     let summary = running.stop().await;
     assert_eq!((summary.retried, summary.dead_lettered), (1, 1), "{summary:?}");
 }
+
+/// An S3 endpoint that answers every request with `status` and S3's XML
+/// error body carrying `code`, as S3 itself does (HEAD answers carry none).
+async fn s3_answering(status: u16, code: &'static str) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                let body = if request.method() == hyper::Method::HEAD {
+                    String::new()
+                } else {
+                    format!(
+                        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\
+                         <Error><Code>{code}</Code><Message>scripted answer</Message></Error>"
+                    )
+                };
+                async move {
+                    hyper::Response::builder()
+                        .status(status)
+                        .header("content-type", "application/xml")
+                        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+                }
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+            );
+        }
+    });
+    endpoint
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_s3_server_error_is_retried_and_a_rejected_bucket_name_is_not() {
+    let moto = Moto::start().await;
+    let busy = start(&moto, s3_answering(503, "SlowDown").await);
+    job(&busy, "busy", &format!("s3://{BUCKET}/agent.wasm")).await;
+    let dead = dead_letters(busy.mailbox.as_ref(), 1).await;
+    let letter = dead_letter(&dead, "busy");
+    assert_eq!(letter.reason.kind, "component_unavailable", "{letter:?}");
+    assert!(
+        letter.reason.message.contains("SlowDown") && letter.reason.message.contains("(attempt 2 of 2)"),
+        "{}",
+        letter.reason.message
+    );
+    let summary = busy.stop().await;
+    assert_eq!((summary.retried, summary.dead_lettered), (1, 1), "{summary:?}");
+
+    let rejected = start(&moto, s3_answering(400, "InvalidBucketName").await);
+    job(&rejected, "bad-name", &format!("s3://{BUCKET}/agent.wasm")).await;
+    let dead = dead_letters(rejected.mailbox.as_ref(), 1).await;
+    let letter = dead_letter(&dead, "bad-name");
+    assert_eq!(letter.reason.kind, "component_unreadable", "{letter:?}");
+    assert!(
+        letter.reason.message.contains("InvalidBucketName"),
+        "{}",
+        letter.reason.message
+    );
+    assert_eq!(letter.attempts, 1, "refused at once, not retried");
+    let summary = rejected.stop().await;
+    assert_eq!((summary.retried, summary.dead_lettered), (0, 1), "{summary:?}");
+}
