@@ -5,7 +5,7 @@
 //! - `wink`: the same call through the host's model path
 //!   ([`ModelPolicy::converse`] over [`BedrockProvider`]): allowlist, budget
 //!   check and `max-tokens` clamp, WIT-to-SDK request build, breaker,
-//!   deadline, the SDK call, response mapping and usage accounting;
+//!   deadline check, the SDK call, response mapping and usage accounting;
 //! - `wink_provider_only`: [`BedrockProvider::converse`] without the policy.
 //!
 //! What keeps the comparison fair:
@@ -92,7 +92,7 @@ fn main() {
         "model",
         json!({
             "scenario": "model",
-            "what": "one Converse call to the fake Bedrock server on loopback through one SDK client, byte-identical requests, boxed futures, shuffled interleaving: bare aws-sdk call vs the host's model path (policy, budget, request build, breaker, deadline, response mapping, ledger)",
+            "what": "one Converse call to the fake Bedrock server on loopback through one SDK client, byte-identical requests, boxed futures, shuffled interleaving: bare aws-sdk call vs the host's model path (policy, budget, request build, breaker, deadline check, response mapping, ledger)",
             "bare_sdk": bare,
             "bare_sdk_on_stack": on_stack,
             "wink": wink,

@@ -339,20 +339,52 @@ async fn the_circuit_opens_after_consecutive_failures_and_recovers_after_a_probe
 }
 
 #[tokio::test]
-async fn a_slow_model_is_cut_at_the_job_deadline() {
+async fn a_slow_model_is_cut_at_the_job_deadline_and_counts_against_its_circuit() {
     let fake = FakeBedrock::start(FakeReply::text("unused", 1, 1)).await.expect("fake");
     fake.set_default(Step::Slow(
         Duration::from_secs(5),
         Box::new(Step::Reply(FakeReply::text("late", 1, 1))),
     ));
-    let provider = provider(options(&fake));
+    let provider = provider(BedrockOptions {
+        breaker: BreakerConfig {
+            failure_threshold: 1,
+            cool_down: Duration::from_secs(60),
+        },
+        ..options(&fake)
+    });
+    let runtime = runtime();
+    let agent = load(&runtime, "hello").await;
+    let mut env = env_with(provider.clone());
+    env.limits.deadline = Duration::from_millis(300);
     let started = Instant::now();
+    let report = run(&runtime, &agent, r#"{"prompt": "hi"}"#, env).await;
+    assert!(started.elapsed() < Duration::from_secs(2), "cut at the deadline");
+    match &report.outcome {
+        Err(err) => assert_eq!(err.kind(), "limit_exceeded", "{err}"),
+        Ok(output) => panic!("a 5 s model answered a 300 ms job: {output}"),
+    }
+    let scrape = runtime.metrics().encode();
+    let line = format!(r#"wink_model_calls_total{{model="{MODEL}",outcome="deadline_exceeded"}} 1"#);
+    assert!(scrape.contains(&line), "the cut call is counted:\n{scrape}");
+    // The unanswered attempt counted against the model: with a threshold
+    // of one, the circuit is now open and the next call sends nothing.
     let err = provider
-        .converse(&tool_round_trip_request(), &context(Duration::from_millis(300)))
+        .converse(&tool_round_trip_request(), &context(Duration::from_secs(5)))
         .await
-        .expect_err("too slow");
+        .expect_err("circuit open");
+    assert!(err.to_string().contains("circuit open"), "{err}");
+    assert_eq!(fake.request_count(), 1);
+}
+
+#[tokio::test]
+async fn no_attempt_starts_past_the_deadline() {
+    let fake = FakeBedrock::start(FakeReply::text("unused", 1, 1)).await.expect("fake");
+    let err = provider(options(&fake))
+        .converse(&tool_round_trip_request(), &context(Duration::ZERO))
+        .await
+        .expect_err("no time left");
     assert_eq!(err, ModelError::DeadlineExceeded);
-    assert!(started.elapsed() < Duration::from_secs(1));
+    assert_eq!(fake.request_count(), 0);
 }
 
 #[tokio::test]

@@ -51,7 +51,10 @@ pub struct CallContext {
     pub job_id: Arc<str>,
     /// How many model calls the job made before this one.
     pub turn: u32,
-    /// When the job must be finished; providers must not retry past it.
+    /// When the job must be finished. Providers start no attempt and no
+    /// retry past it, but arm no timer for it: the job's own deadline timer
+    /// drops the job, and the call in flight with it, at this instant. A
+    /// caller outside a job bounds the call itself (`tokio::time::timeout_at`).
     pub deadline: Instant,
     /// Where providers record throttles and circuit breaker changes (none: nowhere).
     pub metrics: Option<Arc<Metrics>>,

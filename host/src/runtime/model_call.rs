@@ -19,6 +19,8 @@ const NO_MODEL_LABEL: &str = "_none";
 /// The metric label of models the policy does not know: the name is the
 /// guest's to choose, so it must not mint series.
 const UNKNOWN_MODEL_LABEL: &str = "_other";
+/// The outcome of a call dropped with its job before its deadline.
+const CANCELLED: &str = "cancelled";
 
 /// Serve `request` through `policy` and `provider` in a `chat` span under `parent`,
 /// recording the call's attributes, outcome and cost.
@@ -53,11 +55,22 @@ pub(super) async fn converse(
         error.type = Empty,
     );
     let started = Instant::now();
+    let in_flight = InFlight {
+        policy,
+        provider,
+        model: model.as_deref(),
+        span: &span,
+        metrics,
+        started,
+        deadline: context.deadline,
+        ended: false,
+    };
     let mut account = CallAccount::default();
     let response = policy
         .converse_accounted(provider, request, context, &mut account)
         .instrument(span.clone())
         .await;
+    in_flight.ended();
     if let Some(max_tokens) = account.max_tokens {
         span.record("gen_ai.request.max_tokens", i64::from(max_tokens));
     }
@@ -74,10 +87,10 @@ pub(super) async fn converse(
             (0, 0)
         }
     };
-    let label = match account.model.as_deref() {
-        None => NO_MODEL_LABEL,
-        Some(model) if response.is_ok() || policy.knows_model(model, provider) => model,
-        Some(_) => UNKNOWN_MODEL_LABEL,
+    // An answer proves the model exists, so its name is a fair label.
+    let label = match (&response, account.model.as_deref()) {
+        (Ok(_), Some(model)) => model,
+        (_, model) => unanswered_label(policy, provider, model),
     };
     metrics.model_call_finished(&ModelCallRecord {
         model: label,
@@ -88,6 +101,63 @@ pub(super) async fn converse(
         micro_usd: account.micro_usd,
     });
     response
+}
+
+/// The metric label of `model` for a call that got no answer: only names
+/// the policy knows become series.
+fn unanswered_label<'m>(policy: &ModelPolicy, provider: &dyn ModelProvider, model: Option<&'m str>) -> &'m str {
+    match model {
+        None => NO_MODEL_LABEL,
+        Some(model) if policy.knows_model(model, provider) => model,
+        Some(_) => UNKNOWN_MODEL_LABEL,
+    }
+}
+
+/// A model call until it ends. Its job can drop it first: the job's
+/// deadline timer cuts it (providers arm no timer of their own), or the job
+/// is cancelled (lease lost, shutdown). Dropped unended, it records the call
+/// as `deadline_exceeded` or `cancelled`, so that the call keeps its metric
+/// and its span an error status.
+struct InFlight<'a> {
+    policy: &'a ModelPolicy,
+    provider: &'a dyn ModelProvider,
+    model: Option<&'a str>,
+    span: &'a tracing::Span,
+    metrics: &'a Metrics,
+    started: Instant,
+    deadline: Instant,
+    ended: bool,
+}
+
+impl InFlight<'_> {
+    /// The call returned: its own outcome gets recorded.
+    fn ended(mut self) {
+        self.ended = true;
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if self.ended {
+            return;
+        }
+        let outcome = if Instant::now() >= self.deadline {
+            ModelError::DeadlineExceeded.kind()
+        } else {
+            CANCELLED
+        };
+        self.span.record("otel.status_code", "error");
+        self.span.record("error.type", outcome);
+        tracing::warn!(parent: self.span, outcome, "model call ended with its job");
+        self.metrics.model_call_finished(&ModelCallRecord {
+            model: unanswered_label(self.policy, self.provider, self.model),
+            outcome,
+            elapsed: self.started.elapsed(),
+            input_tokens: 0,
+            output_tokens: 0,
+            micro_usd: 0,
+        });
+    }
 }
 
 fn record_response(span: &tracing::Span, response: &ConverseResponse) {
