@@ -14,8 +14,8 @@ use common::moto::Moto;
 use common::worker_jobs::*;
 use common::*;
 use serde_json::json;
-use wink_host::mailbox::{Envelope, Mailbox, MemoryMailbox};
-use wink_host::worker::{JobResources, ReplyRoutes, ReplyStatus, WorkerConfig};
+use wink_host::mailbox::{DeadLetter, Envelope, Mailbox, MemoryMailbox};
+use wink_host::worker::{JobResources, ReplyRoutes, ReplyStatus, WorkerConfig, WorkerSummary};
 
 const BUCKET: &str = "agents";
 
@@ -193,24 +193,35 @@ async fn s3_agents_that_cannot_be_fetched_or_run_are_dead_lettered_at_once() {
     assert_eq!((summary.dead_lettered, summary.retried), (4, 0), "{summary:?}");
 }
 
+/// One job for the `s3://` agent on a worker whose S3 is `s3_endpoint`, run
+/// until it is dead-lettered: its dead letter, and the worker's summary.
+async fn dead_lettered(moto: &Moto, s3_endpoint: String, request_id: &str) -> (DeadLetter, WorkerSummary) {
+    let running = start(moto, s3_endpoint);
+    job(&running, request_id, &format!("s3://{BUCKET}/agent.wasm")).await;
+    let dead = dead_letters(running.mailbox.as_ref(), 1).await;
+    let letter = dead_letter(&dead, request_id).clone();
+    assert_eq!(running.mailbox.reply(request_id).await.expect("reply"), None);
+    (letter, running.stop().await)
+}
+
+/// `letter` is a fetch retried once, then given up as unavailable.
+fn assert_unavailable_after_retry(letter: &DeadLetter, summary: &WorkerSummary, detail: &str) {
+    assert_eq!(letter.reason.kind, "component_unavailable", "{letter:?}");
+    let message = &letter.reason.message;
+    assert!(
+        message.contains(detail) && message.contains("(attempt 2 of 2)"),
+        "{message}"
+    );
+    assert_eq!(letter.attempts, 2);
+    assert_eq!((summary.retried, summary.dead_lettered), (1, 1), "{summary:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_s3_is_retried_then_dead_lettered_as_unavailable() {
     let moto = Moto::start().await;
     let unreachable = format!("http://127.0.0.1:{}", closed_port());
-    let running = start(&moto, unreachable);
-    job(&running, "offline", &format!("s3://{BUCKET}/agent.wasm")).await;
-    let dead = dead_letters(running.mailbox.as_ref(), 1).await;
-    let letter = dead_letter(&dead, "offline");
-    assert_eq!(letter.reason.kind, "component_unavailable", "{letter:?}");
-    assert!(
-        letter.reason.message.contains("unreachable") && letter.reason.message.contains("(attempt 2 of 2)"),
-        "{}",
-        letter.reason.message
-    );
-    assert_eq!(letter.attempts, 2);
-    assert_eq!(running.mailbox.reply("offline").await.expect("reply"), None);
-    let summary = running.stop().await;
-    assert_eq!((summary.retried, summary.dead_lettered), (1, 1), "{summary:?}");
+    let (letter, summary) = dead_lettered(&moto, unreachable, "offline").await;
+    assert_unavailable_after_retry(&letter, &summary, "unreachable");
 }
 
 /// An S3 endpoint that answers every request with `status` and S3's XML
@@ -248,23 +259,10 @@ async fn s3_answering(status: u16, code: &'static str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_s3_server_error_is_retried_and_a_rejected_bucket_name_is_not() {
     let moto = Moto::start().await;
-    let busy = start(&moto, s3_answering(503, "SlowDown").await);
-    job(&busy, "busy", &format!("s3://{BUCKET}/agent.wasm")).await;
-    let dead = dead_letters(busy.mailbox.as_ref(), 1).await;
-    let letter = dead_letter(&dead, "busy");
-    assert_eq!(letter.reason.kind, "component_unavailable", "{letter:?}");
-    assert!(
-        letter.reason.message.contains("SlowDown") && letter.reason.message.contains("(attempt 2 of 2)"),
-        "{}",
-        letter.reason.message
-    );
-    let summary = busy.stop().await;
-    assert_eq!((summary.retried, summary.dead_lettered), (1, 1), "{summary:?}");
+    let (letter, summary) = dead_lettered(&moto, s3_answering(503, "SlowDown").await, "busy").await;
+    assert_unavailable_after_retry(&letter, &summary, "SlowDown");
 
-    let rejected = start(&moto, s3_answering(400, "InvalidBucketName").await);
-    job(&rejected, "bad-name", &format!("s3://{BUCKET}/agent.wasm")).await;
-    let dead = dead_letters(rejected.mailbox.as_ref(), 1).await;
-    let letter = dead_letter(&dead, "bad-name");
+    let (letter, summary) = dead_lettered(&moto, s3_answering(400, "InvalidBucketName").await, "bad-name").await;
     assert_eq!(letter.reason.kind, "component_unreadable", "{letter:?}");
     assert!(
         letter.reason.message.contains("InvalidBucketName"),
@@ -272,6 +270,5 @@ async fn an_s3_server_error_is_retried_and_a_rejected_bucket_name_is_not() {
         letter.reason.message
     );
     assert_eq!(letter.attempts, 1, "refused at once, not retried");
-    let summary = rejected.stop().await;
     assert_eq!((summary.retried, summary.dead_lettered), (0, 1), "{summary:?}");
 }

@@ -308,10 +308,7 @@ mod tests {
 
     #[test]
     fn breaker_opens_fails_fast_then_probes_once_and_closes() {
-        let breakers = Breakers::new(BreakerConfig {
-            failure_threshold: 2,
-            cool_down: Duration::from_millis(30),
-        });
+        let breakers = breakers(2, Duration::from_millis(30));
         let breaker = breakers.get("m");
         let recorded = Metrics::new();
         let gauge = || {
@@ -339,6 +336,13 @@ mod tests {
         assert!(first.is_ok() && second.is_ok(), "closed: no limit on attempts");
     }
 
+    fn breakers(failure_threshold: u32, cool_down: Duration) -> Breakers {
+        Breakers::new(BreakerConfig {
+            failure_threshold,
+            cool_down,
+        })
+    }
+
     /// Opens a breaker with threshold 1 and waits out its cool-down, so the
     /// next admission is the probe.
     fn half_open(breakers: &Breakers) -> Arc<Breaker> {
@@ -351,10 +355,7 @@ mod tests {
 
     #[test]
     fn a_probe_dropped_before_its_deadline_frees_the_probe_slot() {
-        let breakers = Breakers::new(BreakerConfig {
-            failure_threshold: 1,
-            cool_down: Duration::from_millis(10),
-        });
+        let breakers = breakers(1, Duration::from_millis(10));
         let breaker = half_open(&breakers);
         let far = Instant::now() + Duration::from_secs(60);
         // A job cancelled mid-probe (lease lost, shutdown) says nothing
@@ -367,10 +368,7 @@ mod tests {
 
     #[test]
     fn an_attempt_dropped_at_its_deadline_counts_as_a_failure() {
-        let breakers = Breakers::new(BreakerConfig {
-            failure_threshold: 1,
-            cool_down: Duration::from_secs(60),
-        });
+        let breakers = breakers(1, Duration::from_secs(60));
         let breaker = breakers.get("m");
         let deadline = Instant::now() + Duration::from_millis(5);
         let attempt = breaker.admit(None, deadline).expect("closed");
