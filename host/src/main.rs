@@ -9,7 +9,7 @@ use wink_host::telemetry::{self, LogFormat, Redactor};
 /// mimalloc instead of glibc's malloc: a worker allocates on one thread and
 /// frees on another all the time (job futures, SDK requests, spans handed to
 /// the export thread), which glibc serves through locked arenas. Measured in
-/// docs/benchmarks.md (2026-12-06, "allocator").
+/// docs/benchmarks.md ("Allocator", 2026-12-06).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
