@@ -376,6 +376,47 @@ async fn a_slow_model_is_cut_at_the_job_deadline_and_counts_against_its_circuit(
     assert_eq!(fake.request_count(), 1);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_cancelled_with_its_job_is_counted_and_does_not_trip_its_circuit() {
+    let fake = FakeBedrock::start(FakeReply::text("unused", 1, 1)).await.expect("fake");
+    fake.set_default(Step::Slow(
+        Duration::from_secs(30),
+        Box::new(Step::Reply(FakeReply::text("late", 1, 1))),
+    ));
+    let provider = provider(BedrockOptions {
+        breaker: BreakerConfig {
+            failure_threshold: 1,
+            cool_down: Duration::from_secs(60),
+        },
+        ..options(&fake)
+    });
+    let runtime = Arc::new(runtime());
+    let agent = load(&runtime, "hello").await;
+    // A job cancelled mid-call (its lease lost, or shutdown), long before its deadline.
+    let job = tokio::spawn({
+        let (runtime, env) = (runtime.clone(), env_with(provider.clone()));
+        async move { run(&runtime, &agent, r#"{"prompt": "hi"}"#, env).await }
+    });
+    common::worker_jobs::eventually("the model call is in flight", Duration::from_secs(10), || async {
+        (fake.request_count() == 1).then_some(())
+    })
+    .await;
+    job.abort();
+    assert!(job.await.expect_err("aborted").is_cancelled());
+    let scrape = runtime.metrics().encode();
+    let line = format!(r#"wink_model_calls_total{{model="{MODEL}",outcome="cancelled"}} 1"#);
+    assert!(scrape.contains(&line), "the cancelled call is counted:\n{scrape}");
+    // Being cancelled says nothing about the model: the circuit (threshold
+    // one) stays closed and the next call is sent.
+    fake.set_default(Step::Reply(FakeReply::text("back", 1, 1)));
+    let response = provider
+        .converse(&tool_round_trip_request(), &context(Duration::from_secs(5)))
+        .await
+        .expect("the circuit is closed");
+    assert_eq!(message_text(&response.message), "back");
+    assert_eq!(fake.request_count(), 2);
+}
+
 #[tokio::test]
 async fn no_attempt_starts_past_the_deadline() {
     let fake = FakeBedrock::start(FakeReply::text("unused", 1, 1)).await.expect("fake");
