@@ -338,13 +338,11 @@ async fn the_circuit_opens_after_consecutive_failures_and_recovers_after_a_probe
     assert_eq!(fake.request_count(), 5);
 }
 
-#[tokio::test]
-async fn a_slow_model_is_cut_at_the_job_deadline_and_counts_against_its_circuit() {
+/// A fake Bedrock that takes `delay` to answer every call, and a provider
+/// on it whose circuit opens on a single failed attempt.
+async fn slow_model_with_a_hair_trigger_circuit(delay: Duration) -> (FakeBedrock, Arc<BedrockProvider>) {
     let fake = FakeBedrock::start(FakeReply::text("unused", 1, 1)).await.expect("fake");
-    fake.set_default(Step::Slow(
-        Duration::from_secs(5),
-        Box::new(Step::Reply(FakeReply::text("late", 1, 1))),
-    ));
+    fake.set_default(Step::Slow(delay, Box::new(Step::Reply(FakeReply::text("late", 1, 1)))));
     let provider = provider(BedrockOptions {
         breaker: BreakerConfig {
             failure_threshold: 1,
@@ -352,6 +350,19 @@ async fn a_slow_model_is_cut_at_the_job_deadline_and_counts_against_its_circuit(
         },
         ..options(&fake)
     });
+    (fake, provider)
+}
+
+/// The runtime's metrics count exactly one call to [`MODEL`] that ended as `outcome`.
+fn assert_one_model_call(runtime: &wink_host::runtime::Runtime, outcome: &str) {
+    let scrape = runtime.metrics().encode();
+    let line = format!(r#"wink_model_calls_total{{model="{MODEL}",outcome="{outcome}"}} 1"#);
+    assert!(scrape.contains(&line), "no {line:?} in:\n{scrape}");
+}
+
+#[tokio::test]
+async fn a_slow_model_is_cut_at_the_job_deadline_and_counts_against_its_circuit() {
+    let (fake, provider) = slow_model_with_a_hair_trigger_circuit(Duration::from_secs(5)).await;
     let runtime = runtime();
     let agent = load(&runtime, "hello").await;
     let mut env = env_with(provider.clone());
@@ -363,9 +374,7 @@ async fn a_slow_model_is_cut_at_the_job_deadline_and_counts_against_its_circuit(
         Err(err) => assert_eq!(err.kind(), "limit_exceeded", "{err}"),
         Ok(output) => panic!("a 5 s model answered a 300 ms job: {output}"),
     }
-    let scrape = runtime.metrics().encode();
-    let line = format!(r#"wink_model_calls_total{{model="{MODEL}",outcome="deadline_exceeded"}} 1"#);
-    assert!(scrape.contains(&line), "the cut call is counted:\n{scrape}");
+    assert_one_model_call(&runtime, "deadline_exceeded");
     // The unanswered attempt counted against the model: with a threshold
     // of one, the circuit is now open and the next call sends nothing.
     let err = provider
@@ -378,18 +387,7 @@ async fn a_slow_model_is_cut_at_the_job_deadline_and_counts_against_its_circuit(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_cancelled_with_its_job_is_counted_and_does_not_trip_its_circuit() {
-    let fake = FakeBedrock::start(FakeReply::text("unused", 1, 1)).await.expect("fake");
-    fake.set_default(Step::Slow(
-        Duration::from_secs(30),
-        Box::new(Step::Reply(FakeReply::text("late", 1, 1))),
-    ));
-    let provider = provider(BedrockOptions {
-        breaker: BreakerConfig {
-            failure_threshold: 1,
-            cool_down: Duration::from_secs(60),
-        },
-        ..options(&fake)
-    });
+    let (fake, provider) = slow_model_with_a_hair_trigger_circuit(Duration::from_secs(30)).await;
     let runtime = Arc::new(runtime());
     let agent = load(&runtime, "hello").await;
     // A job cancelled mid-call (its lease lost, or shutdown), long before its deadline.
@@ -403,9 +401,7 @@ async fn a_call_cancelled_with_its_job_is_counted_and_does_not_trip_its_circuit(
     .await;
     job.abort();
     assert!(job.await.expect_err("aborted").is_cancelled());
-    let scrape = runtime.metrics().encode();
-    let line = format!(r#"wink_model_calls_total{{model="{MODEL}",outcome="cancelled"}} 1"#);
-    assert!(scrape.contains(&line), "the cancelled call is counted:\n{scrape}");
+    assert_one_model_call(&runtime, "cancelled");
     // Being cancelled says nothing about the model: the circuit (threshold
     // one) stays closed and the next call is sent.
     fake.set_default(Step::Reply(FakeReply::text("back", 1, 1)));
