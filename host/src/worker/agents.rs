@@ -147,12 +147,13 @@ impl Agents {
         }
         match self.current_version(source).await {
             Ok(version) if version == agent.version => Ok(agent),
-            Ok(_) => self.load(reference, source, Some(&agent)).await,
             Err(FetchError::Unavailable(message)) => {
                 tracing::warn!(agent = agent.component.name(), reason = %message, "cannot check the agent for changes; the cached one goes on serving");
                 Ok(agent)
             }
-            Err(FetchError::Refused(_)) => self.load(reference, source, Some(&agent)).await,
+            // Changed, or gone: loading it again gives the new agent or the
+            // reason it can no longer run.
+            Ok(_) | Err(FetchError::Refused(_)) => self.load(reference, source, Some(&agent)).await,
         }
     }
 
