@@ -10,6 +10,7 @@
 //! is set (see [`TraceConfig`] and docs/observability.md).
 
 mod metrics;
+mod otlp_http;
 mod redact;
 mod traces;
 

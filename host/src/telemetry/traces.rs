@@ -7,7 +7,6 @@
 //! unreachable collector costs jobs nothing: it only loses spans.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -15,7 +14,7 @@ use opentelemetry::trace::{
     SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState, TracerProvider as _,
 };
 use opentelemetry::{Array, KeyValue, StringValue, Value};
-use opentelemetry_otlp::{WithExportConfig as _, WithHttpConfig as _, WithTonicConfig as _};
+use opentelemetry_otlp::{WithExportConfig as _, WithTonicConfig as _};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, SpanData, SpanExporter};
@@ -27,6 +26,7 @@ use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 
 use super::Redactor;
+use super::otlp_http::OtlpHttpExporter;
 
 /// Service name when neither `OTEL_SERVICE_NAME` nor `service.name` in
 /// `OTEL_RESOURCE_ATTRIBUTES` names one.
@@ -252,10 +252,11 @@ pub(super) fn tracer_provider(
     let Some(config) = config else {
         return Ok(SdkTracerProvider::builder().with_sampler(Sampler::AlwaysOff).build());
     };
-    let exporter = RedactingExporter {
-        inner: otlp_exporter(config)?,
-        redactor: redactor.clone(),
+    let exporter_error = |reason: String| TraceConfigError::Exporter {
+        endpoint: config.endpoint.clone(),
+        reason,
     };
+    let headers = header_map(&config.headers).map_err(exporter_error)?;
     let resource = Resource::builder_empty()
         .with_service_name(config.service_name.clone())
         .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
@@ -267,44 +268,31 @@ pub(super) fn tracer_provider(
         )
         .build();
     // The sampler stays the SDK's (parent-based always-on, or OTEL_TRACES_SAMPLER).
-    Ok(SdkTracerProvider::builder()
-        .with_resource(resource)
-        .with_batch_exporter(exporter)
-        .build())
+    let builder = SdkTracerProvider::builder().with_resource(resource);
+    let builder = match config.protocol {
+        OtlpProtocol::HttpProtobuf => builder
+            .with_batch_exporter(OtlpHttpExporter::new(config, headers, redactor.clone()).map_err(exporter_error)?),
+        OtlpProtocol::Grpc => builder.with_batch_exporter(RedactingExporter {
+            inner: grpc_exporter(config, headers).map_err(exporter_error)?,
+            redactor: redactor.clone(),
+        }),
+    };
+    Ok(builder.build())
 }
 
-fn otlp_exporter(config: &TraceConfig) -> Result<opentelemetry_otlp::SpanExporter, TraceConfigError> {
-    let exporter_error = |reason: String| TraceConfigError::Exporter {
-        endpoint: config.endpoint.clone(),
-        reason,
-    };
-    let headers = header_map(&config.headers).map_err(exporter_error)?;
-    let builder = opentelemetry_otlp::SpanExporter::builder();
-    let built = match config.protocol {
-        OtlpProtocol::Grpc => {
-            let mut grpc = builder
-                .with_tonic()
-                .with_endpoint(config.endpoint.clone())
-                .with_timeout(config.timeout)
-                .with_metadata(opentelemetry_otlp::tonic_types::metadata::MetadataMap::from_headers(
-                    headers,
-                ));
-            if config.endpoint.starts_with("https:") {
-                grpc = grpc.with_tls_config(
-                    opentelemetry_otlp::tonic_types::transport::ClientTlsConfig::new().with_native_roots(),
-                );
-            }
-            grpc.build()
-        }
-        OtlpProtocol::HttpProtobuf => builder
-            .with_http()
-            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-            .with_endpoint(config.endpoint.clone())
-            .with_timeout(config.timeout)
-            .with_headers(config.headers.iter().cloned().collect::<HashMap<_, _>>())
-            .build(),
-    };
-    built.map_err(|err| exporter_error(err.to_string()))
+fn grpc_exporter(config: &TraceConfig, headers: http::HeaderMap) -> Result<opentelemetry_otlp::SpanExporter, String> {
+    let mut grpc = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .with_endpoint(config.endpoint.clone())
+        .with_timeout(config.timeout)
+        .with_metadata(opentelemetry_otlp::tonic_types::metadata::MetadataMap::from_headers(
+            headers,
+        ));
+    if config.endpoint.starts_with("https:") {
+        grpc = grpc
+            .with_tls_config(opentelemetry_otlp::tonic_types::transport::ClientTlsConfig::new().with_native_roots());
+    }
+    grpc.build().map_err(|err| err.to_string())
 }
 
 /// Validate headers as HTTP headers (gRPC metadata is the same).
@@ -322,7 +310,8 @@ fn header_map(headers: &[(String, String)]) -> Result<http::HeaderMap, String> {
 }
 
 /// Scrubs secrets from span attributes and events before they leave the
-/// process, as the log writer does for log lines.
+/// process, as the log writer does for log lines. Used for gRPC export; the
+/// HTTP encoder redacts as it writes.
 #[derive(Debug)]
 struct RedactingExporter<E> {
     inner: E,
@@ -350,7 +339,7 @@ impl<E: SpanExporter> SpanExporter for RedactingExporter<E> {
     }
 }
 
-fn redact_span(redactor: &Redactor, span: &mut SpanData) {
+pub(super) fn redact_span(redactor: &Redactor, span: &mut SpanData) {
     redact_attributes(redactor, &mut span.attributes);
     for event in &mut span.events.events {
         if let Cow::Owned(name) = redactor.redact(&event.name) {
