@@ -12,7 +12,7 @@ use std::io::{self, Write};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::otlp::{Received, grpc_receiver, http_receiver};
+use common::otlp::{Received, grpc_receiver, http_receiver, http_receiver_answering_first};
 use common::*;
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
@@ -475,6 +475,24 @@ async fn a_collector_that_is_down_or_silent_costs_jobs_nothing() {
         // The export did fail (refused) or hang (the flush gives up after 5 s).
         let flushed = tokio::task::block_in_place(|| flush.join()).expect("flush thread");
         assert!(flushed.is_err(), "{endpoint} over {protocol:?}: the export succeeded?");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_export_retries_a_throttled_batch_and_gives_up_on_a_rejected_one() {
+    for (statuses, requests, delivered) in [(vec![503, 429], 3, true), (vec![400], 1, false)] {
+        let (endpoint, received) = http_receiver_answering_first(statuses.clone()).await;
+        let (dispatch, telemetry) =
+            telemetry::build(options(&endpoint, OtlpProtocol::HttpProtobuf), std::io::sink).expect("build");
+        tracing::dispatcher::with_default(&dispatch, || {
+            tracing::info_span!(target: "wink_host", "retried export").in_scope(|| {});
+        });
+        let flushed = flush(&telemetry);
+        assert_eq!(flushed.is_ok(), delivered, "{statuses:?}: {flushed:?}");
+        assert_eq!(received.exports(), requests, "{statuses:?}");
+        let names: Vec<String> = received.spans().into_iter().map(|span| span.name).collect();
+        let expected: &[&str] = if delivered { &["retried export"] } else { &[] };
+        assert_eq!(names, expected, "{statuses:?}");
     }
 }
 

@@ -31,6 +31,10 @@ const FIXED32: u8 = 5;
 /// First wait between attempts of one export; it doubles per attempt.
 const FIRST_RETRY_DELAY: Duration = Duration::from_millis(100);
 
+/// Attempts per batch, as opentelemetry-otlp makes: a batch the collector
+/// cannot take within them is dropped, so that the next one is not held up.
+const MAX_ATTEMPTS: u32 = 4;
+
 /// Exports batches of spans to an OTLP/HTTP endpoint as protobuf, retrying
 /// throttling and transient failures within the export timeout.
 #[derive(Debug)]
@@ -109,14 +113,21 @@ impl SpanExporter for OtlpHttpExporter {
         drop(batch);
         let deadline = Instant::now() + self.timeout;
         let mut delay = FIRST_RETRY_DELAY;
+        let mut attempt = 1;
         loop {
             match self.post(&body) {
                 Ok(()) => return Ok(()),
-                Err(failure) if failure.retry && Instant::now() + delay < deadline => {
+                Err(failure) if failure.retry && attempt < MAX_ATTEMPTS && Instant::now() + delay < deadline => {
                     std::thread::sleep(delay);
                     delay *= 2;
+                    attempt += 1;
                 }
-                Err(failure) => return Err(OTelSdkError::InternalFailure(failure.message)),
+                Err(failure) => {
+                    return Err(OTelSdkError::InternalFailure(format!(
+                        "{} (attempt {attempt} of {MAX_ATTEMPTS})",
+                        failure.message
+                    )));
+                }
             }
         }
     }

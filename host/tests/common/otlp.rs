@@ -92,14 +92,20 @@ impl Received {
 
 /// An OTLP/HTTP receiver on hyper: `POST` protobuf `ExportTraceServiceRequest`s.
 pub async fn http_receiver() -> (String, Received) {
-    serve_http(Keep::Spans).await
+    serve_http(Keep::Spans, Vec::new()).await
+}
+
+/// As [`http_receiver`], answering its first requests with `statuses`, in
+/// order, and keeping none of their spans (each still counts as an export).
+pub async fn http_receiver_answering_first(statuses: Vec<u16>) -> (String, Received) {
+    serve_http(Keep::Spans, statuses).await
 }
 
 /// An OTLP/HTTP endpoint that only counts export requests, as cheaply as it
 /// can: it stands for a collector elsewhere, so the benchmark charges the
 /// host only for producing and sending its spans.
 pub async fn http_counter() -> (String, Received) {
-    serve_http(Keep::Count).await
+    serve_http(Keep::Count, Vec::new()).await
 }
 
 #[derive(Clone, Copy)]
@@ -108,20 +114,30 @@ enum Keep {
     Count,
 }
 
-async fn serve_http(keep: Keep) -> (String, Received) {
+async fn serve_http(keep: Keep, statuses: Vec<u16>) -> (String, Received) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let endpoint = format!("http://{}/v1/traces", listener.local_addr().expect("addr"));
     let received = Received::default();
     let sink = received.clone();
+    let statuses = Arc::new(Mutex::new(std::collections::VecDeque::from(statuses)));
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             let sink = sink.clone();
+            let statuses = statuses.clone();
             let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
                 let sink = sink.clone();
+                let status = statuses.lock().expect("statuses").pop_front();
                 async move {
                     let api_key = header(request.headers(), "x-api-key");
                     let path = request.uri().path().to_owned();
                     let body = request.into_body().collect().await?.to_bytes();
+                    if let Some(status) = status {
+                        sink.0.lock().expect("received").exports += 1;
+                        return Ok(hyper::Response::builder()
+                            .status(status)
+                            .body(Full::new(Bytes::new()))
+                            .expect("response"));
+                    }
                     match keep {
                         Keep::Spans => {
                             let export = ExportTraceServiceRequest::decode(body).expect("OTLP protobuf");
