@@ -9,13 +9,13 @@
 //! overhead per job is the difference.
 //!
 //! With `WINK_BENCH_OTEL=1` (`cargo xtask bench throughput --otel`) each case
-//! also runs three times alternately with JSON logging alone (`wink-host`
-//! without OTLP) and with JSON logging plus OTLP/HTTP trace export (to an
-//! in-process endpoint on loopback that counts requests), and the report
-//! gives the best of each, the drop logging costs and the drop export costs.
-//! Since throughput on a shared 2-core machine swings by more than the
-//! export costs, each round also records the process's CPU time per job
-//! (getrusage), and the report gives the export's cost in CPU as well.
+//! also runs five rounds of JSON logging alone (`wink-host` without OTLP)
+//! then JSON logging plus OTLP/HTTP trace export (to an in-process endpoint
+//! on loopback that counts requests). The report gives the median round's
+//! throughput drop from the export, and the drop logging costs. Since
+//! throughput on a shared 2-core machine swings by more than the export
+//! costs, each run also records the process's CPU time per job
+//! (getrusage), and the report gives the median round's CPU cost too.
 //!
 //! Each case runs on the in-memory mailbox and on a `redis-server` (on
 //! PATH) started on loopback for the run.
@@ -179,10 +179,12 @@ impl Telemetry {
     }
 }
 
-/// Rounds of (logs only, logs and export) per case under `--otel`: the
-/// best of each is compared, so a round slowed by something else on the
-/// machine does not count as the exporter's cost.
-const OTEL_ROUNDS: usize = 3;
+/// Rounds of (logs only, logs and export) per case under `--otel`. Each
+/// round's two runs are compared with each other, since runs close in time
+/// share the machine's mood, and the median round is reported, so that a
+/// round slowed by something else on the machine does not count as the
+/// exporter's cost.
+const OTEL_ROUNDS: usize = 5;
 
 /// `WINK_BENCH_OTEL=1`: `wink-host`'s telemetry as it runs in production
 /// (JSON log lines at `WINK_LOG`'s level, to a sink here), without and with
@@ -229,20 +231,28 @@ impl Telemetries {
     /// with logs and export; the best round of each, and the drops.
     fn compare(&self, bare: &Telemetry, case: &Case) -> serde_json::Value {
         let mut result = bare.block_on(case.measure(0));
-        let (mut logs, mut export) = (Best::default(), Best::default());
-        for round in 1..=OTEL_ROUNDS {
-            logs.add(&self.logs.block_on(case.measure(2 * round - 1)));
-            export.add(&self.export.block_on(case.measure(2 * round)));
-        }
-        let drop = |from: f64, to: f64| common::round(100.0 * (1.0 - to / from));
+        let rounds: Vec<(f64, f64, f64, f64)> = (1..=OTEL_ROUNDS)
+            .map(|round| {
+                let logs = self.logs.block_on(case.measure(2 * round - 1));
+                let export = self.export.block_on(case.measure(2 * round));
+                let cpu = |result: &serde_json::Value| result["cpu_us_per_job"].as_f64().unwrap_or(f64::NAN);
+                (jobs_per_s(&logs), jobs_per_s(&export), cpu(&logs), cpu(&export))
+            })
+            .collect();
+        let drop = |from: f64, to: f64| 100.0 * (1.0 - to / from);
+        let median_of = |value: &dyn Fn(&(f64, f64, f64, f64)) -> f64| {
+            let mut values: Vec<f64> = rounds.iter().map(value).collect();
+            values.sort_by(f64::total_cmp);
+            common::round(values[values.len() / 2])
+        };
         result["rounds"] = json!(OTEL_ROUNDS);
-        result["logs_jobs_per_s"] = json!(logs.jobs_per_s);
-        result["otel_jobs_per_s"] = json!(export.jobs_per_s);
-        result["logs_drop_percent"] = json!(drop(jobs_per_s(&result), logs.jobs_per_s));
-        result["otel_drop_percent"] = json!(drop(logs.jobs_per_s, export.jobs_per_s));
-        result["logs_cpu_us_per_job"] = json!(logs.cpu_us_per_job);
-        result["otel_cpu_us_per_job"] = json!(export.cpu_us_per_job);
-        result["otel_cpu_percent"] = json!(-drop(logs.cpu_us_per_job, export.cpu_us_per_job));
+        result["logs_jobs_per_s"] = json!(median_of(&|r| r.0));
+        result["otel_jobs_per_s"] = json!(median_of(&|r| r.1));
+        result["logs_drop_percent"] = json!(common::round(drop(jobs_per_s(&result), median_of(&|r| r.0))));
+        result["otel_drop_percent"] = json!(median_of(&|r| drop(r.0, r.1)));
+        result["logs_cpu_us_per_job"] = json!(median_of(&|r| r.2));
+        result["otel_cpu_us_per_job"] = json!(median_of(&|r| r.3));
+        result["otel_cpu_percent"] = json!(median_of(&|r| -drop(r.2, r.3)));
         result
     }
 
@@ -254,31 +264,6 @@ impl Telemetries {
             "export_requests": self.received.exports(),
             "flushed": flushed,
         })
-    }
-}
-
-/// The best of a variant's rounds: the highest throughput and, separately,
-/// the least CPU time per job.
-struct Best {
-    jobs_per_s: f64,
-    cpu_us_per_job: f64,
-}
-
-impl Default for Best {
-    fn default() -> Self {
-        Self {
-            jobs_per_s: 0.0,
-            cpu_us_per_job: f64::INFINITY,
-        }
-    }
-}
-
-impl Best {
-    fn add(&mut self, result: &serde_json::Value) {
-        self.jobs_per_s = self.jobs_per_s.max(jobs_per_s(result));
-        self.cpu_us_per_job = self
-            .cpu_us_per_job
-            .min(result["cpu_us_per_job"].as_f64().unwrap_or(f64::INFINITY));
     }
 }
 
