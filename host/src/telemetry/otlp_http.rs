@@ -10,6 +10,7 @@
 //! own conversion.
 
 use std::borrow::Cow;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -46,6 +47,10 @@ pub(super) struct OtlpHttpExporter {
     redactor: Redactor,
     /// The `resource` and `schema_url` fields of every `ResourceSpans`.
     resource: Vec<u8>,
+    /// The last request body's buffer, back from the HTTP client: a batch
+    /// is hundreds of kilobytes, and fresh pages for each cost more than
+    /// encoding it.
+    spare: Arc<Mutex<Vec<u8>>>,
 }
 
 impl OtlpHttpExporter {
@@ -60,6 +65,7 @@ impl OtlpHttpExporter {
             timeout: config.timeout,
             resource: encode_resource(&Resource::builder_empty().build(), &redactor),
             redactor,
+            spare: Arc::default(),
         })
     }
 
@@ -86,6 +92,25 @@ impl OtlpHttpExporter {
     }
 }
 
+/// A request body that goes back to the exporter once the HTTP client has
+/// dropped it.
+struct Recycled {
+    body: Vec<u8>,
+    spare: Arc<Mutex<Vec<u8>>>,
+}
+
+impl AsRef<[u8]> for Recycled {
+    fn as_ref(&self) -> &[u8] {
+        &self.body
+    }
+}
+
+impl Drop for Recycled {
+    fn drop(&mut self) {
+        *self.spare.lock().unwrap_or_else(PoisonError::into_inner) = std::mem::take(&mut self.body);
+    }
+}
+
 /// Why one attempt failed, and whether another may succeed.
 struct Failure {
     retry: bool,
@@ -109,7 +134,13 @@ impl SpanExporter for OtlpHttpExporter {
     /// Runs on the batch processor's own thread, so blocking here stalls no
     /// job: it only delays the next batch.
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-        let body = Bytes::from(encode_request(&self.resource, &batch, &self.redactor));
+        let mut body = std::mem::take(&mut *self.spare.lock().unwrap_or_else(PoisonError::into_inner));
+        body.clear();
+        encode_request(&mut body, &self.resource, &batch, &self.redactor);
+        let body = Bytes::from_owner(Recycled {
+            body,
+            spare: self.spare.clone(),
+        });
         drop(batch);
         let deadline = Instant::now() + self.timeout;
         let mut delay = FIRST_RETRY_DELAY;
@@ -137,9 +168,9 @@ impl SpanExporter for OtlpHttpExporter {
     }
 }
 
-/// An `ExportTraceServiceRequest` carrying `batch`, grouped by
-/// instrumentation scope under the one resource, strings redacted.
-pub(super) fn encode_request(resource: &[u8], batch: &[SpanData], redactor: &Redactor) -> Vec<u8> {
+/// Append an `ExportTraceServiceRequest` carrying `batch` to `out`, grouped
+/// by instrumentation scope under the one resource, strings redacted.
+pub(super) fn encode_request(out: &mut Vec<u8>, resource: &[u8], batch: &[SpanData], redactor: &Redactor) {
     let mut scopes: Vec<(&InstrumentationScope, Vec<&SpanData>)> = Vec::new();
     for span in batch {
         match scopes
@@ -150,14 +181,14 @@ pub(super) fn encode_request(resource: &[u8], batch: &[SpanData], redactor: &Red
             None => scopes.push((&span.instrumentation_scope, vec![span])),
         }
     }
-    let mut out = Vec::with_capacity(512 * batch.len() + resource.len() + 64);
-    sized_message(&mut out, 1, 3, |out| {
+    // Spans with the host's attributes and an event take under a kilobyte.
+    out.reserve(1024 * batch.len() + resource.len() + 64);
+    sized_message(out, 1, 3, |out| {
         out.extend_from_slice(resource);
         for (scope, spans) in &scopes {
             sized_message(out, 2, 3, |out| scope_spans(out, scope, spans, redactor));
         }
     });
-    out
 }
 
 /// The `resource` (field 1) and `schema_url` (field 3) of a `ResourceSpans`.
@@ -309,9 +340,15 @@ fn tag(out: &mut Vec<u8>, field: u32, wire_type: u8) {
     varint(out, u64::from(field << 3 | u32::from(wire_type)));
 }
 
+#[inline]
 fn varint(out: &mut Vec<u8>, value: u64) {
-    let (bytes, size) = varint_array(value);
-    out.extend_from_slice(&bytes[..size]);
+    // Tags and most lengths take one byte.
+    if value < 0x80 {
+        out.push(value as u8);
+    } else {
+        let (bytes, size) = varint_array(value);
+        out.extend_from_slice(&bytes[..size]);
+    }
 }
 
 /// A scalar field, left out at its default (zero) as proto3 does.
@@ -466,6 +503,12 @@ mod tests {
         })
     }
 
+    fn encode(batch: &[SpanData], redactor: &Redactor) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode_request(&mut out, &encode_resource(&resource(), redactor), batch, redactor);
+        out
+    }
+
     fn decode(encoded: &[u8]) -> ExportTraceServiceRequest {
         in_key_order(ExportTraceServiceRequest::decode(encoded).expect("valid protobuf"))
     }
@@ -524,11 +567,7 @@ mod tests {
                 vec![KeyValue::new("gen_ai.operation.name", "invoke_agent")],
             ),
         ];
-        let decoded = decode(&encode_request(
-            &encode_resource(&resource(), &redactor),
-            &batch,
-            &redactor,
-        ));
+        let decoded = decode(&encode(&batch, &redactor));
         assert_eq!(decoded, reference(batch, &redactor));
         let text = format!("{decoded:?}");
         assert!(
@@ -545,7 +584,7 @@ mod tests {
         let batch: Vec<SpanData> = (0..512)
             .map(|_| span(&host, "process jobs", Status::Unset, attributes.clone()))
             .collect();
-        let encoded = encode_request(&encode_resource(&resource(), &redactor), &batch, &redactor);
+        let encoded = encode(&batch, &redactor);
         assert!(encoded.len() > 1 << 14, "a batch this size needs a three-byte length");
         assert_eq!(decode(&encoded), reference(batch, &redactor));
     }
@@ -553,11 +592,7 @@ mod tests {
     #[test]
     fn an_empty_batch_is_a_request_with_the_resource_alone() {
         let redactor = Redactor::new([], []).expect("redactor");
-        let decoded = decode(&encode_request(
-            &encode_resource(&resource(), &redactor),
-            &[],
-            &redactor,
-        ));
+        let decoded = decode(&encode(&[], &redactor));
         assert_eq!(decoded, reference(Vec::new(), &redactor));
     }
 }
