@@ -150,10 +150,15 @@ where
         RedactingMakeWriter::new(writer, options.redactor),
         dispatch_slot.clone(),
     );
+    // Only attributes a backend makes use of: no source location, thread,
+    // Rust module path (`target`) or busy/idle time (`busy_ns`, `idle_ns`),
+    // three of every span's dozen attributes, paid for in export time.
     let trace_layer = tracing_opentelemetry::layer()
         .with_tracer(traces::tracer(&provider))
         .with_location(false)
         .with_threads(false)
+        .with_target(false)
+        .with_tracked_inactivity(false)
         .with_filter(trace_targets());
     let dispatch = tracing::Dispatch::new(Registry::default().with(log_layer).with(trace_layer));
     let _ = dispatch_slot.set(dispatch.downgrade());
