@@ -231,28 +231,27 @@ impl Telemetries {
     /// with logs and export; the best round of each, and the drops.
     fn compare(&self, bare: &Telemetry, case: &Case) -> serde_json::Value {
         let mut result = bare.block_on(case.measure(0));
-        let rounds: Vec<(f64, f64, f64, f64)> = (1..=OTEL_ROUNDS)
-            .map(|round| {
-                let logs = self.logs.block_on(case.measure(2 * round - 1));
-                let export = self.export.block_on(case.measure(2 * round));
-                let cpu = |result: &serde_json::Value| result["cpu_us_per_job"].as_f64().unwrap_or(f64::NAN);
-                (jobs_per_s(&logs), jobs_per_s(&export), cpu(&logs), cpu(&export))
+        let rounds: Vec<Round> = (1..=OTEL_ROUNDS)
+            .map(|round| Round {
+                logs: self.logs.block_on(case.measure(2 * round - 1)),
+                export: self.export.block_on(case.measure(2 * round)),
             })
             .collect();
-        let drop = |from: f64, to: f64| 100.0 * (1.0 - to / from);
-        let median_of = |value: &dyn Fn(&(f64, f64, f64, f64)) -> f64| {
-            let mut values: Vec<f64> = rounds.iter().map(value).collect();
-            values.sort_by(f64::total_cmp);
-            common::round(values[values.len() / 2])
-        };
+        let median_of = |value: fn(&Round) -> f64| median(rounds.iter().map(value));
         result["rounds"] = json!(OTEL_ROUNDS);
-        result["logs_jobs_per_s"] = json!(median_of(&|r| r.0));
-        result["otel_jobs_per_s"] = json!(median_of(&|r| r.1));
-        result["logs_drop_percent"] = json!(common::round(drop(jobs_per_s(&result), median_of(&|r| r.0))));
-        result["otel_drop_percent"] = json!(median_of(&|r| drop(r.0, r.1)));
-        result["logs_cpu_us_per_job"] = json!(median_of(&|r| r.2));
-        result["otel_cpu_us_per_job"] = json!(median_of(&|r| r.3));
-        result["otel_cpu_percent"] = json!(median_of(&|r| -drop(r.2, r.3)));
+        result["logs_jobs_per_s"] = json!(median_of(|r| jobs_per_s(&r.logs)));
+        result["otel_jobs_per_s"] = json!(median_of(|r| jobs_per_s(&r.export)));
+        result["logs_drop_percent"] = json!(common::round(drop_percent(
+            jobs_per_s(&result),
+            median_of(|r| jobs_per_s(&r.logs))
+        )));
+        result["otel_drop_percent"] = json!(median_of(|r| drop_percent(jobs_per_s(&r.logs), jobs_per_s(&r.export))));
+        result["logs_cpu_us_per_job"] = json!(median_of(|r| cpu_us_per_job(&r.logs)));
+        result["otel_cpu_us_per_job"] = json!(median_of(|r| cpu_us_per_job(&r.export)));
+        result["otel_cpu_percent"] = json!(median_of(|r| -drop_percent(
+            cpu_us_per_job(&r.logs),
+            cpu_us_per_job(&r.export)
+        )));
         result
     }
 
@@ -265,6 +264,27 @@ impl Telemetries {
             "flushed": flushed,
         })
     }
+}
+
+/// One round under `--otel`: a run with logs only, then one with export too.
+struct Round {
+    logs: serde_json::Value,
+    export: serde_json::Value,
+}
+
+fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut values: Vec<f64> = values.collect();
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().map_or(f64::NAN, common::round)
+}
+
+/// How much lower `to` is than `from`, in percent.
+fn drop_percent(from: f64, to: f64) -> f64 {
+    100.0 * (1.0 - to / from)
+}
+
+fn cpu_us_per_job(result: &serde_json::Value) -> f64 {
+    result["cpu_us_per_job"].as_f64().unwrap_or(f64::NAN)
 }
 
 fn jobs_per_s(result: &serde_json::Value) -> f64 {

@@ -9,7 +9,6 @@
 //! goes; a round trip through the generated types in the tests checks it
 //! against opentelemetry-proto's own conversion.
 
-use std::borrow::Cow;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -381,7 +380,7 @@ fn string(out: &mut Vec<u8>, field: u32, text: &str) {
     bytes(out, field, text.as_bytes());
 }
 
-fn string_always(out: &mut Vec<u8>, field: u32, text: &Cow<'_, str>) {
+fn string_always(out: &mut Vec<u8>, field: u32, text: &str) {
     tag(out, field, LEN);
     varint(out, text.len() as u64);
     out.extend_from_slice(text.as_bytes());
