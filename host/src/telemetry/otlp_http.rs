@@ -69,18 +69,22 @@ impl OtlpHttpExporter {
     }
 
     fn post(&self, body: &Bytes) -> Result<(), Failure> {
+        // The configured headers come last, so that they replace ours.
         let response = self
             .client
             .post(self.endpoint.clone())
-            .headers(self.headers.clone())
             .header(http::header::CONTENT_TYPE, "application/x-protobuf")
+            .headers(self.headers.clone())
             .body(body.clone())
             .send()
             .map_err(|err| Failure {
                 retry: !err.is_builder(),
-                message: format!("cannot reach the collector: {err}"),
+                // The endpoint is in the configuration; its URL may hold credentials.
+                message: format!("cannot reach the collector: {}", err.without_url()),
             })?;
         let status = response.status();
+        // Read to the end, so that the connection can carry the next batch.
+        let _ = response.bytes();
         if status.is_success() {
             return Ok(());
         }
@@ -122,7 +126,12 @@ struct Failure {
 fn blocking_client(timeout: Duration) -> Result<reqwest::blocking::Client, String> {
     std::thread::Builder::new()
         .name("otlp-http-setup".into())
-        .spawn(move || reqwest::blocking::Client::builder().timeout(timeout).build())
+        .spawn(move || {
+            reqwest::blocking::Client::builder()
+                .timeout(timeout)
+                .user_agent(concat!("wink-host/", env!("CARGO_PKG_VERSION")))
+                .build()
+        })
         .map_err(|err| format!("cannot start the HTTP client: {err}"))?
         .join()
         .map_err(|_| "building the HTTP client panicked".to_owned())?
