@@ -241,13 +241,11 @@ impl Telemetries {
             })
             .collect();
         let median_of = |value: fn(&Round) -> f64| median(rounds.iter().map(value));
+        let logs_jobs_per_s = median_of(|r| jobs_per_s(&r.logs));
         result["rounds"] = json!(OTEL_ROUNDS);
-        result["logs_jobs_per_s"] = json!(median_of(|r| jobs_per_s(&r.logs)));
+        result["logs_jobs_per_s"] = json!(logs_jobs_per_s);
         result["otel_jobs_per_s"] = json!(median_of(|r| jobs_per_s(&r.export)));
-        result["logs_drop_percent"] = json!(common::round(drop_percent(
-            jobs_per_s(&result),
-            median_of(|r| jobs_per_s(&r.logs))
-        )));
+        result["logs_drop_percent"] = json!(common::round(drop_percent(jobs_per_s(&result), logs_jobs_per_s)));
         result["otel_drop_percent"] = json!(median_of(|r| drop_percent(jobs_per_s(&r.logs), jobs_per_s(&r.export))));
         result["logs_cpu_us_per_job"] = json!(median_of(|r| cpu_us_per_job(&r.logs)));
         result["otel_cpu_us_per_job"] = json!(median_of(|r| cpu_us_per_job(&r.export)));

@@ -318,28 +318,45 @@ fn key_value(out: &mut Vec<u8>, key: &str, value: &Value, redactor: &Redactor) {
 /// it holds its type's default, or the value would read as empty.
 fn any_value(out: &mut Vec<u8>, value: &Value, redactor: &Redactor) {
     match value {
-        Value::String(text) => string_always(out, 1, &redactor.redact(text.as_str())),
-        Value::Bool(flag) => varint_always(out, 2, u64::from(*flag)),
-        // Negative numbers take ten bytes, as int64 fields do.
-        Value::I64(number) => varint_always(out, 3, *number as u64),
-        Value::F64(number) => {
-            tag(out, 4, FIXED64);
-            out.extend_from_slice(&number.to_bits().to_le_bytes());
+        Value::String(text) => string_value(out, text.as_str(), redactor),
+        Value::Bool(flag) => bool_value(out, *flag),
+        Value::I64(number) => int_value(out, *number),
+        Value::F64(number) => double_value(out, *number),
+        Value::Array(Array::Bool(values)) => array(out, values, |out, flag| bool_value(out, *flag)),
+        Value::Array(Array::I64(values)) => array(out, values, |out, number| int_value(out, *number)),
+        Value::Array(Array::F64(values)) => array(out, values, |out, number| double_value(out, *number)),
+        Value::Array(Array::String(values)) => {
+            array(out, values, |out, text| string_value(out, text.as_str(), redactor))
         }
-        Value::Array(Array::Bool(values)) => array(out, values.iter().map(|v| Value::Bool(*v)), redactor),
-        Value::Array(Array::I64(values)) => array(out, values.iter().map(|v| Value::I64(*v)), redactor),
-        Value::Array(Array::F64(values)) => array(out, values.iter().map(|v| Value::F64(*v)), redactor),
-        Value::Array(Array::String(values)) => array(out, values.iter().cloned().map(Value::String), redactor),
         // Kinds added to the API after this was written travel as text.
-        other => string_always(out, 1, &redactor.redact(&other.to_string())),
+        other => string_value(out, &other.to_string(), redactor),
     }
 }
 
-/// An `ArrayValue` (`AnyValue` field 5) of `values` (its field 1).
-fn array(out: &mut Vec<u8>, values: impl Iterator<Item = Value>, redactor: &Redactor) {
+fn string_value(out: &mut Vec<u8>, text: &str, redactor: &Redactor) {
+    string_always(out, 1, &redactor.redact(text));
+}
+
+fn bool_value(out: &mut Vec<u8>, flag: bool) {
+    varint_always(out, 2, u64::from(flag));
+}
+
+/// Negative numbers take ten bytes, as int64 fields do.
+fn int_value(out: &mut Vec<u8>, number: i64) {
+    varint_always(out, 3, number as u64);
+}
+
+fn double_value(out: &mut Vec<u8>, number: f64) {
+    tag(out, 4, FIXED64);
+    out.extend_from_slice(&number.to_bits().to_le_bytes());
+}
+
+/// An `ArrayValue` (`AnyValue` field 5): each of `values` as an `AnyValue`
+/// (its field 1) that `element` writes.
+fn array<T>(out: &mut Vec<u8>, values: &[T], element: impl Fn(&mut Vec<u8>, &T)) {
     message(out, 5, |out| {
         for value in values {
-            message(out, 1, |out| any_value(out, &value, redactor));
+            message(out, 1, |out| element(out, value));
         }
     });
 }
