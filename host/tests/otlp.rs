@@ -442,10 +442,16 @@ async fn a_collector_that_is_down_or_silent_costs_jobs_nothing() {
     // A long export timeout: a job that waited on the exporter would take
     // at least this long.
     let export_timeout = Duration::from_secs(120);
-    for (endpoint, protocol) in [
-        (closed_endpoint, OtlpProtocol::HttpProtobuf),
-        (format!("{silent_endpoint}/v1/traces"), OtlpProtocol::HttpProtobuf),
-        (silent_endpoint, OtlpProtocol::Grpc),
+    // The refused export gives up after its attempts and says why; the
+    // hanging ones are abandoned by the flush.
+    for (endpoint, protocol, error) in [
+        (
+            closed_endpoint,
+            OtlpProtocol::HttpProtobuf,
+            Some("cannot reach the collector"),
+        ),
+        (format!("{silent_endpoint}/v1/traces"), OtlpProtocol::HttpProtobuf, None),
+        (silent_endpoint, OtlpProtocol::Grpc, None),
     ] {
         let mut options = options(&endpoint, protocol);
         if let Some(traces) = &mut options.traces {
@@ -474,13 +480,27 @@ async fn a_collector_that_is_down_or_silent_costs_jobs_nothing() {
         );
         // The export did fail (refused) or hang (the flush gives up after 5 s).
         let flushed = tokio::task::block_in_place(|| flush.join()).expect("flush thread");
-        assert!(flushed.is_err(), "{endpoint} over {protocol:?}: the export succeeded?");
+        let err = flushed.expect_err(&format!("{endpoint} over {protocol:?}: the export succeeded?"));
+        if let Some(expected) = error {
+            assert!(
+                err.contains(expected) && err.contains("(attempt 4 of 4)"),
+                "{endpoint}: {err}"
+            );
+        }
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_export_retries_a_throttled_batch_and_gives_up_on_a_rejected_one() {
-    for (statuses, requests, delivered) in [(vec![503, 429], 3, true), (vec![400], 1, false)] {
+    for (statuses, requests, error) in [
+        (vec![503, 429], 3, None),
+        (
+            vec![400],
+            1,
+            Some("the collector answered 400 Bad Request (attempt 1 of 4)"),
+        ),
+    ] {
+        let delivered = error.is_none();
         let (endpoint, received) = http_receiver_answering_first(statuses.clone()).await;
         let (dispatch, telemetry) =
             telemetry::build(options(&endpoint, OtlpProtocol::HttpProtobuf), std::io::sink).expect("build");
@@ -488,7 +508,11 @@ async fn http_export_retries_a_throttled_batch_and_gives_up_on_a_rejected_one() 
             tracing::info_span!(target: "wink_host", "retried export").in_scope(|| {});
         });
         let flushed = flush(&telemetry);
-        assert_eq!(flushed.is_ok(), delivered, "{statuses:?}: {flushed:?}");
+        match (error, &flushed) {
+            (None, Ok(())) => {}
+            (Some(expected), Err(err)) => assert!(err.contains(expected), "{statuses:?}: {err}"),
+            _ => panic!("{statuses:?}: {flushed:?}"),
+        }
         assert_eq!(received.exports(), requests, "{statuses:?}");
         let names: Vec<String> = received.spans().into_iter().map(|span| span.name).collect();
         let expected: &[&str] = if delivered { &["retried export"] } else { &[] };
