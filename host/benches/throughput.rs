@@ -10,15 +10,14 @@
 //!
 //! With `WINK_BENCH_OTEL=1` (`cargo xtask bench throughput --otel`) each case
 //! also runs five rounds of JSON logging alone (`wink-host` without OTLP)
-//! then JSON logging plus OTLP/HTTP trace export (to an in-process endpoint
-//! on loopback that counts requests). The report gives the median round's
-//! throughput drop from the export, and the drop logging costs. Since
-//! throughput on a shared 2-core machine swings by more than the export
-//! costs, each run also records the process's CPU time per job
-//! (getrusage), and the report gives the median round's CPU cost too. That
-//! includes the in-process endpoint reading each request, so it somewhat
-//! overstates the host's own cost. Spans still queued when an export run
-//! ends are sent before the next run.
+//! then JSON logging plus OTLP/HTTP trace export (to an endpoint on
+//! loopback, served from a thread of its own, that reads and drops each
+//! request). The report gives the median round's throughput drop from the
+//! export, and the drop logging costs. Since throughput on a shared 2-core
+//! machine swings by more than the export costs, each run also records the
+//! host's CPU time per job (getrusage, less the endpoint thread's CPU
+//! clock), and the report gives the median round's CPU cost too. Spans
+//! still queued when an export run ends are sent before the next run.
 //!
 //! Each case runs on the in-memory mailbox and on a `redis-server` (on
 //! PATH) started on loopback for the run.
@@ -28,18 +27,18 @@
 //! `WINK_BENCH_THREADS` (tokio worker threads, default one per core) narrow
 //! a run, e.g. for profiling.
 
+#[path = "common/collector.rs"]
+mod collector;
 mod common;
-#[allow(dead_code)]
-#[path = "../tests/common/otlp.rs"]
-mod otlp;
 #[allow(dead_code)]
 #[path = "../tests/common/redis.rs"]
 mod redis_server;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use collector::CountingCollector;
 use serde_json::json;
 use wink_host::mailbox::{Envelope, Mailbox, MemoryMailbox};
 use wink_host::runtime::{Runtime, RuntimeConfig};
@@ -204,13 +203,12 @@ struct Telemetries {
     logs: Telemetry,
     export: Telemetry,
     providers: [wink_host::telemetry::Telemetry; 2],
-    received: otlp::Received,
 }
 
 impl Telemetries {
     fn start(bare: &Telemetry) -> Self {
         use wink_host::telemetry::{self, LogFormat, OtlpProtocol, Redactor, TelemetryOptions, TraceConfig};
-        let (endpoint, received) = bare.runtime.block_on(otlp::http_counter());
+        let endpoint = COLLECTOR.get_or_init(CountingCollector::start).endpoint().to_owned();
         let build = |traces| {
             let options = TelemetryOptions {
                 format: LogFormat::Json,
@@ -226,7 +224,6 @@ impl Telemetries {
             logs: Telemetry::on("logs", logs),
             export: Telemetry::on("export", export),
             providers: [logs_provider, export_provider],
-            received,
         }
     }
 
@@ -234,12 +231,16 @@ impl Telemetries {
     /// with export; the median round's throughput, CPU time and drops.
     fn compare(&self, bare: &Telemetry, case: &Case) -> serde_json::Value {
         let mut result = bare.block_on(case.measure(0));
-        let rounds: Vec<Round> = (1..=OTEL_ROUNDS)
-            .map(|round| Round {
-                logs: self.logs.block_on(case.measure(2 * round - 1)),
-                export: self.export_flushed(case.measure(2 * round)),
-            })
-            .collect();
+        let rounds: Vec<Round> = (1..=OTEL_ROUNDS).map(|round| self.round(case, round)).collect();
+        for round in &rounds {
+            eprintln!(
+                "throughput: round: logs {} jobs/s {} us/job, export {} jobs/s {} us/job",
+                jobs_per_s(&round.logs),
+                cpu_us_per_job(&round.logs),
+                jobs_per_s(&round.export),
+                cpu_us_per_job(&round.export)
+            );
+        }
         let median_of = |value: fn(&Round) -> f64| median(rounds.iter().map(value));
         let logs_jobs_per_s = median_of(|r| jobs_per_s(&r.logs));
         result["rounds"] = json!(OTEL_ROUNDS);
@@ -256,6 +257,21 @@ impl Telemetries {
         result
     }
 
+    /// One round: logs only and logs with export, in turns first, so that
+    /// whatever one run leaves behind (memory, a warm cache, a busy
+    /// exporter) weighs on both sides alike.
+    fn round(&self, case: &Case, round: usize) -> Round {
+        let logs = || self.logs.block_on(case.measure(2 * round - 1));
+        let export = || self.export_flushed(case.measure(2 * round));
+        if round % 2 == 1 {
+            let logs = logs();
+            Round { logs, export: export() }
+        } else {
+            let export = export();
+            Round { logs: logs(), export }
+        }
+    }
+
     /// Runs `measure` with export, then sends the spans still queued, so
     /// that the next run, with logs only, does not pay for them.
     fn export_flushed(&self, measure: impl std::future::Future<Output = serde_json::Value>) -> serde_json::Value {
@@ -268,10 +284,12 @@ impl Telemetries {
 
     fn finish(self) -> serde_json::Value {
         let flushed = self.providers.into_iter().all(|provider| provider.shutdown().is_ok());
+        let collector = COLLECTOR.get();
         json!({
             "protocol": "http/protobuf",
-            "receiver": "in-process, counts requests without decoding them",
-            "export_requests": self.received.exports(),
+            "receiver": "in-process on a thread of its own, reads and drops each request; its CPU time is not counted as the host's",
+            "export_requests": collector.map(CountingCollector::requests),
+            "export_bytes": collector.map(CountingCollector::bytes),
             "flushed": flushed,
         })
     }
@@ -344,9 +362,11 @@ async fn measure(name: &str, mailbox: Arc<dyn Mailbox>, concurrency: usize, jobs
     drain(&worker, mailbox.as_ref(), warmup, 0).await;
     let measured = envelopes(&format!("job-{concurrency}"), agent, jobs);
     let ids: Vec<String> = measured.iter().map(|(id, _)| id.clone()).collect();
-    let cpu_before = process_cpu_time();
+    let cpu_before = host_cpu_time();
+    let collector_before = collector_cpu_time();
     let elapsed = drain(&worker, mailbox.as_ref(), measured, WARMUP_JOBS as u64).await;
-    let cpu = process_cpu_time().saturating_sub(cpu_before);
+    let cpu = host_cpu_time().saturating_sub(cpu_before);
+    let collector_cpu = collector_cpu_time().saturating_sub(collector_before);
 
     for id in &ids {
         let reply = mailbox.reply(id).await.expect("reply").expect("every job is answered");
@@ -360,6 +380,7 @@ async fn measure(name: &str, mailbox: Arc<dyn Mailbox>, concurrency: usize, jobs
         "{summary:?}"
     );
     let seconds = elapsed.as_secs_f64();
+    let per_job = |time: Duration| common::round(time.as_secs_f64() * 1e6 / jobs as f64);
     json!({
         "mailbox": name,
         "concurrency": concurrency,
@@ -367,8 +388,23 @@ async fn measure(name: &str, mailbox: Arc<dyn Mailbox>, concurrency: usize, jobs
         "seconds": common::round(seconds),
         "jobs_per_s": (jobs as f64 / seconds).round(),
         "us_per_job": common::round(seconds * 1e6 / jobs as f64),
-        "cpu_us_per_job": common::round(cpu.as_secs_f64() * 1e6 / jobs as f64),
+        "cpu_us_per_job": per_job(cpu),
+        "collector_cpu_us_per_job": per_job(collector_cpu),
     })
+}
+
+/// The endpoint `--otel` exports to, once started.
+static COLLECTOR: OnceLock<CountingCollector> = OnceLock::new();
+
+/// CPU time used so far by the host: every thread of this process but the
+/// collector's.
+fn host_cpu_time() -> Duration {
+    process_cpu_time().saturating_sub(collector_cpu_time())
+}
+
+/// CPU time used so far by the collector's thread (none before it starts).
+fn collector_cpu_time() -> Duration {
+    COLLECTOR.get().map_or(Duration::ZERO, CountingCollector::cpu_time)
 }
 
 /// CPU time used so far by every thread of this process, user and system:

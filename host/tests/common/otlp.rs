@@ -92,29 +92,16 @@ impl Received {
 
 /// An OTLP/HTTP receiver on hyper: `POST` protobuf `ExportTraceServiceRequest`s.
 pub async fn http_receiver() -> (String, Received) {
-    serve_http(Keep::Spans, Vec::new()).await
+    serve_http(Vec::new()).await
 }
 
 /// As [`http_receiver`], answering its first requests with `statuses`, in
 /// order, and keeping none of their spans (each still counts as an export).
 pub async fn http_receiver_answering_first(statuses: Vec<u16>) -> (String, Received) {
-    serve_http(Keep::Spans, statuses).await
+    serve_http(statuses).await
 }
 
-/// An OTLP/HTTP endpoint that only counts export requests, as cheaply as it
-/// can: it stands for a collector elsewhere, so the benchmark charges the
-/// host only for producing and sending its spans.
-pub async fn http_counter() -> (String, Received) {
-    serve_http(Keep::Count, Vec::new()).await
-}
-
-#[derive(Clone, Copy)]
-enum Keep {
-    Spans,
-    Count,
-}
-
-async fn serve_http(keep: Keep, statuses: Vec<u16>) -> (String, Received) {
+async fn serve_http(statuses: Vec<u16>) -> (String, Received) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let endpoint = format!("http://{}/v1/traces", listener.local_addr().expect("addr"));
     let received = Received::default();
@@ -138,13 +125,8 @@ async fn serve_http(keep: Keep, statuses: Vec<u16>) -> (String, Received) {
                             .body(Full::new(Bytes::new()))
                             .expect("response"));
                     }
-                    match keep {
-                        Keep::Spans => {
-                            let export = ExportTraceServiceRequest::decode(body).expect("OTLP protobuf");
-                            sink.add(&path, api_key, export);
-                        }
-                        Keep::Count => sink.0.lock().expect("received").exports += 1,
-                    }
+                    let export = ExportTraceServiceRequest::decode(body).expect("OTLP protobuf");
+                    sink.add(&path, api_key, export);
                     let reply = Bytes::from(ExportTraceServiceResponse::default().encode_to_vec());
                     Ok::<_, hyper::Error>(
                         hyper::Response::builder()
