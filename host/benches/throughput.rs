@@ -399,27 +399,12 @@ static COLLECTOR: OnceLock<CountingCollector> = OnceLock::new();
 /// CPU time used so far by the host: every thread of this process but the
 /// collector's.
 fn host_cpu_time() -> Duration {
-    process_cpu_time().saturating_sub(collector_cpu_time())
+    common::process_cpu_time().saturating_sub(collector_cpu_time())
 }
 
 /// CPU time used so far by the collector's thread (none before it starts).
 fn collector_cpu_time() -> Duration {
     COLLECTOR.get().map_or(Duration::ZERO, CountingCollector::cpu_time)
-}
-
-/// CPU time used so far by every thread of this process, user and system:
-/// steadier than throughput on a shared machine, since time spent waiting
-/// for a core does not count.
-#[allow(unsafe_code)] // std has no getrusage
-fn process_cpu_time() -> Duration {
-    let mut usage = std::mem::MaybeUninit::<libc::rusage>::uninit();
-    // SAFETY: getrusage fills the struct it is given; RUSAGE_SELF is always valid.
-    let usage = unsafe {
-        assert_eq!(libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()), 0, "getrusage");
-        usage.assume_init()
-    };
-    let time = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    time(usage.ru_utime) + time(usage.ru_stime)
 }
 
 /// Jobs per second through `Runtime::run_agent` alone: `concurrency` tasks

@@ -9,7 +9,7 @@ use crate::ctx::Ctx;
 use crate::guests;
 
 /// The scenarios with a bench target `host/benches/<scenario>.rs`.
-pub const SCENARIOS: &[&str] = &["instantiate", "concurrency", "model", "tool", "throughput"];
+pub const SCENARIOS: &[&str] = &["instantiate", "concurrency", "model", "tool", "throughput", "spans"];
 
 /// Runs `scenario` (with telemetry export when `otel`) and prints the JSON
 /// file it wrote to `T/bench/<scenario>.json`.

@@ -65,7 +65,7 @@ enum Command {
     /// Runs `cargo bench -p wink-host --bench <SCENARIO>` with
     /// WINK_GUEST_DIR=T/wasm and WINK_BENCH_OUT=T/bench/<SCENARIO>.json.
     Bench {
-        /// The scenario to run: instantiate, concurrency, model, tool or throughput.
+        /// The scenario to run: instantiate, concurrency, model, tool, throughput or spans.
         scenario: String,
         /// Also measure with telemetry on (sets WINK_BENCH_OTEL=1):
         /// throughput runs each case with JSON logs alone and with JSON logs
@@ -129,7 +129,7 @@ mod tests {
             .unwrap_or_default();
         assert_eq!(
             err,
-            "unknown bench scenario `nonsense` (known: instantiate, concurrency, model, tool, throughput)"
+            "unknown bench scenario `nonsense` (known: instantiate, concurrency, model, tool, throughput, spans)"
         );
         Ok(())
     }

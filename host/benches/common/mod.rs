@@ -109,3 +109,18 @@ pub fn measure_bwrap<S: AsRef<std::ffi::OsStr>>(
         .collect();
     Some(summary(&mut samples))
 }
+
+/// CPU time used so far by every thread of this process, user and system:
+/// steadier than throughput on a shared machine, since time spent waiting
+/// for a core does not count.
+#[allow(unsafe_code)] // std has no getrusage
+pub fn process_cpu_time() -> Duration {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::uninit();
+    // SAFETY: getrusage fills the struct it is given; RUSAGE_SELF is always valid.
+    let usage = unsafe {
+        assert_eq!(libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()), 0, "getrusage");
+        usage.assume_init()
+    };
+    let time = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    time(usage.ru_utime) + time(usage.ru_stime)
+}
