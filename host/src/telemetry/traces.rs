@@ -17,7 +17,7 @@ use opentelemetry::{Array, KeyValue, StringValue, Value};
 use opentelemetry_otlp::{WithExportConfig as _, WithTonicConfig as _};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
-use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, SpanData, SpanExporter};
+use opentelemetry_sdk::trace::{BatchSpanProcessor, Sampler, SdkTracerProvider, SpanData, SpanExporter};
 use tracing::Subscriber;
 use tracing::dispatcher::WeakDispatch;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
@@ -26,7 +26,6 @@ use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 
 use super::Redactor;
-use super::otlp_http::OtlpHttpExporter;
 
 /// Service name when neither `OTEL_SERVICE_NAME` nor `service.name` in
 /// `OTEL_RESOURCE_ATTRIBUTES` names one.
@@ -83,6 +82,80 @@ pub struct TraceConfig {
     pub service_name: String,
     /// Further resource attributes.
     pub resource_attributes: Vec<(String, String)>,
+    /// How spans wait and leave in batches.
+    pub batch: BatchSettings,
+}
+
+/// How spans are batched for export, from the standard `OTEL_BSP_*`
+/// variables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchSettings {
+    /// Spans that may wait for export; further ones are dropped
+    /// (`OTEL_BSP_MAX_QUEUE_SIZE`, default 2048).
+    pub max_queue_size: usize,
+    /// Spans per export request (`OTEL_BSP_MAX_EXPORT_BATCH_SIZE`, default
+    /// 512); a full batch leaves at once.
+    pub max_export_batch_size: usize,
+    /// Longest a span waits for its batch to fill up
+    /// (`OTEL_BSP_SCHEDULE_DELAY`, milliseconds, default 5000).
+    pub schedule_delay: Duration,
+}
+
+impl Default for BatchSettings {
+    /// The OpenTelemetry defaults.
+    fn default() -> Self {
+        Self {
+            max_queue_size: 2048,
+            max_export_batch_size: 512,
+            schedule_delay: Duration::from_secs(5),
+        }
+    }
+}
+
+impl BatchSettings {
+    fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Self, TraceConfigError> {
+        let defaults = Self::default();
+        let count = |name: &'static str, default: usize| match var(name) {
+            None => Ok(default),
+            Some(value) => match value.trim().parse::<usize>() {
+                Ok(count) if count > 0 => Ok(count),
+                _ => Err(invalid(name, &value, "expected a positive whole number")),
+            },
+        };
+        let max_queue_size = count("OTEL_BSP_MAX_QUEUE_SIZE", defaults.max_queue_size)?;
+        let max_export_batch_size = count("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", defaults.max_export_batch_size)?;
+        if max_export_batch_size > max_queue_size {
+            return Err(invalid(
+                "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
+                &max_export_batch_size.to_string(),
+                format!("must not exceed the queue size, {max_queue_size} (OTEL_BSP_MAX_QUEUE_SIZE)"),
+            ));
+        }
+        let schedule_delay = match var("OTEL_BSP_SCHEDULE_DELAY") {
+            None => defaults.schedule_delay,
+            Some(value) => value
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|ms| *ms > 0)
+                .map(Duration::from_millis)
+                .ok_or_else(|| invalid("OTEL_BSP_SCHEDULE_DELAY", &value, "expected milliseconds, above 0"))?,
+        };
+        Ok(Self {
+            max_queue_size,
+            max_export_batch_size,
+            schedule_delay,
+        })
+    }
+
+    /// The same settings for the SDK's batch processor (gRPC export).
+    fn sdk_config(self) -> opentelemetry_sdk::trace::BatchConfig {
+        opentelemetry_sdk::trace::BatchConfigBuilder::default()
+            .with_max_queue_size(self.max_queue_size)
+            .with_max_export_batch_size(self.max_export_batch_size)
+            .with_scheduled_delay(self.schedule_delay)
+            .build()
+    }
 }
 
 /// Bad trace export configuration.
@@ -126,6 +199,7 @@ impl TraceConfig {
             timeout: DEFAULT_EXPORT_TIMEOUT,
             service_name: DEFAULT_SERVICE_NAME.into(),
             resource_attributes: Vec::new(),
+            batch: BatchSettings::default(),
         }
     }
 
@@ -194,6 +268,7 @@ impl TraceConfig {
             timeout,
             service_name,
             resource_attributes,
+            batch: BatchSettings::from_vars(var)?,
         }))
     }
 }
@@ -270,12 +345,20 @@ pub(super) fn tracer_provider(
     // The sampler stays the SDK's (parent-based always-on, or OTEL_TRACES_SAMPLER).
     let builder = SdkTracerProvider::builder().with_resource(resource);
     let builder = match config.protocol {
-        OtlpProtocol::HttpProtobuf => builder
-            .with_batch_exporter(OtlpHttpExporter::new(config, headers, redactor.clone()).map_err(exporter_error)?),
-        OtlpProtocol::Grpc => builder.with_batch_exporter(RedactingExporter {
-            inner: grpc_exporter(config, headers).map_err(exporter_error)?,
-            redactor: redactor.clone(),
-        }),
+        OtlpProtocol::HttpProtobuf => builder.with_span_processor(
+            super::otlp_http::processor(config, headers, redactor.clone()).map_err(exporter_error)?,
+        ),
+        OtlpProtocol::Grpc => {
+            let exporter = RedactingExporter {
+                inner: grpc_exporter(config, headers).map_err(exporter_error)?,
+                redactor: redactor.clone(),
+            };
+            builder.with_span_processor(
+                BatchSpanProcessor::builder(exporter)
+                    .with_batch_config(config.batch.sdk_config())
+                    .build(),
+            )
+        }
     };
     Ok(builder.build())
 }
@@ -563,6 +646,8 @@ mod tests {
                 "OTEL_RESOURCE_ATTRIBUTES",
                 "service.name=from-attrs,deployment.environment=prod%20eu",
             ),
+            ("OTEL_BSP_MAX_QUEUE_SIZE", "4096"),
+            ("OTEL_BSP_SCHEDULE_DELAY", " 250 "),
         ]))
         .expect("valid")
         .expect("on");
@@ -580,6 +665,14 @@ mod tests {
         assert_eq!(
             config.resource_attributes,
             [("deployment.environment".to_owned(), "prod eu".to_owned())]
+        );
+        assert_eq!(
+            config.batch,
+            BatchSettings {
+                max_queue_size: 4096,
+                max_export_batch_size: 512,
+                schedule_delay: Duration::from_millis(250),
+            }
         );
 
         let grpc = TraceConfig::from_vars(vars(&[
@@ -599,6 +692,7 @@ mod tests {
         assert_eq!(grpc.protocol, OtlpProtocol::Grpc);
         assert_eq!(grpc.service_name, "agents");
         assert_eq!(grpc.timeout, DEFAULT_EXPORT_TIMEOUT);
+        assert_eq!(grpc.batch, BatchSettings::default());
     }
 
     #[test]
@@ -624,6 +718,18 @@ mod tests {
             (
                 vec![endpoint, ("OTEL_TRACES_EXPORTER", "zipkin")],
                 r#"invalid OTEL_TRACES_EXPORTER="zipkin": expected otlp or none"#,
+            ),
+            (
+                vec![endpoint, ("OTEL_BSP_MAX_QUEUE_SIZE", "0")],
+                r#"invalid OTEL_BSP_MAX_QUEUE_SIZE="0": expected a positive whole number"#,
+            ),
+            (
+                vec![endpoint, ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "4096")],
+                r#"invalid OTEL_BSP_MAX_EXPORT_BATCH_SIZE="4096": must not exceed the queue size, 2048 (OTEL_BSP_MAX_QUEUE_SIZE)"#,
+            ),
+            (
+                vec![endpoint, ("OTEL_BSP_SCHEDULE_DELAY", "5s")],
+                r#"invalid OTEL_BSP_SCHEDULE_DELAY="5s": expected milliseconds, above 0"#,
             ),
         ] {
             let err = TraceConfig::from_vars(vars(&pairs)).expect_err("invalid").to_string();

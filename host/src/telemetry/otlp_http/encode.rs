@@ -1,26 +1,24 @@
-//! OTLP over HTTP/protobuf, encoded straight from the SDK's span data.
+//! The OTLP trace protobuf, written straight from the SDK's span data.
 //!
 //! opentelemetry-otlp first converts each span into the generated protobuf
 //! structs (a fresh `String` per attribute value, a `Vec` per attribute
 //! list) and then encodes those, measuring every nested message before
-//! writing it; on trivial jobs at 100,000 spans a second, that conversion
-//! was half of the export thread's time. This encoder writes the wire
-//! format in one pass over the borrowed spans and redacts strings as it
-//! goes; a round trip through the generated types in the tests checks it
-//! against opentelemetry-proto's own conversion.
+//! writing it. This encoder writes the wire format in one pass over the
+//! borrowed span and redacts strings as it goes; a round trip through the
+//! generated types in the tests checks it against opentelemetry-proto's own
+//! conversion.
+//!
+//! Each span is encoded on its own, as it ends ([`span`]); a request then
+//! wraps the encoded spans of each instrumentation scope ([`request`]).
 
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
 use opentelemetry::trace::{SpanContext, SpanId, Status};
 use opentelemetry::{Array, InstrumentationScope, KeyValue, Value};
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
-use opentelemetry_sdk::trace::{SpanData, SpanExporter};
+use opentelemetry_sdk::trace::SpanData;
 
-use super::Redactor;
-use super::traces::TraceConfig;
+use crate::telemetry::Redactor;
 
 /// Protobuf wire types.
 const VARINT: u8 = 0;
@@ -28,179 +26,31 @@ const FIXED64: u8 = 1;
 const LEN: u8 = 2;
 const FIXED32: u8 = 5;
 
-/// First wait between attempts of one export; it doubles per attempt.
-const FIRST_RETRY_DELAY: Duration = Duration::from_millis(100);
-
-/// Attempts per batch, as opentelemetry-otlp makes: a batch the collector
-/// cannot take within them is dropped, so that the next one is not held up.
-const MAX_ATTEMPTS: u32 = 4;
-
-/// Exports batches of spans to an OTLP/HTTP endpoint as protobuf, retrying
-/// throttling and transient failures within the export timeout.
-#[derive(Debug)]
-pub(super) struct OtlpHttpExporter {
-    client: reqwest::blocking::Client,
-    endpoint: reqwest::Url,
-    headers: http::HeaderMap,
-    timeout: Duration,
-    redactor: Redactor,
-    /// The `resource` and `schema_url` fields of every `ResourceSpans`.
-    resource: Vec<u8>,
-    /// The last request body's buffer, back from the HTTP client: a batch
-    /// is hundreds of kilobytes, and fresh pages for each cost more than
-    /// encoding it.
-    spare: Arc<Mutex<Vec<u8>>>,
-}
-
-impl OtlpHttpExporter {
-    /// An exporter for `config` (whose protocol is HTTP/protobuf), with its
-    /// headers already validated into `headers`.
-    pub(super) fn new(config: &TraceConfig, headers: http::HeaderMap, redactor: Redactor) -> Result<Self, String> {
-        let endpoint = reqwest::Url::parse(&config.endpoint).map_err(|err| format!("not a URL: {err}"))?;
-        Ok(Self {
-            client: blocking_client(config.timeout)?,
-            endpoint,
-            headers,
-            timeout: config.timeout,
-            resource: encode_resource(&Resource::builder_empty().build(), &redactor),
-            redactor,
-            spare: Arc::default(),
-        })
-    }
-
-    fn post(&self, body: &Bytes) -> Result<(), Failure> {
-        // The configured headers come last, so that they replace ours.
-        let response = self
-            .client
-            .post(self.endpoint.clone())
-            .header(http::header::CONTENT_TYPE, "application/x-protobuf")
-            .headers(self.headers.clone())
-            .body(body.clone())
-            .send()
-            .map_err(|err| Failure {
-                retry: !err.is_builder(),
-                // The endpoint is in the configuration; its URL may hold credentials.
-                message: format!("cannot reach the collector: {}", err.without_url()),
-            })?;
-        let status = response.status();
-        // Read to the end, so that the connection can carry the next batch.
-        let _ = response.bytes();
-        if status.is_success() {
-            return Ok(());
-        }
-        Err(Failure {
-            retry: matches!(status.as_u16(), 429 | 502 | 503 | 504),
-            message: format!("the collector answered {status}"),
-        })
-    }
-}
-
-/// A request body that goes back to the exporter once the HTTP client has
-/// dropped it.
-struct Recycled {
-    body: Vec<u8>,
-    spare: Arc<Mutex<Vec<u8>>>,
-}
-
-impl AsRef<[u8]> for Recycled {
-    fn as_ref(&self) -> &[u8] {
-        &self.body
-    }
-}
-
-impl Drop for Recycled {
-    fn drop(&mut self) {
-        *self.spare.lock().unwrap_or_else(PoisonError::into_inner) = std::mem::take(&mut self.body);
-    }
-}
-
-/// Why one attempt failed, and whether another may succeed.
-struct Failure {
-    retry: bool,
-    message: String,
-}
-
-/// reqwest's blocking client runs its own runtime on a thread of its own;
-/// building it from inside the host's tokio runtime would nest runtimes, so
-/// it is built on a short-lived plain thread (as opentelemetry-otlp does).
-fn blocking_client(timeout: Duration) -> Result<reqwest::blocking::Client, String> {
-    std::thread::Builder::new()
-        .name("otlp-http-setup".into())
-        .spawn(move || {
-            reqwest::blocking::Client::builder()
-                .timeout(timeout)
-                .user_agent(concat!("wink-host/", env!("CARGO_PKG_VERSION")))
-                .build()
-        })
-        .map_err(|err| format!("cannot start the HTTP client: {err}"))?
-        .join()
-        .map_err(|_| "building the HTTP client panicked".to_owned())?
-        .map_err(|err| format!("cannot build the HTTP client: {err}"))
-}
-
-impl SpanExporter for OtlpHttpExporter {
-    /// Runs on the batch processor's own thread, so blocking here stalls no
-    /// job: it only delays the next batch.
-    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-        let mut body = std::mem::take(&mut *self.spare.lock().unwrap_or_else(PoisonError::into_inner));
-        body.clear();
-        encode_request(&mut body, &self.resource, &batch, &self.redactor);
-        let body = Bytes::from_owner(Recycled {
-            body,
-            spare: self.spare.clone(),
-        });
-        drop(batch);
-        let deadline = Instant::now() + self.timeout;
-        let mut delay = FIRST_RETRY_DELAY;
-        let mut attempt = 1;
-        loop {
-            match self.post(&body) {
-                Ok(()) => return Ok(()),
-                Err(failure) if failure.retry && attempt < MAX_ATTEMPTS && Instant::now() + delay < deadline => {
-                    std::thread::sleep(delay);
-                    delay *= 2;
-                    attempt += 1;
-                }
-                Err(failure) => {
-                    return Err(OTelSdkError::InternalFailure(format!(
-                        "{} (attempt {attempt} of {MAX_ATTEMPTS})",
-                        failure.message
-                    )));
-                }
-            }
-        }
-    }
-
-    fn set_resource(&mut self, resource: &Resource) {
-        self.resource = encode_resource(resource, &self.redactor);
-    }
-}
-
-/// Append an `ExportTraceServiceRequest` carrying `batch` to `out`, grouped
-/// by instrumentation scope under the one resource, strings redacted.
-fn encode_request(out: &mut Vec<u8>, resource: &[u8], batch: &[SpanData], redactor: &Redactor) {
-    let mut scopes: Vec<(&InstrumentationScope, Vec<&SpanData>)> = Vec::new();
-    for span in batch {
-        match scopes
-            .iter_mut()
-            .find(|(scope, _)| **scope == span.instrumentation_scope)
-        {
-            Some((_, spans)) => spans.push(span),
-            None => scopes.push((&span.instrumentation_scope, vec![span])),
-        }
-    }
-    // Spans with the host's attributes and an event take under a kilobyte.
-    out.reserve(1024 * batch.len() + resource.len() + 64);
+/// Append an `ExportTraceServiceRequest` to `out`: one `ResourceSpans`
+/// with `resource` (from [`resource`]) and, per instrumentation scope, the
+/// spans [`span`] encoded for it.
+pub(super) fn request<'a>(
+    out: &mut Vec<u8>,
+    resource: &[u8],
+    scopes: impl IntoIterator<Item = (&'a InstrumentationScope, &'a [u8])>,
+    redactor: &Redactor,
+) {
     sized_message(out, 1, 3, |out| {
         out.extend_from_slice(resource);
-        for (scope, spans) in &scopes {
+        for (scope, spans) in scopes {
             sized_message(out, 2, 3, |out| scope_spans(out, scope, spans, redactor));
         }
     });
 }
 
+/// Append `span` to `out` as the `spans` field (2) of a `ScopeSpans`,
+/// strings redacted.
+pub(super) fn span(out: &mut Vec<u8>, span: &SpanData, redactor: &Redactor) {
+    sized_message(out, 2, 2, |out| span_fields(out, span, redactor));
+}
+
 /// The `resource` (field 1) and `schema_url` (field 3) of a `ResourceSpans`.
-fn encode_resource(resource: &Resource, redactor: &Redactor) -> Vec<u8> {
+pub(super) fn resource(resource: &Resource, redactor: &Redactor) -> Vec<u8> {
     let mut out = Vec::new();
     message(&mut out, 1, |out| {
         for (key, value) in resource.iter() {
@@ -211,19 +61,17 @@ fn encode_resource(resource: &Resource, redactor: &Redactor) -> Vec<u8> {
     out
 }
 
-fn scope_spans(out: &mut Vec<u8>, scope: &InstrumentationScope, spans: &[&SpanData], redactor: &Redactor) {
+fn scope_spans(out: &mut Vec<u8>, scope: &InstrumentationScope, spans: &[u8], redactor: &Redactor) {
     message(out, 1, |out| {
         string(out, 1, scope.name());
         string(out, 2, scope.version().unwrap_or_default());
         attributes(out, 3, scope.attributes(), redactor);
     });
-    for span in spans {
-        sized_message(out, 2, 2, |out| encode_span(out, span, redactor));
-    }
+    out.extend_from_slice(spans);
     string(out, 3, scope.schema_url().unwrap_or_default());
 }
 
-fn encode_span(out: &mut Vec<u8>, span: &SpanData, redactor: &Redactor) {
+fn span_fields(out: &mut Vec<u8>, span: &SpanData, redactor: &Redactor) {
     ids(out, &span.span_context);
     if span.parent_span_id != SpanId::INVALID {
         bytes(out, 4, &span.parent_span_id.to_bytes());
@@ -479,7 +327,12 @@ mod tests {
         )
     }
 
-    fn span(scope: &InstrumentationScope, name: &'static str, status: Status, attributes: Vec<KeyValue>) -> SpanData {
+    fn span_data(
+        scope: &InstrumentationScope,
+        name: &'static str,
+        status: Status,
+        attributes: Vec<KeyValue>,
+    ) -> SpanData {
         let start = UNIX_EPOCH + Duration::from_nanos(1_764_979_200_123_456_789);
         let mut events = SpanEvents::default();
         events.events.push(Event::new(
@@ -510,7 +363,7 @@ mod tests {
         }
     }
 
-    fn resource() -> Resource {
+    fn sample_resource() -> Resource {
         Resource::builder_empty()
             .with_service_name("agents")
             .with_attribute(KeyValue::new("deployment.environment", "prod"))
@@ -521,16 +374,41 @@ mod tests {
     fn reference(batch: Vec<SpanData>, redactor: &Redactor) -> ExportTraceServiceRequest {
         let mut batch = batch;
         for span in &mut batch {
-            super::super::traces::redact_span(redactor, span);
+            crate::telemetry::traces::redact_span(redactor, span);
         }
         in_key_order(ExportTraceServiceRequest {
-            resource_spans: group_spans_by_resource_and_scope(batch, &ResourceAttributesWithSchema::from(&resource())),
+            resource_spans: group_spans_by_resource_and_scope(
+                batch,
+                &ResourceAttributesWithSchema::from(&sample_resource()),
+            ),
         })
     }
 
+    /// As the processor sends `batch`: each span encoded on its own, then
+    /// grouped by scope in a request.
     fn encode(batch: &[SpanData], redactor: &Redactor) -> Vec<u8> {
+        let mut scopes: Vec<(&InstrumentationScope, Vec<u8>)> = Vec::new();
+        for data in batch {
+            let index = match scopes
+                .iter()
+                .position(|(scope, _)| **scope == data.instrumentation_scope)
+            {
+                Some(index) => index,
+                None => {
+                    scopes.push((&data.instrumentation_scope, Vec::new()));
+                    scopes.len() - 1
+                }
+            };
+            span(&mut scopes[index].1, data, redactor);
+        }
         let mut out = Vec::new();
-        encode_request(&mut out, &encode_resource(&resource(), redactor), batch, redactor);
+        let resource = resource(&sample_resource(), redactor);
+        request(
+            &mut out,
+            &resource,
+            scopes.iter().map(|(scope, spans)| (*scope, spans.as_slice())),
+            redactor,
+        );
         out
     }
 
@@ -559,7 +437,7 @@ mod tests {
             .with_attributes([KeyValue::new("a", true)])
             .build();
         let batch = vec![
-            span(
+            span_data(
                 &host,
                 "process jobs",
                 Status::Unset,
@@ -584,8 +462,8 @@ mod tests {
                     ),
                 ],
             ),
-            span(&other, "other", Status::Ok, vec![]),
-            span(
+            span_data(&other, "other", Status::Ok, vec![]),
+            span_data(
                 &host,
                 "invoke_agent echo",
                 Status::error("denied for AKIAIOSFODNN7EXAMPLE"),
@@ -607,7 +485,7 @@ mod tests {
         let host = InstrumentationScope::builder("wink-host").build();
         let attributes: Vec<KeyValue> = (0..20).map(|i| KeyValue::new(format!("key.{i}"), "value")).collect();
         let batch: Vec<SpanData> = (0..512)
-            .map(|_| span(&host, "process jobs", Status::Unset, attributes.clone()))
+            .map(|_| span_data(&host, "process jobs", Status::Unset, attributes.clone()))
             .collect();
         let encoded = encode(&batch, &redactor);
         assert!(encoded.len() > 1 << 14, "a batch this size needs a three-byte length");
