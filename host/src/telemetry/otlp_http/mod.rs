@@ -10,6 +10,7 @@
 mod encode;
 mod processor;
 
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -41,24 +42,62 @@ pub(super) fn processor(
 /// and transient failures within the export timeout.
 #[derive(Debug)]
 pub(super) struct OtlpHttpClient {
-    client: reqwest::blocking::Client,
+    client: reqwest::Client,
     endpoint: reqwest::Url,
     headers: http::HeaderMap,
     timeout: Duration,
+    /// Drives `client` on the thread that sends, the processor's own,
+    /// started there on the first send. (reqwest's blocking client would
+    /// hand each request to a runtime thread of its own and back.)
+    runtime: OnceLock<tokio::runtime::Runtime>,
 }
 
 impl OtlpHttpClient {
     fn new(config: &TraceConfig, headers: http::HeaderMap) -> Result<Self, String> {
         let endpoint = reqwest::Url::parse(&config.endpoint).map_err(|err| format!("not a URL: {err}"))?;
+        let client = reqwest::Client::builder()
+            .timeout(config.timeout)
+            .user_agent(concat!("wink-host/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|err| format!("cannot build the HTTP client: {err}"))?;
         Ok(Self {
-            client: blocking_client(config.timeout)?,
+            client,
             endpoint,
             headers,
             timeout: config.timeout,
+            runtime: OnceLock::new(),
         })
     }
 
-    fn post(&self, body: &Bytes) -> Result<(), Failure> {
+    fn runtime(&self) -> Result<&tokio::runtime::Runtime, String> {
+        if let Some(runtime) = self.runtime.get() {
+            return Ok(runtime);
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|err| format!("cannot start the HTTP client's runtime: {err}"))?;
+        Ok(self.runtime.get_or_init(|| runtime))
+    }
+
+    async fn send_with_retries(&self, body: Bytes) -> Result<(), String> {
+        let deadline = Instant::now() + self.timeout;
+        let mut delay = FIRST_RETRY_DELAY;
+        let mut attempt = 1;
+        loop {
+            match self.post(&body).await {
+                Ok(()) => return Ok(()),
+                Err(failure) if failure.retry && attempt < MAX_ATTEMPTS && Instant::now() + delay < deadline => {
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                    attempt += 1;
+                }
+                Err(failure) => return Err(format!("{} (attempt {attempt} of {MAX_ATTEMPTS})", failure.message)),
+            }
+        }
+    }
+
+    async fn post(&self, body: &Bytes) -> Result<(), Failure> {
         // The configured headers come last, so that they replace ours.
         let response = self
             .client
@@ -67,6 +106,7 @@ impl OtlpHttpClient {
             .headers(self.headers.clone())
             .body(body.clone())
             .send()
+            .await
             .map_err(|err| Failure {
                 retry: !err.is_builder(),
                 // The endpoint is in the configuration; its URL may hold credentials.
@@ -74,7 +114,7 @@ impl OtlpHttpClient {
             })?;
         let status = response.status();
         // Read to the end, so that the connection can carry the next batch.
-        let _ = response.bytes();
+        let _ = response.bytes().await;
         if status.is_success() {
             return Ok(());
         }
@@ -89,20 +129,7 @@ impl Transport for OtlpHttpClient {
     /// Blocks the processor's own thread, never a job's: a slow collector
     /// only delays the next batch.
     fn send(&self, body: Bytes) -> Result<(), String> {
-        let deadline = Instant::now() + self.timeout;
-        let mut delay = FIRST_RETRY_DELAY;
-        let mut attempt = 1;
-        loop {
-            match self.post(&body) {
-                Ok(()) => return Ok(()),
-                Err(failure) if failure.retry && attempt < MAX_ATTEMPTS && Instant::now() + delay < deadline => {
-                    std::thread::sleep(delay);
-                    delay *= 2;
-                    attempt += 1;
-                }
-                Err(failure) => return Err(format!("{} (attempt {attempt} of {MAX_ATTEMPTS})", failure.message)),
-            }
-        }
+        self.runtime()?.block_on(self.send_with_retries(body))
     }
 }
 
@@ -110,22 +137,4 @@ impl Transport for OtlpHttpClient {
 struct Failure {
     retry: bool,
     message: String,
-}
-
-/// reqwest's blocking client runs its own runtime on a thread of its own;
-/// building it from inside the host's tokio runtime would nest runtimes, so
-/// it is built on a short-lived plain thread (as opentelemetry-otlp does).
-fn blocking_client(timeout: Duration) -> Result<reqwest::blocking::Client, String> {
-    std::thread::Builder::new()
-        .name("otlp-http-setup".into())
-        .spawn(move || {
-            reqwest::blocking::Client::builder()
-                .timeout(timeout)
-                .user_agent(concat!("wink-host/", env!("CARGO_PKG_VERSION")))
-                .build()
-        })
-        .map_err(|err| format!("cannot start the HTTP client: {err}"))?
-        .join()
-        .map_err(|_| "building the HTTP client panicked".to_owned())?
-        .map_err(|err| format!("cannot build the HTTP client: {err}"))
 }

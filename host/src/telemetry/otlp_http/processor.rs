@@ -160,7 +160,7 @@ impl EncodingBatchProcessor {
         settings: BatchSettings,
     ) -> Result<Self, String> {
         let shared = Arc::new(Shared {
-            settings,
+            settings: sane(settings),
             state: Mutex::default(),
             wake: Condvar::new(),
             served: Condvar::new(),
@@ -183,6 +183,18 @@ impl EncodingBatchProcessor {
     }
 }
 
+/// `settings` made workable, as the SDK's batch processor does: a queue of
+/// at least one span, batches no larger than it, and a delay the shipper
+/// cannot spin on.
+fn sane(settings: BatchSettings) -> BatchSettings {
+    let max_queue_size = settings.max_queue_size.max(1);
+    BatchSettings {
+        max_queue_size,
+        max_export_batch_size: settings.max_export_batch_size.clamp(1, max_queue_size),
+        schedule_delay: settings.schedule_delay.max(Duration::from_millis(1)),
+    }
+}
+
 impl SpanProcessor for EncodingBatchProcessor {
     fn on_start(&self, _span: &mut opentelemetry_sdk::trace::Span, _cx: &opentelemetry::Context) {}
 
@@ -190,20 +202,33 @@ impl SpanProcessor for EncodingBatchProcessor {
         if !span.span_context.is_sampled() {
             return;
         }
-        SCRATCH.with_borrow_mut(|scratch| {
+        let encode_and_enqueue = |scratch: &mut Vec<u8>| {
             scratch.clear();
             encode::span(scratch, &span, &self.redactor);
             self.shared.enqueue(&span.instrumentation_scope, scratch);
+        };
+        // A span that ends while its thread is being torn down gets a
+        // buffer of its own.
+        let encoded = SCRATCH.try_with(|scratch| match scratch.try_borrow_mut() {
+            Ok(mut scratch) => {
+                encode_and_enqueue(&mut scratch);
+                true
+            }
+            Err(_) => false,
         });
+        if encoded != Ok(true) {
+            encode_and_enqueue(&mut Vec::new());
+        }
     }
 
     fn force_flush(&self) -> OTelSdkResult {
         self.shared.flush(FLUSH_TIMEOUT)
     }
 
+    /// Unlike the SDK's batch processor, reports a failed last export.
     fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
         let outcome = self.shared.stop(timeout);
-        if outcome.is_ok()
+        if lock(&self.shared.state).stopped
             && let Some(shipper) = lock(&self.shipper).take()
         {
             // It has stopped: this returns at once.
@@ -315,79 +340,95 @@ impl Shared {
             .map_or(Ok(()), |err| Err(OTelSdkError::InternalFailure(err)))
     }
 
-    /// The shipper thread: send full batches as they fill up, everything
-    /// every `schedule_delay` and when a flush asks, until stopped.
+    /// The shipper thread: send each batch as it fills up, everything
+    /// waiting every `schedule_delay` and when a flush asks, one batch per
+    /// request, until stopped.
     fn ship(&self, transport: &impl Transport) {
-        let mut next_timed_export = Instant::now() + self.settings.schedule_delay;
-        let mut warnings = Warnings::default();
+        let _stopped = MarkStopped(self);
+        let mut shipper = Shipper {
+            next_timed_export: Instant::now() + self.settings.schedule_delay,
+            draining: 0,
+            serving: None,
+            flush_error: None,
+            final_drain: false,
+            warnings: Warnings::default(),
+        };
         loop {
-            let round = self.next_round(&mut next_timed_export);
-            let mut error = None;
-            for batch in &round.batches {
-                match self.send(transport, batch) {
-                    Ok(()) => warnings.export_succeeded(),
-                    Err(err) => {
-                        warnings.export_failed(&err);
-                        error = Some(err);
+            match self.next_step(&mut shipper) {
+                Step::Send(batch) => {
+                    let outcome = self.send(transport, &batch);
+                    if let Err(err) = &outcome
+                        && shipper.serving.is_some()
+                    {
+                        shipper.flush_error = Some(err.clone());
                     }
+                    shipper.warnings.export(outcome);
+                    let mut batch = batch;
+                    batch.clear();
+                    lock(&self.state).spare.push(batch);
+                }
+                Step::Served(ticket) => {
+                    let mut state = lock(&self.state);
+                    state.flushes_served = ticket;
+                    state.flush_error = shipper.flush_error.take();
+                    self.served.notify_all();
+                }
+                Step::Stop => {
+                    // Reported, unthrottled, as the shipper stops.
+                    lock(&self.state).dropped += std::mem::take(&mut shipper.warnings.dropped);
+                    return;
                 }
             }
-            let mut state = lock(&self.state);
-            warnings.dropped(std::mem::take(&mut state.dropped));
-            for mut batch in round.batches {
-                batch.clear();
-                state.spare.push(batch);
-            }
-            if let Some(ticket) = round.flush {
-                state.flushes_served = ticket;
-                state.flush_error = error;
-                self.served.notify_all();
-            }
-            if round.last {
-                state.stopped = true;
-                self.served.notify_all();
-                return;
-            }
+            let dropped = std::mem::take(&mut lock(&self.state).dropped);
+            shipper.warnings.dropped(dropped);
         }
     }
 
-    /// Wait until there is something to send, and take it.
-    fn next_round(&self, next_timed_export: &mut Instant) -> Round {
-        let batch_size = self.settings.max_export_batch_size;
+    /// Wait until there is something to do, and say what.
+    fn next_step(&self, shipper: &mut Shipper) -> Step {
         let mut state = lock(&self.state);
         loop {
-            let flushing = state.stopping || state.flushes_asked > state.flushes_served;
-            let now = Instant::now();
-            let timed = now >= *next_timed_export;
-            if flushing || timed {
+            if shipper.draining == 0 && shipper.serving.is_none() {
+                let now = Instant::now();
+                let flush_asked = state.flushes_asked > state.flushes_served;
+                let timed = now >= shipper.next_timed_export;
                 if timed {
-                    *next_timed_export = now + self.settings.schedule_delay;
+                    shipper.next_timed_export = now + self.settings.schedule_delay;
                 }
-                let batches: Vec<Batch> = state.waiting.drain(..).collect();
-                state.queued = 0;
-                return Round {
-                    batches,
-                    flush: flushing.then_some(state.flushes_asked),
-                    last: state.stopping,
-                };
+                let stop_asked = state.stopping && !shipper.final_drain;
+                if stop_asked || flush_asked || timed {
+                    // What waits now; spans ended meanwhile wait their turn.
+                    shipper.final_drain |= stop_asked;
+                    shipper.draining = state.waiting.len();
+                    shipper.serving = (stop_asked || flush_asked).then_some(state.flushes_asked);
+                }
             }
-            if state.waiting.front().is_some_and(|batch| batch.spans >= batch_size) {
-                let full = state
-                    .waiting
-                    .iter()
-                    .take_while(|batch| batch.spans >= batch_size)
-                    .count();
-                let batches: Vec<Batch> = state.waiting.drain(..full).collect();
-                state.queued -= batches.iter().map(|batch| batch.spans).sum::<usize>();
-                return Round {
-                    batches,
-                    flush: None,
-                    last: false,
-                };
+            if shipper.draining > 0 {
+                shipper.draining -= 1;
+                if let Some(batch) = state.waiting.pop_front() {
+                    state.queued -= batch.spans;
+                    return Step::Send(batch);
+                }
             }
+            if let Some(ticket) = shipper.serving.take() {
+                return Step::Served(ticket);
+            }
+            if shipper.final_drain {
+                return Step::Stop;
+            }
+            if state
+                .waiting
+                .front()
+                .is_some_and(|batch| batch.spans >= self.settings.max_export_batch_size)
+                && let Some(batch) = state.waiting.pop_front()
+            {
+                state.queued -= batch.spans;
+                return Step::Send(batch);
+            }
+            let wait = shipper.next_timed_export.saturating_duration_since(Instant::now());
             state = self
                 .wake
-                .wait_timeout(state, *next_timed_export - now)
+                .wait_timeout(state, wait)
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
         }
@@ -417,41 +458,79 @@ impl Shared {
     }
 }
 
-/// What the shipper sends in one go.
-struct Round {
-    batches: Vec<Batch>,
-    /// The flush this round serves, if any.
-    flush: Option<u64>,
-    /// Whether the shipper stops after it.
-    last: bool,
+/// What the shipper does next.
+enum Step {
+    Send(Batch),
+    /// Everything waiting when the flush (or shutdown) with this ticket
+    /// was asked for has been sent.
+    Served(u64),
+    Stop,
+}
+
+/// The shipper thread's own state.
+struct Shipper {
+    next_timed_export: Instant,
+    /// Batches still to send before the flush being served, or the timed
+    /// export, is done.
+    draining: usize,
+    /// The flush being served, and why one of its exports failed.
+    serving: Option<u64>,
+    flush_error: Option<String>,
+    /// Shutdown began: what waited then is being (or has been) sent.
+    final_drain: bool,
+    warnings: Warnings,
+}
+
+/// Marks the shipper stopped however it ends, a panic included, so that
+/// flushes and shutdown never wait for a shipper that is gone.
+struct MarkStopped<'a>(&'a Shared);
+
+impl Drop for MarkStopped<'_> {
+    fn drop(&mut self) {
+        let mut state = lock(&self.0.state);
+        state.stopping = true;
+        state.stopped = true;
+        let dropped = std::mem::take(&mut state.dropped) + state.queued as u64;
+        drop(state);
+        self.0.served.notify_all();
+        if dropped > 0 {
+            tracing::warn!(
+                spans = dropped,
+                "spans dropped: the export queue was full or export had stopped"
+            );
+        }
+    }
 }
 
 /// Warnings about lost spans, at most one per [`WARNING_INTERVAL`] each, so
 /// that a collector that is down does not flood the logs.
 #[derive(Default)]
 struct Warnings {
-    failing: bool,
+    /// An export failed and was warned about; none has succeeded since.
+    warned_failing: bool,
     last_failure_warning: Option<Instant>,
     dropped: u64,
     last_drop_warning: Option<Instant>,
 }
 
 impl Warnings {
-    fn export_failed(&mut self, error: &str) {
-        self.failing = true;
-        if self
-            .last_failure_warning
-            .is_none_or(|at| at.elapsed() >= WARNING_INTERVAL)
-        {
-            self.last_failure_warning = Some(Instant::now());
-            tracing::warn!(error, "span export failed; its batch is dropped");
-        }
-    }
-
-    fn export_succeeded(&mut self) {
-        if std::mem::take(&mut self.failing) {
-            self.last_failure_warning = None;
-            tracing::info!("span export works again");
+    fn export(&mut self, outcome: Result<(), String>) {
+        match outcome {
+            Ok(()) => {
+                if std::mem::take(&mut self.warned_failing) {
+                    tracing::info!("span export works again");
+                }
+            }
+            Err(error) => {
+                if self
+                    .last_failure_warning
+                    .is_none_or(|at| at.elapsed() >= WARNING_INTERVAL)
+                {
+                    self.last_failure_warning = Some(Instant::now());
+                    self.warned_failing = true;
+                    tracing::warn!(error, "span export failed; its batch is dropped");
+                }
+            }
         }
     }
 
@@ -479,13 +558,21 @@ mod tests {
 
     use super::*;
 
-    /// Hands each request to the test, after `gate` lets it through.
+    /// What the test transport does with a request.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Answer {
+        Deliver,
+        Fail,
+        Panic,
+    }
+
+    /// Hands each request to the test, once `gate` lets it through when gated.
     struct Recorder {
         requests: Mutex<mpsc::Sender<Bytes>>,
         entered: Mutex<mpsc::Sender<()>>,
         gate: Mutex<mpsc::Receiver<()>>,
         gated: bool,
-        fail: bool,
+        answer: Answer,
     }
 
     struct Recorded {
@@ -500,15 +587,29 @@ mod tests {
             if self.gated {
                 let _ = lock(&self.gate).recv();
             }
-            let _ = lock(&self.requests).send(body);
-            if self.fail {
-                return Err("the collector answered 400 Bad Request".into());
+            match self.answer {
+                Answer::Deliver => {
+                    let _ = lock(&self.requests).send(body);
+                    Ok(())
+                }
+                Answer::Fail => {
+                    let _ = lock(&self.requests).send(body);
+                    Err("the collector answered 400 Bad Request".into())
+                }
+                Answer::Panic => panic!("the transport broke"),
             }
-            Ok(())
         }
     }
 
-    fn processor(queue: usize, batch: usize, gated: bool, fail: bool) -> (EncodingBatchProcessor, Recorded) {
+    fn settings(queue: usize, batch: usize) -> BatchSettings {
+        BatchSettings {
+            max_queue_size: queue,
+            max_export_batch_size: batch,
+            schedule_delay: Duration::from_secs(600),
+        }
+    }
+
+    fn processor(settings: BatchSettings, gated: bool, answer: Answer) -> (EncodingBatchProcessor, Recorded) {
         let (requests, requests_rx) = mpsc::channel();
         let (entered, entered_rx) = mpsc::channel();
         let (gate, gate_rx) = mpsc::channel();
@@ -517,12 +618,7 @@ mod tests {
             entered: Mutex::new(entered),
             gate: Mutex::new(gate_rx),
             gated,
-            fail,
-        };
-        let settings = BatchSettings {
-            max_queue_size: queue,
-            max_export_batch_size: batch,
-            schedule_delay: Duration::from_secs(600),
+            answer,
         };
         let processor =
             EncodingBatchProcessor::start(recorder, Redactor::new([], []).expect("redactor"), settings).expect("start");
@@ -569,35 +665,53 @@ mod tests {
             .collect()
     }
 
+    fn delivered(recorded: &Recorded) -> Vec<Vec<u64>> {
+        recorded.requests.try_iter().map(|body| span_ids(&body)).collect()
+    }
+
     const WAIT: Duration = Duration::from_secs(10);
 
     #[test]
     fn full_batches_leave_at_once_and_a_flush_sends_the_rest() {
-        let (processor, recorded) = processor(8, 3, false, false);
+        let (processor, recorded) = processor(settings(8, 3), false, Answer::Deliver);
         for n in 1..=7 {
             processor.on_end(span(n, true));
         }
         processor.on_end(span(99, false));
         // Two full batches leave without a flush (the timer is ten minutes off).
-        assert_eq!(
-            span_ids(&recorded.requests.recv_timeout(WAIT).expect("first")),
-            [1, 2, 3]
-        );
-        assert_eq!(
-            span_ids(&recorded.requests.recv_timeout(WAIT).expect("second")),
-            [4, 5, 6]
-        );
+        for expected in [[1, 2, 3], [4, 5, 6]] {
+            let body = recorded.requests.recv_timeout(WAIT).expect("a full batch");
+            assert_eq!(span_ids(&body), expected);
+        }
         processor.force_flush().expect("flush");
         // The unsampled span is not exported.
-        assert_eq!(span_ids(&recorded.requests.try_recv().expect("flushed")), [7]);
+        assert_eq!(delivered(&recorded), [[7]]);
         // Nothing waits: a flush sends nothing.
         processor.force_flush().expect("empty flush");
-        assert!(recorded.requests.try_recv().is_err());
+        assert!(delivered(&recorded).is_empty());
+    }
+
+    #[test]
+    fn a_partial_batch_leaves_after_the_schedule_delay() {
+        let delay = Duration::from_millis(50);
+        let (processor, recorded) = processor(
+            BatchSettings {
+                schedule_delay: delay,
+                ..settings(8, 4)
+            },
+            false,
+            Answer::Deliver,
+        );
+        let ended = Instant::now();
+        processor.on_end(span(1, true));
+        let body = recorded.requests.recv_timeout(WAIT).expect("a timed export");
+        assert_eq!(span_ids(&body), [1]);
+        assert!(ended.elapsed() < WAIT);
     }
 
     #[test]
     fn a_full_queue_drops_the_spans_that_do_not_fit() {
-        let (processor, recorded) = processor(4, 2, true, false);
+        let (processor, recorded) = processor(settings(4, 2), true, Answer::Deliver);
         processor.on_end(span(1, true));
         processor.on_end(span(2, true));
         // The shipper holds the first batch, stuck in a slow export...
@@ -606,28 +720,115 @@ mod tests {
         for n in 3..=9 {
             processor.on_end(span(n, true));
         }
+        assert_eq!(lock(&processor.shared.state).dropped, 3);
         for _ in 0..3 {
             recorded.gate.send(()).expect("gate");
         }
         processor.force_flush().expect("flush");
-        let delivered: Vec<u64> = recorded.requests.try_iter().flat_map(|body| span_ids(&body)).collect();
-        assert_eq!(delivered, [1, 2, 3, 4, 5, 6]);
+        assert_eq!(delivered(&recorded), [[1, 2], [3, 4], [5, 6]]);
     }
 
     #[test]
-    fn a_failed_export_fails_the_flush_and_shutdown_stops_the_export() {
-        let (processor, recorded) = processor(8, 4, false, true);
+    fn a_stuck_export_times_out_flush_and_shutdown_and_the_queue_still_drains() {
+        let (processor, recorded) = processor(settings(8, 2), true, Answer::Deliver);
+        processor.on_end(span(1, true));
+        processor.on_end(span(2, true));
+        recorded.entered.recv_timeout(WAIT).expect("the export starts");
+        processor.on_end(span(3, true));
+        // Stuck: the flush gives up, and so does a shutdown.
+        assert!(matches!(
+            processor.shared.flush(Duration::from_millis(50)),
+            Err(OTelSdkError::Timeout(_))
+        ));
+        assert!(matches!(
+            processor.shutdown_with_timeout(Duration::from_millis(50)),
+            Err(OTelSdkError::Timeout(_))
+        ));
+        recorded.gate.send(()).expect("gate");
+        recorded.gate.send(()).expect("gate");
+        // Once unstuck, the shipper sends what waited at shutdown and stops.
+        let body = recorded.requests.recv_timeout(WAIT).expect("the batch in flight");
+        assert_eq!(span_ids(&body), [1, 2]);
+        let body = recorded.requests.recv_timeout(WAIT).expect("the batch behind it");
+        assert_eq!(span_ids(&body), [3]);
+        let stopped = Instant::now() + WAIT;
+        while !lock(&processor.shared.state).stopped {
+            assert!(Instant::now() < stopped, "the shipper did not stop");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(matches!(processor.shutdown(), Err(OTelSdkError::AlreadyShutdown)));
+    }
+
+    #[test]
+    fn a_flush_returns_once_the_export_in_flight_and_what_queued_behind_it_are_sent() {
+        let (processor, recorded) = processor(settings(8, 2), true, Answer::Deliver);
+        processor.on_end(span(1, true));
+        processor.on_end(span(2, true));
+        recorded.entered.recv_timeout(WAIT).expect("the export starts");
+        processor.on_end(span(3, true));
+        let processor = Arc::new(processor);
+        let flush = std::thread::spawn({
+            let processor = processor.clone();
+            move || processor.force_flush()
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!flush.is_finished(), "the flush returned with spans still waiting");
+        recorded.gate.send(()).expect("gate");
+        recorded.gate.send(()).expect("gate");
+        flush.join().expect("flush thread").expect("flush");
+        assert_eq!(delivered(&recorded), [vec![1, 2], vec![3]]);
+    }
+
+    #[test]
+    fn a_failed_export_fails_the_flush_and_the_shutdown() {
+        let (processor, recorded) = processor(settings(8, 4), false, Answer::Fail);
         processor.on_end(span(1, true));
         let err = processor.force_flush().expect_err("the export failed").to_string();
         assert!(err.contains("400 Bad Request"), "{err}");
-        assert_eq!(span_ids(&recorded.requests.try_recv().expect("sent")), [1]);
+        assert_eq!(delivered(&recorded), [[1]]);
 
         processor.on_end(span(2, true));
         assert!(processor.shutdown().is_err(), "the last export failed too");
-        assert_eq!(span_ids(&recorded.requests.try_recv().expect("sent at shutdown")), [2]);
-        // Spans ended after shutdown go nowhere, and a second shutdown says so.
+        assert_eq!(delivered(&recorded), [[2]]);
+        // Spans ended after shutdown are dropped, and counted.
         processor.on_end(span(3, true));
-        assert!(matches!(processor.shutdown(), Err(OTelSdkError::AlreadyShutdown)));
-        assert!(recorded.requests.try_recv().is_err());
+        let state = lock(&processor.shared.state);
+        assert_eq!((state.queued, state.dropped), (0, 1));
+    }
+
+    #[test]
+    fn dropping_the_processor_still_sends_what_waits() {
+        let (processor, recorded) = processor(settings(8, 4), false, Answer::Deliver);
+        processor.on_end(span(1, true));
+        drop(processor);
+        let body = recorded.requests.recv_timeout(WAIT).expect("sent on drop");
+        assert_eq!(span_ids(&body), [1]);
+    }
+
+    #[test]
+    fn a_shipper_that_panicked_fails_flushes_at_once() {
+        let (processor, recorded) = processor(settings(8, 1), false, Answer::Panic);
+        processor.on_end(span(1, true));
+        recorded.entered.recv_timeout(WAIT).expect("the export starts");
+        let started = Instant::now();
+        assert!(matches!(processor.force_flush(), Err(OTelSdkError::AlreadyShutdown)));
+        assert!(started.elapsed() < FLUSH_TIMEOUT, "the flush waited for a dead shipper");
+    }
+
+    #[test]
+    fn unworkable_settings_are_made_workable() {
+        let sane = sane(BatchSettings {
+            max_queue_size: 0,
+            max_export_batch_size: 10,
+            schedule_delay: Duration::ZERO,
+        });
+        assert_eq!(
+            sane,
+            BatchSettings {
+                max_queue_size: 1,
+                max_export_batch_size: 1,
+                schedule_delay: Duration::from_millis(1),
+            }
+        );
     }
 }
