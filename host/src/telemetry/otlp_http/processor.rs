@@ -99,11 +99,13 @@ struct State {
     spare: Vec<Batch>,
     /// Spans dropped since the shipper last reported it.
     dropped: u64,
-    /// Flushes asked for, and the last one the shipper served with why an
-    /// export it made for it failed, if one did.
+    /// Flushes asked for, and the last one the shipper served.
     flushes_asked: u64,
     flushes_served: u64,
-    flush_error: Option<String>,
+    /// Exports that failed so far, and why the last one did: a flush (or
+    /// shutdown) fails when one failed while it waited.
+    failures: u64,
+    last_failure: Option<String>,
     stopping: bool,
     stopped: bool,
 }
@@ -281,7 +283,6 @@ impl Shared {
     /// Ask the shipper to send everything waiting, and wait up to
     /// `timeout` for the outcome.
     fn flush(&self, timeout: Duration) -> OTelSdkResult {
-        let deadline = Instant::now() + timeout;
         let mut state = lock(&self.state);
         if state.stopping {
             return Err(OTelSdkError::AlreadyShutdown);
@@ -289,39 +290,47 @@ impl Shared {
         state.flushes_asked += 1;
         let ticket = state.flushes_asked;
         self.wake.notify_one();
-        while state.flushes_served < ticket {
-            let Some(left) = deadline
-                .checked_duration_since(Instant::now())
-                .filter(|left| !left.is_zero())
-            else {
-                return Err(OTelSdkError::Timeout(timeout));
-            };
-            if state.stopped {
-                return Err(OTelSdkError::AlreadyShutdown);
+        self.wait(state, timeout, |state| {
+            if state.flushes_served >= ticket {
+                Some(Ok(()))
+            } else if state.stopped {
+                Some(Err(OTelSdkError::AlreadyShutdown))
+            } else {
+                None
             }
-            state = self
-                .served
-                .wait_timeout(state, left)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
-        }
-        state
-            .flush_error
-            .clone()
-            .map_or(Ok(()), |err| Err(OTelSdkError::InternalFailure(err)))
+        })
     }
 
     /// Stop the shipper once it has sent everything waiting, waiting up to
     /// `timeout` for it; the outcome of that last export.
     fn stop(&self, timeout: Duration) -> OTelSdkResult {
-        let deadline = Instant::now() + timeout;
         let mut state = lock(&self.state);
         if state.stopping {
             return Err(OTelSdkError::AlreadyShutdown);
         }
         state.stopping = true;
         self.wake.notify_one();
-        while !state.stopped {
+        self.wait(state, timeout, |state| state.stopped.then_some(Ok(())))
+    }
+
+    /// Wait up to `timeout` for the shipper to get where `done` says, then
+    /// report an export that failed meanwhile.
+    fn wait(
+        &self,
+        mut state: MutexGuard<'_, State>,
+        timeout: Duration,
+        done: impl Fn(&State) -> Option<OTelSdkResult>,
+    ) -> OTelSdkResult {
+        let deadline = Instant::now() + timeout;
+        let failures_before = state.failures;
+        loop {
+            if let Some(outcome) = done(&state) {
+                if outcome.is_ok() && state.failures > failures_before {
+                    let why = state.last_failure.clone().unwrap_or_default();
+                    return Err(OTelSdkError::InternalFailure(why));
+                }
+                return outcome;
+            }
             let Some(left) = deadline
                 .checked_duration_since(Instant::now())
                 .filter(|left| !left.is_zero())
@@ -334,10 +343,6 @@ impl Shared {
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
         }
-        state
-            .flush_error
-            .clone()
-            .map_or(Ok(()), |err| Err(OTelSdkError::InternalFailure(err)))
     }
 
     /// The shipper thread: send each batch as it fills up, everything
@@ -349,28 +354,25 @@ impl Shared {
             next_timed_export: Instant::now() + self.settings.schedule_delay,
             draining: 0,
             serving: None,
-            flush_error: None,
             final_drain: false,
             warnings: Warnings::default(),
         };
         loop {
             match self.next_step(&mut shipper) {
-                Step::Send(batch) => {
+                Step::Send(mut batch) => {
                     let outcome = self.send(transport, &batch);
-                    if let Err(err) = &outcome
-                        && shipper.serving.is_some()
-                    {
-                        shipper.flush_error = Some(err.clone());
-                    }
-                    shipper.warnings.export(outcome);
-                    let mut batch = batch;
                     batch.clear();
-                    lock(&self.state).spare.push(batch);
+                    let mut state = lock(&self.state);
+                    state.spare.push(batch);
+                    if let Err(err) = &outcome {
+                        state.failures += 1;
+                        state.last_failure = Some(err.clone());
+                    }
+                    drop(state);
+                    shipper.warnings.export(outcome);
                 }
                 Step::Served(ticket) => {
-                    let mut state = lock(&self.state);
-                    state.flushes_served = ticket;
-                    state.flush_error = shipper.flush_error.take();
+                    lock(&self.state).flushes_served = ticket;
                     self.served.notify_all();
                 }
                 Step::Stop => {
@@ -473,9 +475,8 @@ struct Shipper {
     /// Batches still to send before the flush being served, or the timed
     /// export, is done.
     draining: usize,
-    /// The flush being served, and why one of its exports failed.
+    /// The flush (or shutdown) being served.
     serving: Option<u64>,
-    flush_error: Option<String>,
     /// Shutdown began: what waited then is being (or has been) sent.
     final_drain: bool,
     warnings: Warnings,
@@ -488,6 +489,10 @@ struct MarkStopped<'a>(&'a Shared);
 impl Drop for MarkStopped<'_> {
     fn drop(&mut self) {
         let mut state = lock(&self.0.state);
+        if std::thread::panicking() {
+            state.failures += 1;
+            state.last_failure = Some("the export thread panicked".into());
+        }
         state.stopping = true;
         state.stopped = true;
         let dropped = std::mem::take(&mut state.dropped) + state.queued as u64;
@@ -566,13 +571,14 @@ mod tests {
         Panic,
     }
 
-    /// Hands each request to the test, once `gate` lets it through when gated.
+    /// Hands each request to the test, once `gate` lets it through when
+    /// gated, answering as `answers` say in turn, then delivering.
     struct Recorder {
         requests: Mutex<mpsc::Sender<Bytes>>,
         entered: Mutex<mpsc::Sender<()>>,
         gate: Mutex<mpsc::Receiver<()>>,
         gated: bool,
-        answer: Answer,
+        answers: Mutex<VecDeque<Answer>>,
     }
 
     struct Recorded {
@@ -587,7 +593,8 @@ mod tests {
             if self.gated {
                 let _ = lock(&self.gate).recv();
             }
-            match self.answer {
+            let answer = lock(&self.answers).pop_front().unwrap_or(Answer::Deliver);
+            match answer {
                 Answer::Deliver => {
                     let _ = lock(&self.requests).send(body);
                     Ok(())
@@ -609,7 +616,7 @@ mod tests {
         }
     }
 
-    fn processor(settings: BatchSettings, gated: bool, answer: Answer) -> (EncodingBatchProcessor, Recorded) {
+    fn processor(settings: BatchSettings, gated: bool, answers: &[Answer]) -> (EncodingBatchProcessor, Recorded) {
         let (requests, requests_rx) = mpsc::channel();
         let (entered, entered_rx) = mpsc::channel();
         let (gate, gate_rx) = mpsc::channel();
@@ -618,7 +625,7 @@ mod tests {
             entered: Mutex::new(entered),
             gate: Mutex::new(gate_rx),
             gated,
-            answer,
+            answers: Mutex::new(answers.iter().copied().collect()),
         };
         let processor =
             EncodingBatchProcessor::start(recorder, Redactor::new([], []).expect("redactor"), settings).expect("start");
@@ -673,7 +680,7 @@ mod tests {
 
     #[test]
     fn full_batches_leave_at_once_and_a_flush_sends_the_rest() {
-        let (processor, recorded) = processor(settings(8, 3), false, Answer::Deliver);
+        let (processor, recorded) = processor(settings(8, 3), false, &[]);
         for n in 1..=7 {
             processor.on_end(span(n, true));
         }
@@ -700,18 +707,21 @@ mod tests {
                 ..settings(8, 4)
             },
             false,
-            Answer::Deliver,
+            &[],
         );
         let ended = Instant::now();
         processor.on_end(span(1, true));
         let body = recorded.requests.recv_timeout(WAIT).expect("a timed export");
         assert_eq!(span_ids(&body), [1]);
-        assert!(ended.elapsed() < WAIT);
+        assert!(
+            ended.elapsed() >= delay,
+            "sent before its batch filled or its time came"
+        );
     }
 
     #[test]
     fn a_full_queue_drops_the_spans_that_do_not_fit() {
-        let (processor, recorded) = processor(settings(4, 2), true, Answer::Deliver);
+        let (processor, recorded) = processor(settings(4, 2), true, &[]);
         processor.on_end(span(1, true));
         processor.on_end(span(2, true));
         // The shipper holds the first batch, stuck in a slow export...
@@ -730,7 +740,7 @@ mod tests {
 
     #[test]
     fn a_stuck_export_times_out_flush_and_shutdown_and_the_queue_still_drains() {
-        let (processor, recorded) = processor(settings(8, 2), true, Answer::Deliver);
+        let (processor, recorded) = processor(settings(8, 2), true, &[]);
         processor.on_end(span(1, true));
         processor.on_end(span(2, true));
         recorded.entered.recv_timeout(WAIT).expect("the export starts");
@@ -761,7 +771,7 @@ mod tests {
 
     #[test]
     fn a_flush_returns_once_the_export_in_flight_and_what_queued_behind_it_are_sent() {
-        let (processor, recorded) = processor(settings(8, 2), true, Answer::Deliver);
+        let (processor, recorded) = processor(settings(8, 2), true, &[]);
         processor.on_end(span(1, true));
         processor.on_end(span(2, true));
         recorded.entered.recv_timeout(WAIT).expect("the export starts");
@@ -771,17 +781,28 @@ mod tests {
             let processor = processor.clone();
             move || processor.force_flush()
         });
-        std::thread::sleep(Duration::from_millis(50));
-        assert!(!flush.is_finished(), "the flush returned with spans still waiting");
         recorded.gate.send(()).expect("gate");
+        // The flush's own export of span 3 starts: the flush must wait for it.
+        recorded.entered.recv_timeout(WAIT).expect("the flush's export starts");
+        assert!(!flush.is_finished(), "the flush returned with spans still waiting");
         recorded.gate.send(()).expect("gate");
         flush.join().expect("flush thread").expect("flush");
         assert_eq!(delivered(&recorded), [vec![1, 2], vec![3]]);
     }
 
     #[test]
+    fn a_flush_fails_only_for_an_export_that_failed_while_it_waited() {
+        let (processor, recorded) = processor(settings(8, 4), false, &[Answer::Fail]);
+        processor.on_end(span(1, true));
+        assert!(processor.force_flush().is_err());
+        processor.on_end(span(2, true));
+        processor.force_flush().expect("the next flush delivers");
+        assert_eq!(delivered(&recorded), [[1], [2]]);
+    }
+
+    #[test]
     fn a_failed_export_fails_the_flush_and_the_shutdown() {
-        let (processor, recorded) = processor(settings(8, 4), false, Answer::Fail);
+        let (processor, recorded) = processor(settings(8, 4), false, &[Answer::Fail, Answer::Fail]);
         processor.on_end(span(1, true));
         let err = processor.force_flush().expect_err("the export failed").to_string();
         assert!(err.contains("400 Bad Request"), "{err}");
@@ -798,7 +819,7 @@ mod tests {
 
     #[test]
     fn dropping_the_processor_still_sends_what_waits() {
-        let (processor, recorded) = processor(settings(8, 4), false, Answer::Deliver);
+        let (processor, recorded) = processor(settings(8, 4), false, &[]);
         processor.on_end(span(1, true));
         drop(processor);
         let body = recorded.requests.recv_timeout(WAIT).expect("sent on drop");
@@ -807,12 +828,20 @@ mod tests {
 
     #[test]
     fn a_shipper_that_panicked_fails_flushes_at_once() {
-        let (processor, recorded) = processor(settings(8, 1), false, Answer::Panic);
+        let (processor, recorded) = processor(settings(8, 1), false, &[Answer::Panic]);
         processor.on_end(span(1, true));
         recorded.entered.recv_timeout(WAIT).expect("the export starts");
         let started = Instant::now();
         assert!(matches!(processor.force_flush(), Err(OTelSdkError::AlreadyShutdown)));
         assert!(started.elapsed() < FLUSH_TIMEOUT, "the flush waited for a dead shipper");
+    }
+
+    #[test]
+    fn a_panic_in_the_last_export_fails_the_shutdown() {
+        let (processor, _recorded) = processor(settings(8, 4), false, &[Answer::Panic]);
+        processor.on_end(span(1, true));
+        let err = processor.shutdown().expect_err("the last export panicked").to_string();
+        assert!(err.contains("panicked"), "{err}");
     }
 
     #[test]
