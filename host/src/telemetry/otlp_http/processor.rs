@@ -756,6 +756,16 @@ mod tests {
 
     const WAIT: Duration = Duration::from_secs(10);
 
+    /// A processor whose export of its first batch, spans 1 and 2, hangs
+    /// until the test opens the gate.
+    fn stuck_on_the_first_batch(settings: BatchSettings) -> (EncodingBatchProcessor, Recorded) {
+        let (processor, recorded) = processor(settings, true, &[]);
+        processor.on_end(span(1, true));
+        processor.on_end(span(2, true));
+        recorded.entered.recv_timeout(WAIT).expect("the export starts");
+        (processor, recorded)
+    }
+
     #[test]
     fn full_batches_leave_at_once_and_a_flush_sends_the_rest() {
         let (processor, recorded) = processor(settings(8, 3), false, &[]);
@@ -822,11 +832,8 @@ mod tests {
 
     #[test]
     fn a_full_queue_drops_the_spans_that_do_not_fit() {
-        let (processor, recorded) = processor(settings(4, 2), true, &[]);
-        processor.on_end(span(1, true));
-        processor.on_end(span(2, true));
         // The shipper holds the first batch, stuck in a slow export...
-        recorded.entered.recv_timeout(WAIT).expect("the export starts");
+        let (processor, recorded) = stuck_on_the_first_batch(settings(4, 2));
         // ...while four spans fill the queue and three more are dropped.
         for n in 3..=9 {
             processor.on_end(span(n, true));
@@ -841,10 +848,7 @@ mod tests {
 
     #[test]
     fn a_stuck_export_times_out_flush_and_shutdown_and_the_queue_still_drains() {
-        let (processor, recorded) = processor(settings(8, 2), true, &[]);
-        processor.on_end(span(1, true));
-        processor.on_end(span(2, true));
-        recorded.entered.recv_timeout(WAIT).expect("the export starts");
+        let (processor, recorded) = stuck_on_the_first_batch(settings(8, 2));
         processor.on_end(span(3, true));
         // Stuck: the flush gives up, and so does a shutdown.
         assert!(matches!(
@@ -872,10 +876,7 @@ mod tests {
 
     #[test]
     fn a_flush_returns_once_the_export_in_flight_and_what_queued_behind_it_are_sent() {
-        let (processor, recorded) = processor(settings(8, 2), true, &[]);
-        processor.on_end(span(1, true));
-        processor.on_end(span(2, true));
-        recorded.entered.recv_timeout(WAIT).expect("the export starts");
+        let (processor, recorded) = stuck_on_the_first_batch(settings(8, 2));
         processor.on_end(span(3, true));
         let processor = Arc::new(processor);
         let flush = std::thread::spawn({
