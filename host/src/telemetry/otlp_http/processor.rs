@@ -432,7 +432,11 @@ impl Shared {
                     let outcome = self.send(transport, &batch);
                     batch.clear();
                     let mut state = lock(&self.state);
-                    state.spare.push(batch);
+                    // Partial batches taken at timed exports come back too;
+                    // keep no more than the shards can take.
+                    if state.spare.len() <= self.shards.len() {
+                        state.spare.push(batch);
+                    }
                     if let Err(err) = &outcome {
                         state.failures += 1;
                         state.last_failure = Some(err.clone());
@@ -565,6 +569,9 @@ struct MarkStopped<'a>(&'a Shared);
 
 impl Drop for MarkStopped<'_> {
     fn drop(&mut self) {
+        // No span enters a shard from now on; count those still there.
+        self.0.stopping.store(true, Ordering::Release);
+        let in_shards: usize = self.0.take_partial_batches().iter().map(|batch| batch.spans).sum();
         let mut state = lock(&self.0.state);
         if std::thread::panicking() {
             state.failures += 1;
@@ -572,8 +579,8 @@ impl Drop for MarkStopped<'_> {
         }
         state.stopping = true;
         state.stopped = true;
-        self.0.stopping.store(true, Ordering::Release);
-        let dropped = self.0.dropped.swap(0, Ordering::Relaxed) + self.0.waiting_spans.load(Ordering::Relaxed) as u64;
+        let unsent = self.0.waiting_spans.load(Ordering::Relaxed) + in_shards;
+        let dropped = self.0.dropped.swap(0, Ordering::Relaxed) + unsent as u64;
         drop(state);
         self.0.served.notify_all();
         if dropped > 0 {
