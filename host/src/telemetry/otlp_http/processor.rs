@@ -16,7 +16,6 @@
 //! traffic cost more than encoding the spans.
 
 use std::cell::Cell;
-use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -49,7 +48,6 @@ pub(super) trait Transport: Send + Sync + 'static {
 /// Encodes spans as they end; a thread of its own posts them in batches.
 pub(crate) struct EncodingBatchProcessor {
     shared: Arc<Shared>,
-    redactor: Redactor,
     shipper: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -70,7 +68,8 @@ struct Shared {
     waiting_spans: AtomicUsize,
     /// Spans dropped since the shipper last reported it.
     dropped: AtomicU64,
-    /// Shutdown began: spans ending from now on are dropped.
+    /// Shutdown began: spans ending from now on are dropped, flushes are
+    /// refused. Set under the state's lock.
     stopping: AtomicBool,
     state: Mutex<State>,
     /// Wakes the shipper: a batch filled up, a flush was asked for, or
@@ -152,7 +151,6 @@ struct State {
     /// shutdown) fails when one failed while it waited.
     failures: u64,
     last_failure: Option<String>,
-    stopping: bool,
     stopped: bool,
 }
 
@@ -170,7 +168,8 @@ struct ScopeSpans {
 }
 
 impl Batch {
-    fn push(&mut self, scope: &InstrumentationScope, span: &[u8]) {
+    /// Append a span of `scope` that `encode` writes.
+    fn push(&mut self, scope: &InstrumentationScope, encode: impl FnOnce(&mut Vec<u8>)) {
         let index = match self.scopes.iter().position(|entry| entry.scope == *scope) {
             Some(index) => index,
             None => {
@@ -181,7 +180,7 @@ impl Batch {
                 self.scopes.len() - 1
             }
         };
-        self.scopes[index].encoded.extend_from_slice(span);
+        encode(&mut self.scopes[index].encoded);
         self.spans += 1;
     }
 
@@ -193,11 +192,6 @@ impl Batch {
         }
         self.spans = 0;
     }
-}
-
-thread_local! {
-    /// Where a span is encoded before it is queued, outside the queue's lock.
-    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
 impl EncodingBatchProcessor {
@@ -217,7 +211,7 @@ impl EncodingBatchProcessor {
             wake: Condvar::new(),
             served: Condvar::new(),
             resource: Mutex::new(encode::resource(&Resource::builder_empty().build(), &redactor).into()),
-            redactor: redactor.clone(),
+            redactor,
             spare_body: Arc::default(),
         });
         let shipper = std::thread::Builder::new()
@@ -229,7 +223,6 @@ impl EncodingBatchProcessor {
             .map_err(|err| format!("cannot start the export thread: {err}"))?;
         Ok(Self {
             shared,
-            redactor,
             shipper: Mutex::new(Some(shipper)),
         })
     }
@@ -254,23 +247,7 @@ impl SpanProcessor for EncodingBatchProcessor {
         if !span.span_context.is_sampled() {
             return;
         }
-        let encode_and_enqueue = |scratch: &mut Vec<u8>| {
-            scratch.clear();
-            encode::span(scratch, &span, &self.redactor);
-            self.shared.enqueue(&span.instrumentation_scope, scratch);
-        };
-        // A span that ends while its thread is being torn down gets a
-        // buffer of its own.
-        let encoded = SCRATCH.try_with(|scratch| match scratch.try_borrow_mut() {
-            Ok(mut scratch) => {
-                encode_and_enqueue(&mut scratch);
-                true
-            }
-            Err(_) => false,
-        });
-        if encoded != Ok(true) {
-            encode_and_enqueue(&mut Vec::new());
-        }
+        self.shared.enqueue(&span);
     }
 
     fn force_flush(&self) -> OTelSdkResult {
@@ -290,7 +267,7 @@ impl SpanProcessor for EncodingBatchProcessor {
     }
 
     fn set_resource(&mut self, resource: &Resource) {
-        *lock(&self.shared.resource) = encode::resource(resource, &self.redactor).into();
+        *lock(&self.shared.resource) = encode::resource(resource, &self.shared.redactor).into();
     }
 }
 
@@ -308,19 +285,23 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
-    fn enqueue(&self, scope: &InstrumentationScope, span: &[u8]) {
+    /// Encode `span` into this thread's batch, which is its own: no other
+    /// thread waits on its lock but the shipper, when it takes the batch.
+    fn enqueue(&self, span: &SpanData) {
         let batch_size = self.settings.max_export_batch_size;
         let shard = &self.shards[shard_number() % self.shards.len()];
         let mut batch = lock(&shard.0);
-        // Read under the shard's lock: the shipper sets `stopping` before it
+        // Read under the shard's lock: `stopping` is set before the shipper
         // takes the shards' batches for the last time.
-        if self.stopping.load(Ordering::Acquire)
+        if self.is_stopping()
             || self.waiting_spans.load(Ordering::Relaxed) + batch.spans >= self.settings.max_queue_size
         {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        batch.push(scope, span);
+        batch.push(&span.instrumentation_scope, |out| {
+            encode::span(out, span, &self.redactor);
+        });
         if batch.spans >= batch_size {
             let mut state = lock(&self.state);
             let spare = state.spare.pop().unwrap_or_default();
@@ -331,12 +312,16 @@ impl Shared {
         }
     }
 
-    /// Say that shutdown began (holding the state's lock), and wake the
-    /// shipper to send what waits.
-    fn begin_stopping(&self, state: &mut State) {
-        state.stopping = true;
+    /// Say that shutdown began, and wake the shipper to send what waits.
+    /// It takes the state's guard: the shipper checks the flag under that
+    /// lock before it sleeps, so holding it means the wake-up is not missed.
+    fn begin_stopping(&self, _held: &mut State) {
         self.stopping.store(true, Ordering::Release);
         self.wake.notify_one();
+    }
+
+    fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
     }
 
     /// Every thread's partial batch, taken for sending.
@@ -354,7 +339,7 @@ impl Shared {
     /// `timeout` for the outcome.
     fn flush(&self, timeout: Duration) -> OTelSdkResult {
         let mut state = lock(&self.state);
-        if state.stopping {
+        if self.is_stopping() {
             return Err(OTelSdkError::AlreadyShutdown);
         }
         state.flushes_asked += 1;
@@ -375,7 +360,7 @@ impl Shared {
     /// `timeout` for it; the outcome of that last export.
     fn stop(&self, timeout: Duration) -> OTelSdkResult {
         let mut state = lock(&self.state);
-        if state.stopping {
+        if self.is_stopping() {
             return Err(OTelSdkError::AlreadyShutdown);
         }
         self.begin_stopping(&mut state);
@@ -470,7 +455,7 @@ impl Shared {
                 if timed {
                     shipper.next_timed_export = now + self.settings.schedule_delay;
                 }
-                let stop_asked = state.stopping && !shipper.final_drain;
+                let stop_asked = self.is_stopping() && !shipper.final_drain;
                 if stop_asked || flush_asked || timed {
                     let ticket = state.flushes_asked;
                     // The shards are locked before the state, never after.
@@ -577,7 +562,6 @@ impl Drop for MarkStopped<'_> {
             state.failures += 1;
             state.last_failure = Some("the export thread panicked".into());
         }
-        state.stopping = true;
         state.stopped = true;
         let unsent = self.0.waiting_spans.load(Ordering::Relaxed) + in_shards;
         let dropped = self.0.dropped.swap(0, Ordering::Relaxed) + unsent as u64;
