@@ -65,32 +65,15 @@ fn main() {
     };
     let mut results = Vec::new();
     for round in 0..rounds {
-        // Each goes first in turn, so that what one run leaves behind
-        // weighs on both alike.
-        let result = if round % 2 == 0 {
-            let logs = run(&logs, &no_flush);
-            Round {
-                logs,
-                export: run(&export, &export_flush),
-            }
-        } else {
-            let export = run(&export, &export_flush);
-            Round {
-                logs: run(&logs, &no_flush),
-                export,
-            }
-        };
+        let (logs, export) = common::in_turns(round, || run(&logs, &no_flush), || run(&export, &export_flush));
+        let result = Round { logs, export };
         eprintln!(
             "spans: round {round}: logs {} ns/job CPU, export {} ns/job CPU",
             result.logs.cpu_ns, result.export.cpu_ns
         );
         results.push(result);
     }
-    let median = |value: fn(&Round) -> f64| {
-        let mut values: Vec<f64> = results.iter().map(value).collect();
-        values.sort_by(f64::total_cmp);
-        common::round(values[values.len() / 2])
-    };
+    let median = |value: fn(&Round) -> f64| common::median(results.iter().map(value));
     let flushed = export_telemetry.shutdown().is_ok() && logs_telemetry.shutdown().is_ok();
     common::write_report(
         "spans",

@@ -244,7 +244,7 @@ impl Telemetries {
                 cpu_us_per_job(&round.export)
             );
         }
-        let median_of = |value: fn(&Round) -> f64| median(rounds.iter().map(value));
+        let median_of = |value: fn(&Round) -> f64| common::median(rounds.iter().map(value));
         let logs_jobs_per_s = median_of(|r| jobs_per_s(&r.logs));
         result["rounds"] = json!(OTEL_ROUNDS);
         result["logs_jobs_per_s"] = json!(logs_jobs_per_s);
@@ -274,19 +274,14 @@ impl Telemetries {
         result
     }
 
-    /// One round: logs only and logs with export, in turns first, so that
-    /// whatever one run leaves behind (memory, a warm cache, a busy
-    /// exporter) weighs on both sides alike.
+    /// One round: logs only and logs with export, in turns first.
     fn round(&self, case: &Case, round: usize) -> Round {
-        let logs = || self.logs.block_on(case.measure(2 * round - 1));
-        let export = || self.export_flushed(case.measure(2 * round));
-        if round % 2 == 1 {
-            let logs = logs();
-            Round { logs, export: export() }
-        } else {
-            let export = export();
-            Round { logs: logs(), export }
-        }
+        let (logs, export) = common::in_turns(
+            round - 1,
+            || self.logs.block_on(case.measure(2 * round - 1)),
+            || self.export_flushed(case.measure(2 * round)),
+        );
+        Round { logs, export }
     }
 
     /// Runs `measure` with export, then sends the spans still queued, so
@@ -316,12 +311,6 @@ impl Telemetries {
 struct Round {
     logs: serde_json::Value,
     export: serde_json::Value,
-}
-
-fn median(values: impl Iterator<Item = f64>) -> f64 {
-    let mut values: Vec<f64> = values.collect();
-    values.sort_by(f64::total_cmp);
-    values.get(values.len() / 2).copied().map_or(f64::NAN, common::round)
 }
 
 /// How much lower `to` is than `from`, in percent.

@@ -45,6 +45,27 @@ pub fn round(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }
 
+/// The median of `values`, rounded like [`round`]; NaN when there are none.
+pub fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut values: Vec<f64> = values.collect();
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().map_or(f64::NAN, round)
+}
+
+/// Runs `first` and `second`, the one or the other going first as `round`
+/// is even or odd, so that what one run leaves behind (memory, a warm
+/// cache, a busy exporter) weighs on both sides alike over the rounds.
+/// Returns their results in the order of the arguments.
+pub fn in_turns<A, B>(round: usize, first: impl FnOnce() -> A, second: impl FnOnce() -> B) -> (A, B) {
+    if round.is_multiple_of(2) {
+        let a = first();
+        (a, second())
+    } else {
+        let b = second();
+        (first(), b)
+    }
+}
+
 /// Write the report to `WINK_BENCH_OUT` (or print only) and echo it.
 pub fn write_report(scenario: &str, report: serde_json::Value) {
     let text = serde_json::to_string_pretty(&report).expect("report");
