@@ -150,10 +150,40 @@ fn attributes<'a>(
     redactor: &Redactor,
 ) {
     for attribute in attributes {
-        message(out, field, |out| {
-            key_value(out, attribute.key.as_str(), &attribute.value, redactor)
-        });
+        let key = attribute.key.as_str();
+        match &attribute.value {
+            Value::String(text) => {
+                let text = redactor.redact(text.as_str());
+                sized_attribute(out, field, key, len_field_size(text.len()), |out| {
+                    string_always(out, 1, &text)
+                });
+            }
+            Value::I64(number) => sized_attribute(out, field, key, 1 + varint_size(*number as u64), |out| {
+                int_value(out, *number)
+            }),
+            Value::Bool(flag) => sized_attribute(out, field, key, 2, |out| bool_value(out, *flag)),
+            Value::F64(number) => sized_attribute(out, field, key, 9, |out| double_value(out, *number)),
+            value => message(out, field, |out| key_value(out, key, value, redactor)),
+        }
     }
+}
+
+/// A `KeyValue` as field `field`, whose `AnyValue` fields, which `value`
+/// writes, take `value_size` bytes. Nearly every attribute is one string or
+/// number: knowing its sizes up front, it is written in one go, with room
+/// reserved once and no length to patch in afterwards as [`message`] does.
+fn sized_attribute(out: &mut Vec<u8>, field: u32, key: &str, value_size: usize, value: impl FnOnce(&mut Vec<u8>)) {
+    let key_size = if key.is_empty() { 0 } else { len_field_size(key.len()) };
+    let pair_size = key_size + len_field_size(value_size);
+    out.reserve(len_field_size(pair_size));
+    tag(out, field, LEN);
+    varint(out, pair_size as u64);
+    string(out, 1, key);
+    tag(out, 2, LEN);
+    varint(out, value_size as u64);
+    let start = out.len();
+    value(out);
+    debug_assert_eq!(out.len() - start, value_size, "the size given for {key}'s value");
 }
 
 /// A `KeyValue`: `key` (1) and the `AnyValue` (2).
@@ -209,19 +239,25 @@ fn array<T>(out: &mut Vec<u8>, values: &[T], element: impl Fn(&mut Vec<u8>, &T))
     });
 }
 
+#[inline(always)]
 fn tag(out: &mut Vec<u8>, field: u32, wire_type: u8) {
     varint(out, u64::from(field << 3 | u32::from(wire_type)));
 }
 
-#[inline]
+/// Inlined into every caller, which writes a tag or a length that takes one
+/// byte nearly always: a call for each would cost more than the byte.
+#[inline(always)]
 fn varint(out: &mut Vec<u8>, value: u64) {
-    // Tags and most lengths take one byte.
     if value < 0x80 {
         out.push(value as u8);
     } else {
-        let (bytes, size) = varint_array(value);
-        out.extend_from_slice(&bytes[..size]);
+        long_varint(out, value);
     }
+}
+
+fn long_varint(out: &mut Vec<u8>, value: u64) {
+    let (bytes, size) = varint_array(value);
+    out.extend_from_slice(&bytes[..size]);
 }
 
 /// A scalar field, left out at its default (zero) as proto3 does.
@@ -289,6 +325,18 @@ fn sized_message(out: &mut Vec<u8>, field: u32, width: usize, body: impl FnOnce(
     } else {
         out.splice(at..at + width, length[..size].iter().copied());
     }
+}
+
+/// The bytes a length-delimited field of `len` bytes takes, for fields 1
+/// to 15 (whose tag takes one byte).
+fn len_field_size(len: usize) -> usize {
+    1 + varint_size(len as u64) + len
+}
+
+/// The bytes `value` takes as a varint.
+fn varint_size(value: u64) -> usize {
+    let bits = 64 - (value | 1).leading_zeros() as usize;
+    bits.div_ceil(7)
 }
 
 /// `value` as a varint on the stack: the bytes, and how many are used.
@@ -450,6 +498,8 @@ mod tests {
                     KeyValue::new("false", false),
                     KeyValue::new("ratio", 0.25),
                     KeyValue::new("long", "x".repeat(300)),
+                    KeyValue::new("", "no key"),
+                    KeyValue::new("k".repeat(200), i64::MIN),
                     KeyValue::new("flags", Value::Array(Array::Bool(vec![true, false]))),
                     KeyValue::new("counts", Value::Array(Array::I64(vec![1, -1]))),
                     KeyValue::new("ratios", Value::Array(Array::F64(vec![0.5]))),
@@ -477,6 +527,13 @@ mod tests {
             !text.contains("AKIAIOSFODNN7EXAMPLE") && !text.contains("abcdefghijkl"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn varint_sizes_are_what_is_written() {
+        for value in [0, 1, 127, 128, 16_383, 16_384, u64::from(u32::MAX), u64::MAX] {
+            assert_eq!(varint_size(value), varint_array(value).1, "{value}");
+        }
     }
 
     #[test]
