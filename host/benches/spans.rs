@@ -24,13 +24,9 @@ use collector::CountingCollector;
 use serde_json::json;
 use wink_host::telemetry::{self, LogFormat, OtlpProtocol, Redactor, TelemetryOptions, TraceConfig};
 
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|n| n.parse().ok()).unwrap_or(default)
-}
-
 fn main() {
-    let jobs = env_usize("WINK_BENCH_JOBS", 200_000);
-    let rounds = env_usize("WINK_BENCH_ROUNDS", 7);
+    let jobs = common::env_usize("WINK_BENCH_JOBS", 200_000);
+    let rounds = common::env_usize("WINK_BENCH_ROUNDS", 7);
     let collector = CountingCollector::start();
     let build = |traces| {
         let options = TelemetryOptions {

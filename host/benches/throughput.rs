@@ -27,7 +27,9 @@
 //! `WINK_BENCH_JOBS` (default 50,000), `WINK_BENCH_CONCURRENCY` (default
 //! `1,8,64`), `WINK_BENCH_MAILBOX` (default `memory,redis`) and
 //! `WINK_BENCH_THREADS` (tokio worker threads, default one per core) narrow
-//! a run, e.g. for profiling.
+//! a run, e.g. for profiling; `WINK_BENCH_ROUNDS` (default 5) sets the
+//! rounds per case under `--otel`: more of them steady the median on a
+//! noisy machine.
 
 #[path = "common/collector.rs"]
 mod collector;
@@ -59,10 +61,7 @@ fn concurrency_cases() -> Vec<usize> {
 
 /// Jobs per case (`WINK_BENCH_JOBS` overrides).
 fn jobs_per_case() -> usize {
-    std::env::var("WINK_BENCH_JOBS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(50_000)
+    common::env_usize("WINK_BENCH_JOBS", 50_000)
 }
 
 fn main() {
@@ -183,12 +182,14 @@ impl Telemetry {
     }
 }
 
-/// Rounds of (logs only, logs and export) per case under `--otel`. Each
-/// round's two runs are compared with each other, since runs close in time
-/// share the machine's mood, and the median round is reported, so that a
-/// round slowed by something else on the machine does not count as the
-/// exporter's cost.
-const OTEL_ROUNDS: usize = 5;
+/// Rounds of (logs only, logs and export) per case under `--otel`
+/// (`WINK_BENCH_ROUNDS` overrides). Each round's two runs are compared with
+/// each other, since runs close in time share the machine's mood, and the
+/// median round is reported, so that a round slowed by something else on
+/// the machine does not count as the exporter's cost.
+fn otel_rounds() -> usize {
+    common::env_usize("WINK_BENCH_ROUNDS", 5).max(1)
+}
 
 /// `WINK_BENCH_OTEL=1`: `wink-host`'s telemetry as it runs in production
 /// (JSON log lines at `WINK_LOG`'s level, to a sink here), without and with
@@ -234,7 +235,7 @@ impl Telemetries {
     /// the drops between each side's best run.
     fn compare(&self, bare: &Telemetry, case: &Case) -> serde_json::Value {
         let mut result = bare.block_on(case.measure(0));
-        let rounds: Vec<Round> = (1..=OTEL_ROUNDS).map(|round| self.round(case, round)).collect();
+        let rounds: Vec<Round> = (1..=otel_rounds()).map(|round| self.round(case, round)).collect();
         for round in &rounds {
             eprintln!(
                 "throughput: round: logs {} jobs/s {} us/job, export {} jobs/s {} us/job",
@@ -246,7 +247,7 @@ impl Telemetries {
         }
         let median_of = |value: fn(&Round) -> f64| common::median(rounds.iter().map(value));
         let logs_jobs_per_s = median_of(|r| jobs_per_s(&r.logs));
-        result["rounds"] = json!(OTEL_ROUNDS);
+        result["rounds"] = json!(rounds.len());
         result["logs_jobs_per_s"] = json!(logs_jobs_per_s);
         result["otel_jobs_per_s"] = json!(median_of(|r| jobs_per_s(&r.export)));
         result["logs_drop_percent"] = json!(common::round(drop_percent(jobs_per_s(&result), logs_jobs_per_s)));

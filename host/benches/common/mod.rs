@@ -25,6 +25,12 @@ pub fn guest(name: &str) -> PathBuf {
     path
 }
 
+/// The number in environment variable `name`, or `default` when it is
+/// unset or not a number.
+pub fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|n| n.parse().ok()).unwrap_or(default)
+}
+
 /// p50/p99/mean/min/max of samples, in microseconds.
 pub fn summary(samples: &mut [Duration]) -> serde_json::Value {
     samples.sort_unstable();
