@@ -954,4 +954,74 @@ mod tests {
             }
         );
     }
+
+    /// The log lines `run` writes, as a user would see them.
+    fn logged(run: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Sink(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Sink {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                lock(&self.0).extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let sink = Sink::default();
+        let writer = sink.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, run);
+        String::from_utf8(lock(&sink.0).clone()).expect("utf-8")
+    }
+
+    #[test]
+    fn failing_exports_and_dropped_spans_are_warned_about_once_per_interval() {
+        let mut warnings = Warnings::default();
+        let first = logged(|| {
+            warnings.export(Err("the collector answered 400 Bad Request".into()));
+            warnings.dropped(3);
+        });
+        assert!(
+            first.contains("span export failed; its batch is dropped")
+                && first.contains("the collector answered 400 Bad Request"),
+            "{first}"
+        );
+        assert!(
+            first.contains("spans dropped: the export queue was full (OTEL_BSP_MAX_QUEUE_SIZE)")
+                && first.contains("spans=3"),
+            "{first}"
+        );
+        // Within the interval, more of the same stays quiet, but the drops
+        // are still counted...
+        let quiet = logged(|| {
+            warnings.export(Err("cannot reach the collector".into()));
+            warnings.dropped(2);
+        });
+        assert_eq!(quiet, "");
+        assert_eq!(warnings.dropped, 2);
+        // ...and a working export is said once.
+        let recovered = logged(|| {
+            warnings.export(Ok(()));
+            warnings.export(Ok(()));
+        });
+        assert_eq!(recovered.matches("span export works again").count(), 1, "{recovered}");
+    }
+
+    #[test]
+    fn spans_left_unsent_are_warned_about_as_the_shipper_stops() {
+        let (processor, _recorded) = processor(settings(8, 4), false, &[]);
+        processor.shutdown().expect("shutdown");
+        processor.on_end(span(1, true));
+        // As the shipper's own end does, on this thread, where the log is read.
+        let stopping = logged(|| drop(MarkStopped(&processor.shared)));
+        assert!(
+            stopping.contains("spans dropped: the export queue was full or export had stopped")
+                && stopping.contains("spans=1"),
+            "{stopping}"
+        );
+    }
 }
