@@ -502,10 +502,9 @@ impl Shared {
         Some(batch)
     }
 
+    /// Post `batch`, which holds a span at least: full batches are, and
+    /// partial ones are taken only when they hold some.
     fn send(&self, transport: &impl Transport, batch: &Batch) -> Result<(), String> {
-        if batch.spans == 0 {
-            return Ok(());
-        }
         let resource = lock(&self.resource).clone();
         let mut body = std::mem::take(&mut *lock(&self.spare_body));
         body.clear();
