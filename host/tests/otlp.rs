@@ -201,6 +201,12 @@ fn assert_file_digest_trace(spans: &[(Vec<KeyValue>, Span)], request_id: &str, w
         "guest log records are span events: {:?}",
         event_names(job)
     );
+    // The host's routine info lines stay in the logs: the span says as much.
+    assert!(
+        !event_names(job).contains(&"job succeeded"),
+        "routine info lines are not span events: {:?}",
+        event_names(job)
+    );
 
     let chats = named(spans, &format!("chat {MODEL}"));
     assert_eq!(chats.len(), 2, "{spans:#?}");
@@ -216,6 +222,11 @@ fn assert_file_digest_trace(spans: &[(Vec<KeyValue>, Span)], request_id: &str, w
         );
         assert_eq!(child.trace_id, job.trace_id);
     }
+    assert!(
+        !event_names(tool).contains(&"tool call succeeded"),
+        "routine info lines are not span events: {:?}",
+        event_names(tool)
+    );
     let mut chats = chats;
     chats.sort_by_key(|span| span.start_time_unix_nano);
     assert!(

@@ -17,8 +17,8 @@ mod traces;
 use std::io::IsTerminal;
 use std::sync::{Arc, OnceLock};
 
-use tracing::Level;
-use tracing_subscriber::filter::{EnvFilter, FilterExt as _, Targets, filter_fn};
+use tracing::{Level, Metadata};
+use tracing_subscriber::filter::{EnvFilter, FilterExt as _, FilterFn, Targets, filter_fn};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::fmt::format::{FmtSpan, JsonFields};
 use tracing_subscriber::layer::SubscriberExt as _;
@@ -169,13 +169,25 @@ where
     Ok((dispatch, telemetry))
 }
 
-/// Spans and events that become OpenTelemetry spans and span events,
-/// whatever the log level: the host's own at info and above, and guests'
-/// log records. Dependencies (the exporter's HTTP stack above all) stay out.
-fn trace_targets() -> Targets {
-    Targets::new()
-        .with_target("wink_host", Level::INFO)
-        .with_target("guest", Level::INFO)
+/// What becomes OpenTelemetry data, whatever the log level: the host's own
+/// spans at info and above; as span events, the host's warnings and errors
+/// (limit hits, policy denials, retries, dead letters) and guests' log
+/// records. The host's routine info lines (`job succeeded`, `tool call
+/// succeeded`) stay in the logs: the span's status and duration say the
+/// same, and as events they made a fifth of every job's exported bytes.
+/// Dependencies (the exporter's HTTP stack above all) stay out.
+///
+/// A plain function of the callsite's metadata, so tracing caches the
+/// answer per callsite.
+fn trace_targets() -> FilterFn<impl Fn(&Metadata<'_>) -> bool> {
+    let spans = Targets::new().with_target("wink_host", Level::INFO);
+    let events = Targets::new()
+        .with_target("wink_host", Level::WARN)
+        .with_target("guest", Level::INFO);
+    filter_fn(move |meta| {
+        let wanted = if meta.is_span() { &spans } else { &events };
+        wanted.would_enable(meta.target(), meta.level())
+    })
 }
 
 fn log_layer<W>(

@@ -395,7 +395,7 @@ impl Shared {
             Ok(()) => {
                 self.runtime.metrics().mailbox_nacked(self.queue(), 1);
                 self.counters.retried.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(
+                tracing::warn!(
                     delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
                     error.kind = kind,
                     error = %err,
@@ -414,7 +414,7 @@ impl Shared {
             Ok(()) => {
                 self.runtime.metrics().mailbox_nacked(self.queue(), 1);
                 self.counters.released.fetch_add(1, Ordering::Relaxed);
-                tracing::info!("job given back unfinished at shutdown");
+                tracing::warn!("job given back unfinished at shutdown");
             }
             Err(err) => tracing::warn!(error = %err, "cannot give the job back; it returns when its lease lapses"),
         }
