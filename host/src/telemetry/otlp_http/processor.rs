@@ -324,13 +324,21 @@ impl Shared {
         self.stopping.load(Ordering::Acquire)
     }
 
-    /// Every thread's partial batch, taken for sending.
+    /// Every thread's partial batch, taken for sending. Each is replaced
+    /// by a spare, whose buffers keep their size: a fresh batch would grow
+    /// its buffer again, a dozen reallocations into fresh pages, after
+    /// every timed export.
     fn take_partial_batches(&self) -> Vec<Batch> {
         self.shards
             .iter()
             .filter_map(|shard| {
                 let mut batch = lock(&shard.0);
-                (batch.spans > 0).then(|| std::mem::take(&mut *batch))
+                if batch.spans == 0 {
+                    return None;
+                }
+                // The shard's lock, then the state's, as `enqueue` takes them.
+                let spare = lock(&self.state).spare.pop().unwrap_or_default();
+                Some(std::mem::replace(&mut *batch, spare))
             })
             .collect()
     }
@@ -774,6 +782,26 @@ mod tests {
         // Nothing waits: a flush sends nothing.
         processor.force_flush().expect("empty flush");
         assert!(delivered(&recorded).is_empty());
+    }
+
+    #[test]
+    fn a_flush_leaves_the_thread_a_batch_that_keeps_its_room() {
+        let (processor, recorded) = processor(settings(64, 4), false, &[]);
+        // A full batch leaves, and comes back emptied as a spare.
+        for n in 1..=4 {
+            processor.on_end(span(n, true));
+        }
+        recorded.requests.recv_timeout(WAIT).expect("a full batch");
+        processor.on_end(span(5, true));
+        processor.force_flush().expect("flush");
+        assert_eq!(delivered(&recorded), [[5]]);
+        let shards = &processor.shared.shards;
+        let batch = lock(&shards[shard_number() % shards.len()].0);
+        let room: usize = batch.scopes.iter().map(|entry| entry.encoded.capacity()).sum();
+        assert!(
+            room > 0,
+            "the flush left this thread an empty buffer, to grow again span by span"
+        );
     }
 
     #[test]
