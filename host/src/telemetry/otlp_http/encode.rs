@@ -61,14 +61,53 @@ pub(super) fn resource(resource: &Resource, redactor: &Redactor) -> Vec<u8> {
     out
 }
 
+/// What comes before the spans in a request whose spans all belong to
+/// `scope` and take `spans_len` bytes: as [`request`] would write it, up to
+/// where the spans start. [`scope_trailer`] goes after them. The spans can
+/// then stay where they were encoded, the request written around them.
+pub(super) fn request_head(
+    out: &mut Vec<u8>,
+    resource: &[u8],
+    scope: &InstrumentationScope,
+    spans_len: usize,
+    redactor: &Redactor,
+) {
+    let mut scope_fields = Vec::new();
+    scope_message(&mut scope_fields, scope, redactor);
+    let scope_spans_len = scope_fields.len() + spans_len + trailer_size(scope);
+    tag(out, 1, LEN);
+    varint(out, (resource.len() + len_field_size(scope_spans_len)) as u64);
+    out.extend_from_slice(resource);
+    tag(out, 2, LEN);
+    varint(out, scope_spans_len as u64);
+    out.extend_from_slice(&scope_fields);
+}
+
+/// What comes after the spans of `scope` in a request: its schema URL.
+pub(super) fn scope_trailer(out: &mut Vec<u8>, scope: &InstrumentationScope) {
+    string(out, 3, scope.schema_url().unwrap_or_default());
+}
+
+fn trailer_size(scope: &InstrumentationScope) -> usize {
+    match scope.schema_url().unwrap_or_default() {
+        "" => 0,
+        url => len_field_size(url.len()),
+    }
+}
+
 fn scope_spans(out: &mut Vec<u8>, scope: &InstrumentationScope, spans: &[u8], redactor: &Redactor) {
+    scope_message(out, scope, redactor);
+    out.extend_from_slice(spans);
+    scope_trailer(out, scope);
+}
+
+/// The `scope` field (1) of a `ScopeSpans`.
+fn scope_message(out: &mut Vec<u8>, scope: &InstrumentationScope, redactor: &Redactor) {
     message(out, 1, |out| {
         string(out, 1, scope.name());
         string(out, 2, scope.version().unwrap_or_default());
         attributes(out, 3, scope.attributes(), redactor);
     });
-    out.extend_from_slice(spans);
-    string(out, 3, scope.schema_url().unwrap_or_default());
 }
 
 fn span_fields(out: &mut Vec<u8>, span: &SpanData, redactor: &Redactor) {
@@ -527,6 +566,35 @@ mod tests {
             !text.contains("AKIAIOSFODNN7EXAMPLE") && !text.contains("abcdefghijkl"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_head_and_trailer_around_one_scope_s_spans_make_the_same_request() {
+        let redactor = Redactor::new([], []).expect("redactor");
+        let resource = resource(&sample_resource(), &redactor);
+        let scopes = [
+            InstrumentationScope::builder("wink-host").build(),
+            InstrumentationScope::builder("other")
+                .with_version("1.2.3")
+                .with_schema_url("https://opentelemetry.io/schemas/1.30.0")
+                .with_attributes([KeyValue::new("a", true)])
+                .build(),
+        ];
+        for scope in &scopes {
+            for count in [0, 1, 300] {
+                let mut spans = Vec::new();
+                for _ in 0..count {
+                    span(&mut spans, &span_data(scope, "job", Status::Ok, vec![]), &redactor);
+                }
+                let mut whole = Vec::new();
+                request(&mut whole, &resource, [(scope, spans.as_slice())], &redactor);
+                let mut around = Vec::new();
+                request_head(&mut around, &resource, scope, spans.len(), &redactor);
+                around.extend_from_slice(&spans);
+                scope_trailer(&mut around, scope);
+                assert_eq!(around, whole, "{} with {count} spans", scope.name());
+            }
+        }
     }
 
     #[test]

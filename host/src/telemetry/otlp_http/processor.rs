@@ -80,7 +80,8 @@ struct Shared {
     /// The encoded `resource` and `schema_url` of every request.
     resource: Mutex<Arc<[u8]>>,
     redactor: Redactor,
-    /// The last request body's buffer, back from the HTTP client: a batch
+    /// The last request body's buffer, back from the HTTP client, to take
+    /// the place of the next batch buffer that leaves as a request: a batch
     /// is a few hundred kilobytes, and fresh pages for each cost more than
     /// encoding it.
     spare_body: Arc<Mutex<Vec<u8>>>,
@@ -162,9 +163,22 @@ struct Batch {
     spans: usize,
 }
 
+/// Bytes each batch buffer keeps free before its spans, for the head of
+/// the request ([`encode::request_head`]: the resource, above all), so that
+/// the request is written around the spans rather than copied from them. A
+/// head that does not fit (a resource of kilobytes) is sent by copying.
+const HEAD_ROOM: usize = 4096;
+
 struct ScopeSpans {
     scope: InstrumentationScope,
+    /// [`HEAD_ROOM`] bytes, then the encoded spans; empty before the first.
     encoded: Vec<u8>,
+}
+
+impl ScopeSpans {
+    fn spans(&self) -> &[u8] {
+        self.encoded.get(HEAD_ROOM..).unwrap_or_default()
+    }
 }
 
 impl Batch {
@@ -180,7 +194,11 @@ impl Batch {
                 self.scopes.len() - 1
             }
         };
-        encode(&mut self.scopes[index].encoded);
+        let encoded = &mut self.scopes[index].encoded;
+        if encoded.is_empty() {
+            encoded.resize(HEAD_ROOM, 0);
+        }
+        encode(encoded);
         self.spans += 1;
     }
 
@@ -422,7 +440,7 @@ impl Shared {
         loop {
             match self.next_step(&mut shipper) {
                 Step::Send(mut batch) => {
-                    let outcome = self.send(transport, &batch);
+                    let outcome = self.send(transport, &mut batch);
                     batch.clear();
                     let mut state = lock(&self.state);
                     // Partial batches taken at timed exports come back too;
@@ -512,24 +530,59 @@ impl Shared {
 
     /// Post `batch`, which holds a span at least: full batches are, and
     /// partial ones are taken only when they hold some.
-    fn send(&self, transport: &impl Transport, batch: &Batch) -> Result<(), String> {
+    fn send(&self, transport: &impl Transport, batch: &mut Batch) -> Result<(), String> {
         let resource = lock(&self.resource).clone();
+        let mut filled = batch.scopes.iter_mut().filter(|entry| !entry.spans().is_empty());
+        let body = match (filled.next(), filled.next()) {
+            (Some(only), None) => self.written_around(only, &resource),
+            _ => None,
+        };
+        let body = body.unwrap_or_else(|| self.copied(batch, &resource));
+        transport.send(body)
+    }
+
+    /// The request for the spans of one scope, written around them in
+    /// their buffer, which leaves with the request; the buffer of the last
+    /// request sent takes its place. None when the head does not fit.
+    fn written_around(&self, entry: &mut ScopeSpans, resource: &[u8]) -> Option<Bytes> {
+        let mut head = Vec::new();
+        encode::request_head(&mut head, resource, &entry.scope, entry.spans().len(), &self.redactor);
+        let start = HEAD_ROOM.checked_sub(head.len())?;
+        entry.encoded[start..HEAD_ROOM].copy_from_slice(&head);
+        encode::scope_trailer(&mut entry.encoded, &entry.scope);
+        let mut spare = std::mem::take(&mut *lock(&self.spare_body));
+        spare.clear();
+        // Before the first request comes back there is no spare: reserve
+        // the room once rather than grow into it span by span.
+        spare.reserve(entry.encoded.len());
+        let body = std::mem::replace(&mut entry.encoded, spare);
+        Some(self.recycled(body).slice(start..))
+    }
+
+    /// The request for `batch`, copied from its buffers.
+    fn copied(&self, batch: &Batch, resource: &[u8]) -> Bytes {
         let mut body = std::mem::take(&mut *lock(&self.spare_body));
         body.clear();
         encode::request(
             &mut body,
-            &resource,
+            resource,
             batch
                 .scopes
                 .iter()
-                .filter(|entry| !entry.encoded.is_empty())
-                .map(|entry| (&entry.scope, entry.encoded.as_slice())),
+                .filter(|entry| !entry.spans().is_empty())
+                .map(|entry| (&entry.scope, entry.spans())),
             &self.redactor,
         );
-        transport.send(Bytes::from_owner(Recycled {
+        self.recycled(body)
+    }
+
+    /// `body`, whose buffer comes back as the spare once the HTTP client
+    /// has dropped it.
+    fn recycled(&self, body: Vec<u8>) -> Bytes {
+        Bytes::from_owner(Recycled {
             body,
             spare: self.spare_body.clone(),
-        }))
+        })
     }
 }
 
@@ -782,6 +835,45 @@ mod tests {
         // Nothing waits: a flush sends nothing.
         processor.force_flush().expect("empty flush");
         assert!(delivered(&recorded).is_empty());
+    }
+
+    #[test]
+    fn requests_hold_the_resource_and_every_scope_however_they_are_written() {
+        let (mut processor, recorded) = processor(settings(64, 64), false, &[]);
+        let small = Resource::builder_empty().with_service_name("agents").build();
+        // Too big for the room kept before the spans: the request is copied.
+        let big = "x".repeat(2 * HEAD_ROOM);
+        let huge = Resource::builder_empty()
+            .with_service_name("agents")
+            .with_attribute(opentelemetry::KeyValue::new("big", big.clone()))
+            .build();
+        let other = InstrumentationScope::builder("other").with_version("2").build();
+        for (resource, scopes) in [(&small, 1), (&small, 2), (&huge, 1), (&small, 1)] {
+            processor.set_resource(resource);
+            processor.on_end(span(1, true));
+            if scopes == 2 {
+                let mut span = span(2, true);
+                span.instrumentation_scope = other.clone();
+                processor.on_end(span);
+            }
+            processor.force_flush().expect("flush");
+            let body = recorded.requests.recv_timeout(WAIT).expect("a request");
+            let request = ExportTraceServiceRequest::decode(body.as_ref()).expect("protobuf");
+            let [sent] = request.resource_spans.as_slice() else {
+                panic!("one resource: {request:?}")
+            };
+            let attributes = &sent.resource.as_ref().expect("a resource").attributes;
+            assert_eq!(attributes.len(), resource.len());
+            let sent_big = attributes.iter().find(|attribute| attribute.key == "big");
+            assert_eq!(sent_big.is_some(), std::ptr::eq(resource, &huge));
+            let scope_names: Vec<&str> = sent
+                .scope_spans
+                .iter()
+                .map(|scope_spans| scope_spans.scope.as_ref().map_or("", |scope| scope.name.as_str()))
+                .collect();
+            assert_eq!(scope_names, ["wink-host", "other"][..scopes]);
+            assert_eq!(span_ids(&body), [1, 2][..scopes]);
+        }
     }
 
     #[test]
