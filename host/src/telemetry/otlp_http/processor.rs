@@ -155,6 +155,15 @@ struct State {
     stopped: bool,
 }
 
+impl State {
+    /// `batch`, taken from its shard for sending, with a spare batch in
+    /// its place, whose buffers keep their size: a fresh batch would grow
+    /// its buffer again, a dozen reallocations into fresh pages.
+    fn take_for_sending(&mut self, batch: &mut Batch) -> Batch {
+        std::mem::replace(batch, self.spare.pop().unwrap_or_default())
+    }
+}
+
 /// The encoded spans of one request, by instrumentation scope (in
 /// practice one: the host's tracer).
 #[derive(Default)]
@@ -322,8 +331,7 @@ impl Shared {
         });
         if batch.spans >= batch_size {
             let mut state = lock(&self.state);
-            let spare = state.spare.pop().unwrap_or_default();
-            let full = std::mem::replace(&mut *batch, spare);
+            let full = state.take_for_sending(&mut batch);
             self.waiting_spans.fetch_add(full.spans, Ordering::Relaxed);
             state.waiting.push_back(full);
             self.wake.notify_one();
@@ -342,10 +350,7 @@ impl Shared {
         self.stopping.load(Ordering::Acquire)
     }
 
-    /// Every thread's partial batch, taken for sending. Each is replaced
-    /// by a spare, whose buffers keep their size: a fresh batch would grow
-    /// its buffer again, a dozen reallocations into fresh pages, after
-    /// every timed export.
+    /// Every thread's partial batch, taken for sending.
     fn take_partial_batches(&self) -> Vec<Batch> {
         self.shards
             .iter()
@@ -355,8 +360,7 @@ impl Shared {
                     return None;
                 }
                 // The shard's lock, then the state's, as `enqueue` takes them.
-                let spare = lock(&self.state).spare.pop().unwrap_or_default();
-                Some(std::mem::replace(&mut *batch, spare))
+                Some(lock(&self.state).take_for_sending(&mut batch))
             })
             .collect()
     }
@@ -550,8 +554,7 @@ impl Shared {
         let start = HEAD_ROOM.checked_sub(head.len())?;
         entry.encoded[start..HEAD_ROOM].copy_from_slice(&head);
         encode::scope_trailer(&mut entry.encoded, &entry.scope);
-        let mut spare = std::mem::take(&mut *lock(&self.spare_body));
-        spare.clear();
+        let mut spare = self.spare_body();
         // Before the first request comes back there is no spare: reserve
         // the room once rather than grow into it span by span.
         spare.reserve(entry.encoded.len());
@@ -561,8 +564,7 @@ impl Shared {
 
     /// The request for `batch`, copied from its buffers.
     fn copied(&self, batch: &Batch, resource: &[u8]) -> Bytes {
-        let mut body = std::mem::take(&mut *lock(&self.spare_body));
-        body.clear();
+        let mut body = self.spare_body();
         encode::request(
             &mut body,
             resource,
@@ -574,6 +576,13 @@ impl Shared {
             &self.redactor,
         );
         self.recycled(body)
+    }
+
+    /// The last request's buffer, emptied (none before it comes back).
+    fn spare_body(&self) -> Vec<u8> {
+        let mut body = std::mem::take(&mut *lock(&self.spare_body));
+        body.clear();
+        body
     }
 
     /// `body`, whose buffer comes back as the spare once the HTTP client
