@@ -74,7 +74,8 @@ pub(super) fn request_head(
 ) {
     let mut scope_fields = Vec::new();
     scope_message(&mut scope_fields, scope, redactor);
-    let scope_spans_len = scope_fields.len() + spans_len + trailer_size(scope);
+    let trailer_len = string_size(scope.schema_url().unwrap_or_default());
+    let scope_spans_len = scope_fields.len() + spans_len + trailer_len;
     tag(out, 1, LEN);
     varint(out, (resource.len() + len_field_size(scope_spans_len)) as u64);
     out.extend_from_slice(resource);
@@ -86,13 +87,6 @@ pub(super) fn request_head(
 /// What comes after the spans of `scope` in a request: its schema URL.
 pub(super) fn scope_trailer(out: &mut Vec<u8>, scope: &InstrumentationScope) {
     string(out, 3, scope.schema_url().unwrap_or_default());
-}
-
-fn trailer_size(scope: &InstrumentationScope) -> usize {
-    match scope.schema_url().unwrap_or_default() {
-        "" => 0,
-        url => len_field_size(url.len()),
-    }
 }
 
 fn scope_spans(out: &mut Vec<u8>, scope: &InstrumentationScope, spans: &[u8], redactor: &Redactor) {
@@ -212,8 +206,7 @@ fn attributes<'a>(
 /// number: knowing its sizes up front, it is written in one go, with room
 /// reserved once and no length to patch in afterwards as [`message`] does.
 fn sized_attribute(out: &mut Vec<u8>, field: u32, key: &str, value_size: usize, value: impl FnOnce(&mut Vec<u8>)) {
-    let key_size = if key.is_empty() { 0 } else { len_field_size(key.len()) };
-    let pair_size = key_size + len_field_size(value_size);
+    let pair_size = string_size(key) + len_field_size(value_size);
     out.reserve(len_field_size(pair_size));
     tag(out, field, LEN);
     varint(out, pair_size as u64);
@@ -364,6 +357,11 @@ fn sized_message(out: &mut Vec<u8>, field: u32, width: usize, body: impl FnOnce(
     } else {
         out.splice(at..at + width, length[..size].iter().copied());
     }
+}
+
+/// The bytes [`string`] writes for `text`: none when it is empty.
+fn string_size(text: &str) -> usize {
+    if text.is_empty() { 0 } else { len_field_size(text.len()) }
 }
 
 /// The bytes a length-delimited field of `len` bytes takes, for fields 1
