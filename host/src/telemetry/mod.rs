@@ -226,3 +226,32 @@ where
         LogFormat::Text => layer.with_filter(filter).boxed(),
     }
 }
+
+/// A log sink for this module's tests, keeping every line written to it.
+#[cfg(test)]
+#[derive(Clone, Default)]
+pub(crate) struct TestSink(Arc<std::sync::Mutex<Vec<u8>>>);
+
+#[cfg(test)]
+impl TestSink {
+    /// Everything written so far.
+    pub(crate) fn text(&self) -> String {
+        let bytes = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        String::from_utf8(bytes).expect("log lines are UTF-8")
+    }
+}
+
+#[cfg(test)]
+impl std::io::Write for TestSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}

@@ -184,7 +184,7 @@ impl<W: Write> Write for RedactingWriter<'_, W> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::{Arc, Mutex};
+    use crate::telemetry::TestSink;
 
     fn redactor() -> Redactor {
         Redactor::new(["ticket-[0-9]{4}"], ["s3cr3t-value".to_owned(), "on".to_owned()]).expect("redactor")
@@ -263,22 +263,9 @@ mod tests {
         assert!(err.starts_with("invalid redaction pattern \"(unclosed\""), "{err}");
     }
 
-    #[derive(Clone, Default)]
-    struct Sink(Arc<Mutex<Vec<u8>>>);
-
-    impl Write for Sink {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            self.0.lock().expect("sink").extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
-
     #[test]
     fn secrets_never_reach_the_sink_through_a_real_subscriber() {
-        let sink = Sink::default();
+        let sink = TestSink::default();
         let writer = RedactingMakeWriter::new(
             {
                 let sink = sink.clone();
@@ -292,7 +279,7 @@ mod tests {
             let _entered = span.enter();
             tracing::warn!(header = "Bearer abcdefghijklmnop", "calling with AKIAIOSFODNN7EXAMPLE");
         });
-        let logged = String::from_utf8(sink.0.lock().expect("sink").clone()).expect("utf-8");
+        let logged = sink.text();
         assert!(!logged.contains("AKIAIOSFODNN7EXAMPLE"), "{logged}");
         assert!(!logged.contains("abcdefghijklmnop"), "{logged}");
         assert!(logged.contains("[REDACTED]") && logged.contains("r-1"), "{logged}");
