@@ -88,5 +88,5 @@ async fn measure_wink() -> serde_json::Value {
             samples.push(elapsed);
         }
     }
-    common::summary(&mut samples)
+    common::summary(&samples)
 }

@@ -79,11 +79,11 @@ fn main() {
         .enable_all()
         .build()
         .expect("tokio");
-    let mut samples = tokio.block_on(measure());
+    let samples = tokio.block_on(measure());
     let paired = |variant: Variant| paired_median_us(&samples[variant as usize], &samples[Variant::Bare as usize]);
     let paired_wink = paired(Variant::Wink);
     let paired_provider = paired(Variant::WinkProviderOnly);
-    let [bare, on_stack, wink, provider_only] = VARIANTS.map(|v| common::summary(&mut samples[v as usize]));
+    let [bare, on_stack, wink, provider_only] = VARIANTS.map(|v| common::summary(&samples[v as usize]));
     let p50 = |s: &Value| s["p50_us"].as_f64().unwrap_or(0.0);
     let p99 = |s: &Value| s["p99_us"].as_f64().unwrap_or(0.0);
     let percent = |us: f64, of: &Value| common::round(100.0 * us / p50(of));
@@ -287,13 +287,7 @@ async fn bare_call(client: &aws_sdk_bedrockruntime::Client) {
 /// Median of `a[i] - b[i]`, in microseconds: the two were measured in the
 /// same iteration, so machine load cancels out of each difference.
 fn paired_median_us(a: &[Duration], b: &[Duration]) -> f64 {
-    let mut differences: Vec<f64> = a
-        .iter()
-        .zip(b)
-        .map(|(a, b)| (a.as_secs_f64() - b.as_secs_f64()) * 1e6)
-        .collect();
-    differences.sort_by(f64::total_cmp);
-    differences[differences.len() / 2]
+    common::median(a.iter().zip(b).map(|(a, b)| (a.as_secs_f64() - b.as_secs_f64()) * 1e6))
 }
 
 /// A tiny deterministic generator for the shuffles (xorshift64).

@@ -9,17 +9,19 @@
 //! overhead per job is the difference.
 //!
 //! With `WINK_BENCH_OTEL=1` (`cargo xtask bench throughput --otel`) each case
-//! also runs five rounds of JSON logging alone (`wink-host` without OTLP)
+//! also runs nine rounds of JSON logging alone (`wink-host` without OTLP)
 //! then JSON logging plus OTLP/HTTP trace export (to an endpoint on
 //! loopback, served from a thread of its own, that reads and drops each
 //! request). The report gives the median round's throughput drop from the
 //! export, and the drop logging costs. Since throughput on a shared 2-core
 //! machine swings by more than the export costs, each run also records the
 //! host's CPU time per job (getrusage, less the endpoint thread's CPU
-//! clock), and the report gives the median round's CPU cost too, and both
-//! drops between each side's best run, the one the machine disturbed
-//! least. Spans still queued when an export run ends are sent before the
-//! next run.
+//! clock), and the report gives the median round's CPU cost too, the
+//! quartiles of the rounds' drops and CPU costs (how far the rounds spread),
+//! and both drops between each side's best run, the one the machine
+//! disturbed least. Spans still queued when an export run ends are sent
+//! before the next run. Every run of a case uses the same sandbox runtime,
+//! as a worker process keeps one for its life.
 //!
 //! Each case runs on the in-memory mailbox and on a `redis-server` (on
 //! PATH) started on loopback for the run.
@@ -27,9 +29,10 @@
 //! `WINK_BENCH_JOBS` (default 50,000), `WINK_BENCH_CONCURRENCY` (default
 //! `1,8,64`), `WINK_BENCH_MAILBOX` (default `memory,redis`) and
 //! `WINK_BENCH_THREADS` (tokio worker threads, default one per core) narrow
-//! a run, e.g. for profiling; `WINK_BENCH_ROUNDS` (default 5) sets the
+//! a run, e.g. for profiling; `WINK_BENCH_ROUNDS` (default 9) sets the
 //! rounds per case under `--otel`: more of them steady the median on a
-//! noisy machine.
+//! noisy machine. `WINK_BENCH_OTEL_CONTROL=1` turns the export off on the
+//! export side too: the drops such a run reports are the bench's noise.
 
 #[path = "common/collector.rs"]
 mod collector;
@@ -80,13 +83,14 @@ fn main() {
                 redis_url: redis.as_ref().map(redis_server::RedisServer::url),
                 concurrency,
                 jobs,
+                runtime: sandbox_runtime(concurrency),
             };
             let mut result = match &telemetry {
                 None => bare.block_on(case.measure(0)),
                 Some(telemetry) => telemetry.compare(&bare, &case),
             };
             if *kind == "memory" {
-                let bare = bare.block_on(bare_runtime(concurrency, jobs));
+                let bare = bare.block_on(bare_runtime(&case.runtime, concurrency, jobs));
                 result["sandbox_only_jobs_per_s"] = json!(bare.round());
                 result["worker_overhead_us_per_job"] =
                     json!(common::round(result["us_per_job"].as_f64().unwrap_or(0.0) - 1e6 / bare));
@@ -126,6 +130,10 @@ struct Case<'a> {
     redis_url: Option<String>,
     concurrency: usize,
     jobs: usize,
+    /// Shared by every run of the case, as one process keeps one engine
+    /// for its life: a fresh engine (and instance pool) per run made runs
+    /// of the same code differ by more than the export costs.
+    runtime: Runtime,
 }
 
 impl Case<'_> {
@@ -137,8 +145,18 @@ impl Case<'_> {
             ("redis", Some(url)) => wink_host::mailbox::open(url, &queue).await.expect("redis mailbox"),
             _ => Arc::new(MemoryMailbox::new(&queue)),
         };
-        measure(self.kind, mailbox, self.concurrency, self.jobs).await
+        measure(self.kind, mailbox, self.runtime.clone(), self.concurrency, self.jobs).await
     }
+}
+
+/// The sandbox runtime for a case at `concurrency`.
+fn sandbox_runtime(concurrency: usize) -> Runtime {
+    Runtime::new(&RuntimeConfig {
+        max_concurrent_jobs: concurrency as u32,
+        max_concurrent_tool_calls: 1,
+        ..RuntimeConfig::default()
+    })
+    .expect("runtime")
 }
 
 fn runtime_builder() -> tokio::runtime::Builder {
@@ -188,7 +206,14 @@ impl Telemetry {
 /// median round is reported, so that a round slowed by something else on
 /// the machine does not count as the exporter's cost.
 fn otel_rounds() -> usize {
-    common::env_usize("WINK_BENCH_ROUNDS", 5).max(1)
+    common::env_usize("WINK_BENCH_ROUNDS", 9).max(1)
+}
+
+/// `WINK_BENCH_OTEL_CONTROL=1`: the export side logs only too, so both
+/// sides run the same code and the drops reported are the bench's own
+/// noise (an A/A run).
+fn otel_control() -> bool {
+    std::env::var("WINK_BENCH_OTEL_CONTROL").is_ok_and(|v| v == "1")
 }
 
 /// `WINK_BENCH_OTEL=1`: `wink-host`'s telemetry as it runs in production
@@ -222,7 +247,8 @@ impl Telemetries {
             telemetry::build(options, std::io::sink).expect("telemetry")
         };
         let (logs, logs_provider) = build(None);
-        let (export, export_provider) = build(Some(TraceConfig::new(endpoint, OtlpProtocol::HttpProtobuf)));
+        let export_config = (!otel_control()).then(|| TraceConfig::new(endpoint, OtlpProtocol::HttpProtobuf));
+        let (export, export_provider) = build(export_config);
         Self {
             logs: Telemetry::on("logs", logs),
             export: Telemetry::on("export", export),
@@ -251,13 +277,24 @@ impl Telemetries {
         result["logs_jobs_per_s"] = json!(logs_jobs_per_s);
         result["otel_jobs_per_s"] = json!(median_of(|r| jobs_per_s(&r.export)));
         result["logs_drop_percent"] = json!(common::round(drop_percent(jobs_per_s(&result), logs_jobs_per_s)));
-        result["otel_drop_percent"] = json!(median_of(|r| drop_percent(jobs_per_s(&r.logs), jobs_per_s(&r.export))));
+        let drops = || {
+            rounds
+                .iter()
+                .map(|r| drop_percent(jobs_per_s(&r.logs), jobs_per_s(&r.export)))
+        };
+        result["otel_drop_percent"] = json!(common::median(drops()));
+        // How far apart the rounds lie: on a noisy machine the middle half
+        // of the rounds' drops spans several points around the median.
+        result["otel_drop_percent_quartiles"] = json!(common::quartiles(drops()));
         result["logs_cpu_us_per_job"] = json!(median_of(|r| cpu_us_per_job(&r.logs)));
         result["otel_cpu_us_per_job"] = json!(median_of(|r| cpu_us_per_job(&r.export)));
-        result["otel_cpu_percent"] = json!(median_of(|r| -drop_percent(
-            cpu_us_per_job(&r.logs),
-            cpu_us_per_job(&r.export)
-        )));
+        let cpu_added = || {
+            rounds
+                .iter()
+                .map(|r| -drop_percent(cpu_us_per_job(&r.logs), cpu_us_per_job(&r.export)))
+        };
+        result["otel_cpu_percent"] = json!(common::median(cpu_added()));
+        result["otel_cpu_percent_quartiles"] = json!(common::quartiles(cpu_added()));
         // The best run of each side, too: on a machine that slows whole
         // runs down at random, the fastest run of each is the one least
         // disturbed.
@@ -300,6 +337,7 @@ impl Telemetries {
         let collector = COLLECTOR.get();
         json!({
             "protocol": "http/protobuf",
+            "control": otel_control(),
             "receiver": "in-process on a thread of its own, reads and drops each request; its CPU time is not counted as the host's",
             "export_requests": collector.map(CountingCollector::requests),
             "export_bytes": collector.map(CountingCollector::bytes),
@@ -337,13 +375,13 @@ fn envelopes(prefix: &str, agent: &str, count: usize) -> Vec<(String, Bytes)> {
         .collect()
 }
 
-async fn measure(name: &str, mailbox: Arc<dyn Mailbox>, concurrency: usize, jobs: usize) -> serde_json::Value {
-    let runtime = Runtime::new(&RuntimeConfig {
-        max_concurrent_jobs: concurrency as u32,
-        max_concurrent_tool_calls: 1,
-        ..RuntimeConfig::default()
-    })
-    .expect("runtime");
+async fn measure(
+    name: &str,
+    mailbox: Arc<dyn Mailbox>,
+    runtime: Runtime,
+    concurrency: usize,
+    jobs: usize,
+) -> serde_json::Value {
     let config = WorkerConfig {
         worker_id: Some("bench".into()),
         concurrency,
@@ -416,13 +454,7 @@ fn collector_cpu_time() -> Duration {
 
 /// Jobs per second through `Runtime::run_agent` alone: `concurrency` tasks
 /// each running its share of `jobs` back to back.
-async fn bare_runtime(concurrency: usize, jobs: usize) -> f64 {
-    let runtime = Runtime::new(&RuntimeConfig {
-        max_concurrent_jobs: concurrency as u32,
-        max_concurrent_tool_calls: 1,
-        ..RuntimeConfig::default()
-    })
-    .expect("runtime");
+async fn bare_runtime(runtime: &Runtime, concurrency: usize, jobs: usize) -> f64 {
     let agent = runtime
         .load_agent(&common::guest("trivial"))
         .await

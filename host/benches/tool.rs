@@ -91,7 +91,7 @@ async fn measure_wink(dir: PathBuf) -> serde_json::Value {
             samples.push(elapsed);
         }
     }
-    common::summary(&mut samples)
+    common::summary(&samples)
 }
 
 /// `cat` needs the system's binaries and libraries; the workspace is bound

@@ -32,18 +32,16 @@ pub fn env_usize(name: &str, default: usize) -> usize {
 }
 
 /// p50/p99/mean/min/max of samples, in microseconds.
-pub fn summary(samples: &mut [Duration]) -> serde_json::Value {
-    samples.sort_unstable();
-    let us = |d: Duration| d.as_secs_f64() * 1e6;
-    let at = |q: f64| us(samples[((samples.len() - 1) as f64 * q).round() as usize]);
-    let mean = samples.iter().map(|d| us(*d)).sum::<f64>() / samples.len() as f64;
+pub fn summary(samples: &[Duration]) -> serde_json::Value {
+    let us = sorted(samples.iter().map(|d| d.as_secs_f64() * 1e6));
+    let mean = us.iter().sum::<f64>() / us.len() as f64;
     serde_json::json!({
-        "samples": samples.len(),
-        "p50_us": round(at(0.50)),
-        "p99_us": round(at(0.99)),
+        "samples": us.len(),
+        "p50_us": nearest_rank(&us, 0.50),
+        "p99_us": nearest_rank(&us, 0.99),
         "mean_us": round(mean),
-        "min_us": round(us(samples[0])),
-        "max_us": round(us(samples[samples.len() - 1])),
+        "min_us": nearest_rank(&us, 0.0),
+        "max_us": nearest_rank(&us, 1.0),
     })
 }
 
@@ -53,9 +51,26 @@ pub fn round(x: f64) -> f64 {
 
 /// The median of `values`, rounded like [`round`]; NaN when there are none.
 pub fn median(values: impl Iterator<Item = f64>) -> f64 {
+    nearest_rank(&sorted(values), 0.5)
+}
+
+/// The lower and upper quartiles of `values`, rounded like [`round`]: the
+/// middle half of the values lies between them.
+pub fn quartiles(values: impl Iterator<Item = f64>) -> [f64; 2] {
+    let values = sorted(values);
+    [nearest_rank(&values, 0.25), nearest_rank(&values, 0.75)]
+}
+
+fn sorted(values: impl Iterator<Item = f64>) -> Vec<f64> {
     let mut values: Vec<f64> = values.collect();
     values.sort_by(f64::total_cmp);
-    values.get(values.len() / 2).copied().map_or(f64::NAN, round)
+    values
+}
+
+/// The value at fraction `at` of `sorted`, rounded; NaN when it is empty.
+fn nearest_rank(sorted: &[f64], at: f64) -> f64 {
+    let rank = (sorted.len().saturating_sub(1) as f64 * at).round() as usize;
+    sorted.get(rank).copied().map_or(f64::NAN, round)
 }
 
 /// Runs `first` and `second`, the one or the other going first as `round`
@@ -127,14 +142,14 @@ pub fn measure_bwrap<S: AsRef<std::ffi::OsStr>>(
             return None;
         }
     }
-    let mut samples: Vec<Duration> = (0..iterations)
+    let samples: Vec<Duration> = (0..iterations)
         .map(|_| {
             let started = Instant::now();
             let _ = spawn();
             started.elapsed()
         })
         .collect();
-    Some(summary(&mut samples))
+    Some(summary(&samples))
 }
 
 /// CPU time used so far by every thread of this process, user and system:
