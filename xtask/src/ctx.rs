@@ -61,8 +61,16 @@ impl Ctx {
 
     /// A native `cargo` command run from the root with the target directory
     /// made explicit (so a relative `$CARGO_TARGET_DIR` cannot drift).
+    ///
+    /// `CARGO_MANIFEST_DIR`, which `cargo run` set for xtask itself, is left
+    /// out: ring's build script reruns when it changes, so with it a build
+    /// from xtask and a plain `cargo` build (or xtask in another checkout)
+    /// kept rebuilding ring and everything above it, minutes each time.
     pub fn cargo(&self) -> Cmd {
-        Cmd::new("cargo").dir(&self.root).env("CARGO_TARGET_DIR", &self.target)
+        Cmd::new("cargo")
+            .dir(&self.root)
+            .env("CARGO_TARGET_DIR", &self.target)
+            .env_remove("CARGO_MANIFEST_DIR")
     }
 
     /// Installs, with apt, the packages whose check is missing.

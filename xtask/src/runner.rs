@@ -54,6 +54,12 @@ impl Cmd {
         self
     }
 
+    /// Leaves an environment variable out of the child's environment.
+    pub fn env_remove(mut self, key: &str) -> Self {
+        self.command.env_remove(key);
+        self
+    }
+
     /// Runs the child in `dir`.
     pub fn dir(mut self, dir: &Path) -> Self {
         self.command.current_dir(dir);
