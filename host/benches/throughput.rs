@@ -130,9 +130,8 @@ struct Case<'a> {
     redis_url: Option<String>,
     concurrency: usize,
     jobs: usize,
-    /// Shared by every run of the case, as one process keeps one engine
-    /// for its life: a fresh engine (and instance pool) per run made runs
-    /// of the same code differ by more than the export costs.
+    /// Shared by every run of the case, as a worker process keeps one
+    /// engine (and instance pool) for its life.
     runtime: Runtime,
 }
 

@@ -61,16 +61,21 @@ impl Ctx {
 
     /// A native `cargo` command run from the root with the target directory
     /// made explicit (so a relative `$CARGO_TARGET_DIR` cannot drift).
+    pub fn cargo(&self) -> Cmd {
+        self.cargo_in(&self.target)
+    }
+
+    /// A `cargo` command run from the root, building into `target`.
     ///
     /// `CARGO_MANIFEST_DIR`, which `cargo run` set for xtask itself, is left
     /// out: ring's build script reruns when it changes, so with it a build
     /// from xtask and a plain `cargo` build (or xtask in another checkout)
     /// kept rebuilding ring and everything above it, minutes each time.
-    pub fn cargo(&self) -> Cmd {
+    pub fn cargo_in(&self, target: &Path) -> Cmd {
         Cmd::new("cargo")
             .dir(&self.root)
-            .env("CARGO_TARGET_DIR", &self.target)
             .env_remove("CARGO_MANIFEST_DIR")
+            .env("CARGO_TARGET_DIR", target)
     }
 
     /// Installs, with apt, the packages whose check is missing.

@@ -57,14 +57,12 @@ impl Toolchain {
     /// `cargo build` for guests with `profile`, into `T/guests`; the caller
     /// adds the `-p` flags.
     pub fn cargo_build(self, ctx: &Ctx, profile: &str) -> Cmd {
-        let cmd = Cmd::new("cargo").dir(&ctx.root);
+        let cmd = ctx.cargo_in(&ctx.guest_target());
         let cmd = match self {
             Self::Rustup => cmd,
             Self::Debian => cmd.env("RUSTC", "/usr/bin/rustc").env("RUSTC_BOOTSTRAP", "1"),
         };
-        let cmd = cmd
-            .env("CARGO_TARGET_DIR", ctx.guest_target())
-            .args(["build", "--profile", profile]);
+        let cmd = cmd.args(["build", "--profile", profile]);
         let cmd = match self {
             Self::Rustup => cmd,
             Self::Debian => cmd.arg("-Zbuild-std=std,panic_abort"),
