@@ -133,6 +133,11 @@ async fn a_delivery_continues_the_producers_trace_and_the_job_runs_inside_it() {
         "the job is a child of its delivery"
     );
     assert_eq!(text(job, "job_id"), text(process, "job_id"));
+    assert_eq!(
+        text(job, "worker_id").as_deref(),
+        Some("traced"),
+        "the job span names the worker's own id, not the runtime's default"
+    );
     let chat = trace.iter().find(|s| s.name.starts_with("chat")).expect("chat span");
     assert_eq!(chat.parent_span_id, job.span_id);
 

@@ -83,6 +83,9 @@ pub enum RuntimeError {
 #[derive(Clone)]
 pub struct Runtime {
     inner: Arc<RuntimeInner>,
+    /// Per handle, so that a worker with an id of its own names itself the
+    /// same in the job spans the runtime records ([`Runtime::with_worker_id`]).
+    worker_id: Arc<str>,
 }
 
 struct RuntimeInner {
@@ -94,7 +97,6 @@ struct RuntimeInner {
     tool_slots: Semaphore,
     max_memory_bytes: usize,
     metrics: Arc<Metrics>,
-    worker_id: Arc<str>,
     _ticker: EpochTicker,
 }
 
@@ -124,9 +126,9 @@ impl Runtime {
                 tool_slots: Semaphore::new(config.max_concurrent_tool_calls as usize),
                 max_memory_bytes: config.max_memory_bytes,
                 metrics: Arc::new(Metrics::new()),
-                worker_id: config.worker_id.clone().unwrap_or_else(default_worker_id).into(),
                 _ticker: ticker,
             }),
+            worker_id: config.worker_id.clone().unwrap_or_else(default_worker_id).into(),
         })
     }
 
@@ -142,7 +144,16 @@ impl Runtime {
 
     /// This process's name in logs and spans.
     pub fn worker_id(&self) -> &str {
-        &self.inner.worker_id
+        &self.worker_id
+    }
+
+    /// This runtime (the same engine, cache, slots and metrics) naming
+    /// itself `worker_id` in the spans of the jobs it runs.
+    pub fn with_worker_id(&self, worker_id: &str) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            worker_id: worker_id.into(),
+        }
     }
 
     /// The component cache.

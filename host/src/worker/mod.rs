@@ -199,7 +199,8 @@ impl std::fmt::Debug for Agents {
 impl Worker {
     /// A worker for `mailbox`'s queue; `routes` opens the queues named by
     /// envelopes' `reply_to`. Without a `worker_id` in `config` the worker
-    /// takes the runtime's, so job spans and worker logs name the same one.
+    /// takes the runtime's; with one, the jobs it runs name it in their
+    /// spans too, so job spans and worker logs always name the same one.
     pub fn new(
         runtime: Runtime,
         mailbox: Arc<dyn Mailbox>,
@@ -208,10 +209,11 @@ impl Worker {
         routes: ReplyRoutes,
     ) -> Result<Self, WorkerError> {
         config.validate().map_err(WorkerError::Config)?;
-        let id = config
-            .worker_id
-            .clone()
-            .unwrap_or_else(|| runtime.worker_id().to_owned());
+        let runtime = match &config.worker_id {
+            Some(id) => runtime.with_worker_id(id),
+            None => runtime,
+        };
+        let id = runtime.worker_id().to_owned();
         let resources = Arc::new(resources);
         let (acks, ack_queue) = mpsc::channel(config.ack_batch.max(config.concurrency) * 2);
         Ok(Self {
