@@ -9,6 +9,7 @@
 //! Spans are exported over OTLP when `OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT`
 //! is set (see [`TraceConfig`] and docs/observability.md).
 
+mod json_lines;
 mod metrics;
 mod otlp_http;
 mod redact;
@@ -214,13 +215,7 @@ where
         // spans (a tool call inside a job), not only the innermost span's fields.
         LogFormat::Json => layer
             .fmt_fields(JsonFields::new())
-            .event_format(traces::WithTraceIds {
-                inner: tracing_subscriber::fmt::format()
-                    .json()
-                    .with_current_span(true)
-                    .with_span_list(true),
-                dispatch,
-            })
+            .event_format(json_lines::JsonLines { dispatch })
             .with_filter(filter)
             .boxed(),
         LogFormat::Text => layer.with_filter(filter).boxed(),

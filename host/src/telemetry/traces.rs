@@ -7,7 +7,6 @@
 //! unreachable collector costs jobs nothing: it only loses spans.
 
 use std::borrow::Cow;
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use opentelemetry::trace::{
@@ -18,12 +17,7 @@ use opentelemetry_otlp::{WithExportConfig as _, WithTonicConfig as _};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{BatchSpanProcessor, Sampler, SdkTracerProvider, SpanData, SpanExporter};
-use tracing::Subscriber;
-use tracing::dispatcher::WeakDispatch;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
-use tracing_subscriber::fmt::format::Writer;
-use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
-use tracing_subscriber::registry::LookupSpan;
 
 use super::Redactor;
 
@@ -552,56 +546,6 @@ pub fn trace_ids(span: &tracing::Span) -> Option<(TraceId, SpanId)> {
     span_context
         .is_valid()
         .then(|| (span_context.trace_id(), span_context.span_id()))
-}
-
-/// A JSON event format that prefixes each line with the `trace_id` and
-/// `span_id` of the span the event belongs to, so log lines join their trace.
-pub(super) struct WithTraceIds<F> {
-    pub(super) inner: F,
-    /// The subscriber this format belongs to, to look up OpenTelemetry
-    /// contexts (set once the subscriber exists).
-    pub(super) dispatch: Arc<OnceLock<WeakDispatch>>,
-}
-
-impl<F> WithTraceIds<F> {
-    fn ids<S, N>(&self, ctx: &FmtContext<'_, S, N>) -> Option<(TraceId, SpanId)>
-    where
-        S: Subscriber + for<'a> LookupSpan<'a>,
-        N: for<'a> FormatFields<'a> + 'static,
-    {
-        let dispatch = self.dispatch.get()?.upgrade()?;
-        ctx.event_scope()?.find_map(|span| {
-            let context = tracing_opentelemetry::get_otel_context(&span.id(), &dispatch)?;
-            let span_context = context.span().span_context().clone();
-            span_context
-                .is_valid()
-                .then(|| (span_context.trace_id(), span_context.span_id()))
-        })
-    }
-}
-
-impl<S, N, F> FormatEvent<S, N> for WithTraceIds<F>
-where
-    S: Subscriber + for<'a> LookupSpan<'a>,
-    N: for<'a> FormatFields<'a> + 'static,
-    F: FormatEvent<S, N>,
-{
-    fn format_event(
-        &self,
-        ctx: &FmtContext<'_, S, N>,
-        mut writer: Writer<'_>,
-        event: &tracing::Event<'_>,
-    ) -> std::fmt::Result {
-        let Some((trace_id, span_id)) = self.ids(ctx) else {
-            return self.inner.format_event(ctx, writer, event);
-        };
-        let mut line = String::new();
-        self.inner.format_event(ctx, Writer::new(&mut line), event)?;
-        match line.strip_prefix('{') {
-            Some(rest) => write!(writer, r#"{{"trace_id":"{trace_id}","span_id":"{span_id}",{rest}"#),
-            None => writer.write_str(&line),
-        }
-    }
 }
 
 /// The tracer wink-host's spans are recorded with.
