@@ -160,6 +160,12 @@ where
         .with_threads(false)
         .with_target(false)
         .with_tracked_inactivity(false)
+        // Spans find their parent through tracing's own span tree, and the
+        // host reads OpenTelemetry contexts from tracing spans
+        // (`traceparent`, `trace_ids`), never from the thread's current
+        // OpenTelemetry context: keeping that current would cost an attach
+        // and a detach each time a job's future is polled.
+        .with_context_activation(false)
         .with_filter(trace_targets());
     let dispatch = tracing::Dispatch::new(Registry::default().with(log_layer).with(trace_layer));
     let _ = dispatch_slot.set(dispatch.downgrade());
