@@ -19,7 +19,7 @@
 use std::fmt::{self, Write as _};
 use std::sync::{Arc, OnceLock};
 
-use opentelemetry::trace::{SpanId, TraceContextExt as _, TraceId};
+use opentelemetry::trace::{SpanId, TraceId};
 use tracing::dispatcher::WeakDispatch;
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
@@ -45,10 +45,7 @@ impl JsonLines {
         let dispatch = self.dispatch.get()?.upgrade()?;
         ctx.event_scope()?.find_map(|span| {
             let context = tracing_opentelemetry::get_otel_context(&span.id(), &dispatch)?;
-            let span_context = context.span().span_context().clone();
-            span_context
-                .is_valid()
-                .then(|| (span_context.trace_id(), span_context.span_id()))
+            super::traces::context_ids(&context)
         })
     }
 }
@@ -80,20 +77,17 @@ where
         fields.result?;
         writer.write_str(r#"},"target":"#)?;
         string(&mut writer, meta.target())?;
-        if let Some(scope) = ctx.event_scope() {
-            let chain: Vec<SpanRef<'_, S>> = scope.from_root().collect();
-            if let Some(current) = chain.last() {
-                writer.write_str(r#","span":"#)?;
-                span_object(&mut writer, current)?;
-                writer.write_str(r#","spans":["#)?;
-                for (n, span) in chain.iter().enumerate() {
-                    if n > 0 {
-                        writer.write_char(',')?;
-                    }
-                    span_object(&mut writer, span)?;
+        if let Some(current) = ctx.event_scope().and_then(|mut scope| scope.next()) {
+            writer.write_str(r#","span":"#)?;
+            span_object(&mut writer, &current)?;
+            writer.write_str(r#","spans":["#)?;
+            for (n, span) in current.scope().from_root().enumerate() {
+                if n > 0 {
+                    writer.write_char(',')?;
                 }
-                writer.write_char(']')?;
+                span_object(&mut writer, &span)?;
             }
+            writer.write_char(']')?;
         }
         writer.write_str("}\n")
     }

@@ -541,7 +541,11 @@ pub fn traceparent(span: &tracing::Span) -> Option<String> {
 
 /// The trace and span ids of `span`, when tracing is installed.
 pub fn trace_ids(span: &tracing::Span) -> Option<(TraceId, SpanId)> {
-    let context = span.context();
+    context_ids(&span.context())
+}
+
+/// The trace and span ids of `context`'s span, when they are valid.
+pub(super) fn context_ids(context: &opentelemetry::Context) -> Option<(TraceId, SpanId)> {
     let span_context = context.span().span_context().clone();
     span_context
         .is_valid()
