@@ -12,20 +12,28 @@
 //! piece as UTF-8. Here a span's stored fields are copied as they are, and
 //! the rest is written in place.
 //!
+//! A span's fields are stored by [`JsonSpanFields`], as the same JSON
+//! object [`JsonFields`] stores (members sorted by name), but written in
+//! place too: `JsonFields` first collects them into a map of JSON values
+//! and then writes that through the same validating adaptor.
+//!
 //! One difference: `spans` is the chain of the span the event belongs to,
 //! also for an event given an explicit parent (tracing-subscriber then lists
 //! the current span's chain while `span` names the parent).
 
 use std::fmt::{self, Write as _};
+use std::ops::Range;
 use std::sync::{Arc, OnceLock};
 
 use opentelemetry::trace::{SpanId, TraceId};
 use tracing::dispatcher::WeakDispatch;
 use tracing::field::{Field, Visit};
+use tracing::span::Record;
 use tracing::{Event, Subscriber};
+use tracing_subscriber::field::RecordFields;
 use tracing_subscriber::fmt::format::{JsonFields, Writer};
 use tracing_subscriber::fmt::time::{FormatTime as _, SystemTime};
-use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormattedFields};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
 use tracing_subscriber::registry::{LookupSpan, SpanRef};
 
 /// The JSON event format of `wink-host`'s logs.
@@ -38,7 +46,7 @@ pub(super) struct JsonLines {
 impl JsonLines {
     /// The ids of the innermost span of the event's chain that has a valid
     /// OpenTelemetry context.
-    fn trace_ids<S>(&self, ctx: &FmtContext<'_, S, JsonFields>) -> Option<(TraceId, SpanId)>
+    fn trace_ids<S>(&self, ctx: &FmtContext<'_, S, JsonSpanFields>) -> Option<(TraceId, SpanId)>
     where
         S: Subscriber + for<'a> LookupSpan<'a>,
     {
@@ -50,13 +58,13 @@ impl JsonLines {
     }
 }
 
-impl<S> FormatEvent<S, JsonFields> for JsonLines
+impl<S> FormatEvent<S, JsonSpanFields> for JsonLines
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
     fn format_event(
         &self,
-        ctx: &FmtContext<'_, S, JsonFields>,
+        ctx: &FmtContext<'_, S, JsonSpanFields>,
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
@@ -93,8 +101,8 @@ where
     }
 }
 
-/// `span`'s fields as stored by [`JsonFields`] (a JSON object), with its
-/// `name` last.
+/// `span`'s fields as stored by [`JsonSpanFields`] (a JSON object), with
+/// its `name` last.
 fn span_object<S>(writer: &mut Writer<'_>, span: &SpanRef<'_, S>) -> fmt::Result
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
@@ -102,7 +110,7 @@ where
     writer.write_char('{')?;
     let extensions = span.extensions();
     let members = extensions
-        .get::<FormattedFields<JsonFields>>()
+        .get::<FormattedFields<JsonSpanFields>>()
         .and_then(|fields| fields.strip_prefix('{')?.strip_suffix('}'))
         .unwrap_or_default();
     if !members.is_empty() {
@@ -112,6 +120,121 @@ where
     writer.write_str(r#""name":"#)?;
     string(writer, span.name())?;
     writer.write_char('}')
+}
+
+/// Stores a span's fields as a JSON object whose members are sorted by
+/// name, the last value of a name recorded twice winning: the bytes
+/// [`JsonFields`] stores, which the tests compare.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct JsonSpanFields;
+
+impl<'writer> FormatFields<'writer> for JsonSpanFields {
+    fn format_fields<R: RecordFields>(&self, mut writer: Writer<'writer>, fields: R) -> fmt::Result {
+        let mut members = SortedMembers::default();
+        fields.record(&mut members);
+        members.write(&mut writer)
+    }
+
+    /// Fields recorded after the span was created are merged as
+    /// [`JsonFields`] merges them, parsing the stored object: rare enough
+    /// (a status, an outcome) not to be worth more code.
+    fn add_fields(&self, current: &'writer mut FormattedFields<Self>, fields: &Record<'_>) -> fmt::Result {
+        if current.is_empty() {
+            return self.format_fields(current.as_writer(), fields);
+        }
+        let mut merged = FormattedFields::<JsonFields>::new(std::mem::take(&mut current.fields));
+        let result = JsonFields::new().add_fields(&mut merged, fields);
+        current.fields = merged.fields;
+        result
+    }
+}
+
+/// A span's fields as they are recorded: each value written as JSON into
+/// one buffer, to be written out sorted by name.
+#[derive(Default)]
+struct SortedMembers {
+    values: String,
+    members: Vec<(&'static str, Range<usize>)>,
+}
+
+impl SortedMembers {
+    fn member(&mut self, name: &'static str, value: impl FnOnce(&mut String) -> fmt::Result) {
+        let start = self.values.len();
+        // Writing to a `String` cannot fail but for a `Debug` impl that
+        // fails, whose field is then left out.
+        if value(&mut self.values).is_ok() {
+            self.members.push((name, start..self.values.len()));
+        } else {
+            self.values.truncate(start);
+        }
+    }
+
+    fn write(mut self, writer: &mut Writer<'_>) -> fmt::Result {
+        // Stable, so that of two values of one name the last one recorded
+        // comes last, and is the one kept.
+        self.members.sort_by_key(|(name, _)| *name);
+        writer.write_char('{')?;
+        let mut first = true;
+        for (n, (name, value)) in self.members.iter().enumerate() {
+            if self.members.get(n + 1).is_some_and(|(next, _)| next == name) {
+                continue;
+            }
+            if !std::mem::take(&mut first) {
+                writer.write_char(',')?;
+            }
+            string(writer, name)?;
+            writer.write_char(':')?;
+            writer.write_str(&self.values[value.clone()])?;
+        }
+        writer.write_char('}')
+    }
+}
+
+impl Visit for SortedMembers {
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.member(field.name(), |w| write!(w, "{value}"));
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.member(field.name(), |w| write!(w, "{value}"));
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.member(field.name(), |w| write!(w, "{value}"));
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.member(field.name(), |w| json_f64(w, value));
+    }
+
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.member(field.name(), |w| string(w, value));
+    }
+
+    /// An array of numbers, as serde_json makes of bytes.
+    fn record_bytes(&mut self, field: &Field, value: &[u8]) {
+        self.member(field.name(), |w| {
+            w.write_char('[')?;
+            for (n, byte) in value.iter().enumerate() {
+                if n > 0 {
+                    w.write_char(',')?;
+                }
+                write!(w, "{byte}")?;
+            }
+            w.write_char(']')
+        });
+    }
+
+    /// As [`JsonFields`] does: a raw identifier's `r#` is dropped, and
+    /// fields of the `log` crate's metadata are left out.
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        let name = field.name();
+        if name.starts_with("log.") {
+            return;
+        }
+        let name = name.strip_prefix("r#").unwrap_or(name);
+        self.member(name, |w| debug_string(w, value));
+    }
 }
 
 /// Writes an event's fields as the members of a JSON object, as
@@ -153,12 +276,7 @@ impl Visit for FieldsVisitor<'_, '_> {
     }
 
     fn record_f64(&mut self, field: &Field, value: f64) {
-        // serde_json's float formatting (shortest round trip, `null` for
-        // NaN and infinities), not Rust's `Display`.
-        self.member(field, |w| match serde_json::to_string(&value) {
-            Ok(number) => w.write_str(&number),
-            Err(_) => w.write_str("null"),
-        });
+        self.member(field, |w| json_f64(w, value));
     }
 
     fn record_str(&mut self, field: &Field, value: &str) {
@@ -166,12 +284,24 @@ impl Visit for FieldsVisitor<'_, '_> {
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.member(field, |w| {
-            w.write_char('"')?;
-            write!(Escaping(w), "{value:?}")?;
-            w.write_char('"')
-        });
+        self.member(field, |w| debug_string(w, value));
     }
+}
+
+/// `value` as serde_json writes an `f64` (shortest round trip, `null` for
+/// NaN and infinities), not as Rust's `Display` does.
+fn json_f64(writer: &mut impl fmt::Write, value: f64) -> fmt::Result {
+    match serde_json::to_string(&value) {
+        Ok(number) => writer.write_str(&number),
+        Err(_) => writer.write_str("null"),
+    }
+}
+
+/// `value`'s `Debug` text as a JSON string.
+fn debug_string(writer: &mut impl fmt::Write, value: &dyn fmt::Debug) -> fmt::Result {
+    writer.write_char('"')?;
+    write!(Escaping(&mut *writer), "{value:?}")?;
+    writer.write_char('"')
 }
 
 /// `text` as a JSON string.
@@ -235,7 +365,7 @@ mod tests {
             )
             .with(
                 tracing_subscriber::fmt::layer()
-                    .fmt_fields(JsonFields::new())
+                    .fmt_fields(JsonSpanFields)
                     .event_format(JsonLines {
                         dispatch: Arc::new(OnceLock::new()),
                     })
@@ -281,10 +411,21 @@ mod tests {
                 "job succeeded after {} tries",
                 2
             );
+            let odd = tracing::info_span!(
+                "odd",
+                zeta = 2.5_f64,
+                alpha = u64::MAX,
+                r#type = ?"raw",
+                bytes = &b"ab"[..],
+                twice = 1_i64,
+                twice = "second",
+                unset = tracing::field::Empty
+            );
+            odd.in_scope(|| tracing::info!("sorted fields"));
             let empty = tracing::info_span!("empty");
             empty.in_scope(|| tracing::error!(error = %std::io::Error::other("disk full"), "no fields above"));
         });
-        assert_eq!(theirs.lines().count(), 3, "{theirs}");
+        assert_eq!(theirs.lines().count(), 4, "{theirs}");
         assert_eq!(after_timestamps(&ours), after_timestamps(&theirs));
         for line in ours.lines() {
             serde_json::from_str::<serde_json::Value>(line).expect("a JSON line");

@@ -21,7 +21,7 @@ use std::sync::{Arc, OnceLock};
 use tracing::{Level, Metadata};
 use tracing_subscriber::filter::{EnvFilter, FilterExt as _, FilterFn, Targets, filter_fn};
 use tracing_subscriber::fmt::MakeWriter;
-use tracing_subscriber::fmt::format::{FmtSpan, JsonFields};
+use tracing_subscriber::fmt::format::FmtSpan;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::{Layer, Registry};
 
@@ -220,7 +220,7 @@ where
         // The span list carries the job's ids on lines logged inside nested
         // spans (a tool call inside a job), not only the innermost span's fields.
         LogFormat::Json => layer
-            .fmt_fields(JsonFields::new())
+            .fmt_fields(json_lines::JsonSpanFields)
             .event_format(json_lines::JsonLines { dispatch })
             .with_filter(filter)
             .boxed(),
