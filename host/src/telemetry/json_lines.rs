@@ -137,7 +137,9 @@ impl<'writer> FormatFields<'writer> for JsonSpanFields {
 
     /// Fields recorded after the span was created are merged as
     /// [`JsonFields`] merges them, parsing the stored object: rare enough
-    /// (a status, an outcome) not to be worth more code.
+    /// (a status, an outcome) not to be worth more code. (A `Debug` value
+    /// whose formatting fails is left out when the span is created; here
+    /// it panics, as it always did with `JsonFields`.)
     fn add_fields(&self, current: &'writer mut FormattedFields<Self>, fields: &Record<'_>) -> fmt::Result {
         if current.is_empty() {
             return self.format_fields(current.as_writer(), fields);

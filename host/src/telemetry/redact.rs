@@ -18,6 +18,9 @@ pub const REDACTED: &str = "[REDACTED]";
 
 /// Built-in patterns. In those with a `keep` group, only the text after it
 /// (the value) is replaced, so the log still says which field held a secret.
+/// Names match in any ASCII case, not with Unicode case folding (under
+/// which a Kelvin sign would match the `k` of `token`): the word search
+/// that screens texts for them lowercases ASCII only.
 const BUILT_IN: &[&str] = &[
     // AWS access key ids: long-term (AKIA), temporary (ASIA) and others.
     r"\b(?:AKIA|ASIA|AROA|AIDA|ANPA|ANVA|AIPA)[A-Z0-9]{16}\b",
@@ -65,6 +68,9 @@ const LONGEST_WORD: usize = {
 /// Text is lowercased for the word search this many bytes at a time, so
 /// that the buffer stays small whatever the text's length.
 const LOWERCASE_CHUNK: usize = 4096;
+
+// Each chunk must get past the previous one's overlap.
+const _: () = assert!(LONGEST_WORD < LOWERCASE_CHUNK);
 
 thread_local! {
     /// The buffer each thread lowercases text into.
@@ -222,7 +228,11 @@ impl Redactor {
         if text.len() < self.shortest_built_in_match {
             return false;
         }
-        LOWERCASED.with_borrow_mut(|lowercased| {
+        // Without its buffer (a thread being torn down, or a redaction
+        // inside a redaction), a text is treated as if it held a word: the
+        // regexes then decide.
+        let searched = LOWERCASED.try_with(|buffer| {
+            let mut lowercased = buffer.try_borrow_mut().ok()?;
             let mut start = 0;
             loop {
                 let end = text.len().min(start + LOWERCASE_CHUNK);
@@ -230,14 +240,15 @@ impl Redactor {
                 lowercased.extend_from_slice(&text[start..end]);
                 lowercased.make_ascii_lowercase();
                 if self.built_in_words.is_match(lowercased.as_slice()) {
-                    return true;
+                    return Some(true);
                 }
                 if end == text.len() {
-                    return false;
+                    return Some(false);
                 }
                 start = end - (LONGEST_WORD - 1);
             }
-        })
+        });
+        searched.ok().flatten().unwrap_or(true)
     }
 }
 
