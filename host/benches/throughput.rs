@@ -19,7 +19,10 @@
 //! clock), and the report gives the median round's CPU cost too, the
 //! quartiles of the rounds' drops and CPU costs (how far the rounds spread),
 //! and both drops between each side's best run, the one the machine
-//! disturbed least. Spans still queued when an export run ends are sent
+//! disturbed least. Of the export side's CPU per job it also gives the
+//! export thread's share (`otel_export_thread_cpu_us_per_job`, part of
+//! the host's time) and the endpoint's (`otel_collector_cpu_us_per_job`,
+//! not part of it, though it takes the same cores). Spans still queued when an export run ends are sent
 //! before the next run. Every run of a case uses the same sandbox runtime,
 //! as a worker process keeps one for its life.
 //!
@@ -292,6 +295,12 @@ impl Telemetries {
                 .iter()
                 .map(|r| -drop_percent(cpu_us_per_job(&r.logs), cpu_us_per_job(&r.export)))
         };
+        // Of the export side's CPU per job: the export thread's share, and
+        // beside it the collector's, which shares the machine's cores
+        // though in production it runs elsewhere.
+        result["otel_export_thread_cpu_us_per_job"] =
+            json!(median_of(|r| number(&r.export, "export_thread_cpu_us_per_job")));
+        result["otel_collector_cpu_us_per_job"] = json!(median_of(|r| number(&r.export, "collector_cpu_us_per_job")));
         result["otel_cpu_percent"] = json!(common::median(cpu_added()));
         result["otel_cpu_percent_quartiles"] = json!(common::quartiles(cpu_added()));
         // The best run of each side, too: on a machine that slows whole
@@ -357,7 +366,12 @@ fn drop_percent(from: f64, to: f64) -> f64 {
 }
 
 fn cpu_us_per_job(result: &serde_json::Value) -> f64 {
-    result["cpu_us_per_job"].as_f64().unwrap_or(f64::NAN)
+    number(result, "cpu_us_per_job")
+}
+
+/// A number a run reported, NaN if it did not.
+fn number(result: &serde_json::Value, field: &str) -> f64 {
+    result[field].as_f64().unwrap_or(f64::NAN)
 }
 
 fn jobs_per_s(result: &serde_json::Value) -> f64 {
@@ -408,9 +422,11 @@ async fn measure(
     let ids: Vec<String> = measured.iter().map(|(id, _)| id.clone()).collect();
     let cpu_before = host_cpu_time();
     let collector_before = collector_cpu_time();
+    let export_thread_before = common::threads_cpu_time(EXPORT_THREAD);
     let elapsed = drain(&worker, mailbox.as_ref(), measured, WARMUP_JOBS as u64).await;
     let cpu = host_cpu_time().saturating_sub(cpu_before);
     let collector_cpu = collector_cpu_time().saturating_sub(collector_before);
+    let export_thread_cpu = common::threads_cpu_time(EXPORT_THREAD).saturating_sub(export_thread_before);
 
     for id in &ids {
         let reply = mailbox.reply(id).await.expect("reply").expect("every job is answered");
@@ -434,8 +450,13 @@ async fn measure(
         "us_per_job": common::round(seconds * 1e6 / jobs as f64),
         "cpu_us_per_job": per_job(cpu),
         "collector_cpu_us_per_job": per_job(collector_cpu),
+        "export_thread_cpu_us_per_job": per_job(export_thread_cpu),
     })
 }
+
+/// The name of the thread that posts the spans (counted in the host's CPU
+/// time, and reported apart too).
+const EXPORT_THREAD: &str = "otlp-http-export";
 
 /// The endpoint `--otel` exports to, once started.
 static COLLECTOR: OnceLock<CountingCollector> = OnceLock::new();

@@ -152,6 +152,24 @@ pub fn measure_bwrap<S: AsRef<std::ffi::OsStr>>(
     Some(summary(&samples))
 }
 
+/// CPU time used so far by this process's threads named `name` (their
+/// time on a core, from `/proc/self/task/*/schedstat`); zero where `/proc`
+/// cannot tell. Linux keeps 15 bytes of a thread's name, so only those are
+/// compared.
+pub fn threads_cpu_time(name: &str) -> Duration {
+    let name = &name.as_bytes()[..name.len().min(15)];
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Duration::ZERO;
+    };
+    tasks
+        .flatten()
+        .filter(|task| std::fs::read(task.path().join("comm")).is_ok_and(|comm| comm.trim_ascii_end() == name))
+        .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
+        .filter_map(|stat| stat.split_whitespace().next()?.parse::<u64>().ok())
+        .map(Duration::from_nanos)
+        .sum()
+}
+
 /// CPU time used so far by every thread of this process, user and system:
 /// steadier than throughput on a shared machine, since time spent waiting
 /// for a core does not count.
