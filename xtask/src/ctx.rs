@@ -67,15 +67,18 @@ impl Ctx {
 
     /// A `cargo` command run from the root, building into `target`.
     ///
-    /// `CARGO_MANIFEST_DIR`, which `cargo run` set for xtask itself, is left
-    /// out: ring's build script reruns when it changes, so with it a build
-    /// from xtask and a plain `cargo` build (or xtask in another checkout)
-    /// kept rebuilding ring and everything above it, minutes each time.
+    /// The variables `cargo run` set for xtask itself (`CARGO_PKG_NAME`,
+    /// `CARGO_MANIFEST_DIR` and the like) are left out: ring's build script
+    /// reruns when cargo's own value of one of them changes, so with them a
+    /// build from xtask and a plain `cargo` build (or xtask in another
+    /// checkout) kept rebuilding ring and everything above it, minutes each
+    /// time.
     pub fn cargo_in(&self, target: &Path) -> Cmd {
-        Cmd::new("cargo")
-            .dir(&self.root)
-            .env_remove("CARGO_MANIFEST_DIR")
-            .env("CARGO_TARGET_DIR", target)
+        let cargo = Cmd::new("cargo").dir(&self.root).env("CARGO_TARGET_DIR", target);
+        env::vars_os()
+            .filter_map(|(name, _)| name.into_string().ok())
+            .filter(|name| set_by_cargo_run(name))
+            .fold(cargo, |cargo, name| cargo.env_remove(&name))
     }
 
     /// Installs, with apt, the packages whose check is missing.
@@ -174,9 +177,33 @@ pub fn present(check: &str) -> bool {
     env::var_os("PATH").is_some_and(|path| env::split_paths(&path).any(|dir| dir.join(check).is_file()))
 }
 
+/// Whether `name` is one of the variables `cargo run` sets for the binary
+/// it runs, describing that binary's package.
+fn set_by_cargo_run(name: &str) -> bool {
+    name.starts_with("CARGO_PKG_")
+        || name.starts_with("CARGO_MANIFEST_")
+        || matches!(name, "CARGO_CRATE_NAME" | "CARGO_BIN_NAME" | "CARGO_PRIMARY_PACKAGE")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_variables_cargo_run_sets_are_left_out() {
+        for name in [
+            "CARGO_PKG_NAME",
+            "CARGO_PKG_VERSION_PRE",
+            "CARGO_MANIFEST_DIR",
+            "CARGO_MANIFEST_LINKS",
+            "CARGO_CRATE_NAME",
+        ] {
+            assert!(set_by_cargo_run(name), "{name}");
+        }
+        for name in ["CARGO", "CARGO_HOME", "CARGO_TARGET_DIR", "CARGO_TERM_COLOR", "PATH"] {
+            assert!(!set_by_cargo_run(name), "{name}");
+        }
+    }
 
     #[test]
     fn present_checks_paths_and_path_binaries() {
