@@ -130,7 +130,12 @@ pub(super) struct JsonSpanFields;
 
 impl<'writer> FormatFields<'writer> for JsonSpanFields {
     fn format_fields<R: RecordFields>(&self, mut writer: Writer<'writer>, fields: R) -> fmt::Result {
-        let mut members = SortedMembers::default();
+        // Room for a job span's fields, so that they do not grow the
+        // buffers a few bytes at a time.
+        let mut members = SortedMembers {
+            values: String::with_capacity(128),
+            members: Vec::with_capacity(8),
+        };
         fields.record(&mut members);
         members.write(&mut writer)
     }
@@ -153,7 +158,6 @@ impl<'writer> FormatFields<'writer> for JsonSpanFields {
 
 /// A span's fields as they are recorded: each value written as JSON into
 /// one buffer, to be written out sorted by name.
-#[derive(Default)]
 struct SortedMembers {
     values: String,
     members: Vec<(&'static str, Range<usize>)>,
@@ -319,30 +323,48 @@ struct Escaping<'a, W: fmt::Write + ?Sized>(&'a mut W);
 
 impl<W: fmt::Write + ?Sized> fmt::Write for Escaping<'_, W> {
     fn write_str(&mut self, text: &str) -> fmt::Result {
+        let bytes = text.as_bytes();
         let mut clean_from = 0;
-        for (at, byte) in text.bytes().enumerate() {
-            let escaped = match byte {
-                b'"' => "\\\"",
-                b'\\' => "\\\\",
-                b'\n' => "\\n",
-                b'\r' => "\\r",
-                b'\t' => "\\t",
-                0x08 => "\\b",
-                0x0c => "\\f",
-                0x00..=0x1f => "",
-                _ => continue,
-            };
+        while let Some(at) = next_to_escape(bytes, clean_from) {
             // Every byte escaped is ASCII, so `at` is a char boundary.
             self.0.write_str(&text[clean_from..at])?;
-            if escaped.is_empty() {
-                write!(self.0, "\\u{byte:04x}")?;
-            } else {
-                self.0.write_str(escaped)?;
+            match bytes[at] {
+                b'"' => self.0.write_str("\\\"")?,
+                b'\\' => self.0.write_str("\\\\")?,
+                b'\n' => self.0.write_str("\\n")?,
+                b'\r' => self.0.write_str("\\r")?,
+                b'\t' => self.0.write_str("\\t")?,
+                0x08 => self.0.write_str("\\b")?,
+                0x0c => self.0.write_str("\\f")?,
+                byte => write!(self.0, "\\u{byte:04x}")?,
             }
             clean_from = at + 1;
         }
         self.0.write_str(&text[clean_from..])
     }
+}
+
+/// Where in `bytes`, from `from` on, the next byte JSON escapes is (a
+/// quote, a backslash or a control character). Most text has none, so it
+/// is looked for eight bytes at a time, each test exact for "any of the
+/// eight".
+fn next_to_escape(bytes: &[u8], from: usize) -> Option<usize> {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    let any_below = |word: u64, limit: u8| word.wrapping_sub(ONES * u64::from(limit)) & !word & HIGHS != 0;
+    let any_equal = |word: u64, byte: u8| any_below(word ^ (ONES * u64::from(byte)), 1);
+    let mut at = from;
+    while let Some(chunk) = bytes.get(at..).and_then(<[u8]>::first_chunk::<8>) {
+        let word = u64::from_ne_bytes(*chunk);
+        if any_below(word, 0x20) || any_equal(word, b'"') || any_equal(word, b'\\') {
+            break;
+        }
+        at += 8;
+    }
+    let rest = bytes.get(at..)?;
+    rest.iter()
+        .position(|&byte| byte < 0x20 || byte == b'"' || byte == b'\\')
+        .map(|found| at + found)
 }
 
 #[cfg(test)]
@@ -437,8 +459,24 @@ mod tests {
     #[test]
     fn escapes_as_serde_json_does() {
         let text = "\"\\\u{0}\u{8}\u{c}\n\r\t\u{1b}\u{7f}é";
-        let mut ours = String::new();
-        string(&mut ours, text).expect("written");
-        assert_eq!(ours, serde_json::to_string(text).expect("serialized"));
+        let mut texts = vec![
+            text.to_owned(),
+            String::new(),
+            "plain ascii, long enough for words ✓".into(),
+        ];
+        // Each escaped byte at each place of a text longer than two words,
+        // and in a clean text's last word.
+        for special in ['"', '\\', '\n', '\u{1}', '\u{1f}'] {
+            for at in 0..20 {
+                let mut text: Vec<char> = "abcdefghijklmnopqrst".chars().collect();
+                text[at] = special;
+                texts.push(text.into_iter().collect());
+            }
+        }
+        for text in &texts {
+            let mut ours = String::new();
+            string(&mut ours, text).expect("written");
+            assert_eq!(ours, serde_json::to_string(text).expect("serialized"), "{text:?}");
+        }
     }
 }
