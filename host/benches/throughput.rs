@@ -22,9 +22,10 @@
 //! disturbed least. Of the export side's CPU per job it also gives the
 //! export thread's share (`otel_export_thread_cpu_us_per_job`, part of
 //! the host's time) and the endpoint's (`otel_collector_cpu_us_per_job`,
-//! not part of it, though it takes the same cores). Spans still queued when an export run ends are sent
-//! before the next run. Every run of a case uses the same sandbox runtime,
-//! as a worker process keeps one for its life.
+//! not part of it, though it takes the same cores). Spans still queued
+//! when an export run ends are sent before the next run. Every run of a
+//! case uses the same sandbox runtime, as a worker process keeps one for
+//! its life.
 //!
 //! Each case runs on the in-memory mailbox and on a `redis-server` (on
 //! PATH) started on loopback for the run.

@@ -97,10 +97,12 @@ pub struct Redactor {
     /// The fewest bytes a built-in pattern matches: shorter texts (most
     /// span attributes) are let through without a search.
     shortest_built_in_match: usize,
+    /// The built-in patterns, to tell which ones matched once a word was
+    /// found.
+    built_in: RegexSet,
     /// The configured patterns and secret values, when there are any.
     configured: Option<RegexSet>,
-    /// Every pattern, built-in ones first, to tell which ones matched.
-    set: RegexSet,
+    /// Every pattern, built-in ones first, in the order of the two sets.
     patterns: Vec<Regex>,
 }
 
@@ -137,7 +139,7 @@ impl Redactor {
                 message: err.to_string(),
             })
         };
-        let configured = &sources[BUILT_IN.len()..];
+        let (built_in, configured) = sources.split_at(BUILT_IN.len());
         // Leftmost-first, because only then does the search use its SIMD
         // prefilter (Teddy); which word is found does not matter.
         let built_in_words = AhoCorasick::builder()
@@ -150,12 +152,12 @@ impl Redactor {
         Ok(Self {
             built_in_words,
             shortest_built_in_match: shortest_match(BUILT_IN)?,
+            built_in: combined(built_in)?,
             configured: if configured.is_empty() {
                 None
             } else {
                 Some(combined(configured)?)
             },
-            set: combined(&sources)?,
             patterns,
         })
     }
@@ -194,16 +196,31 @@ impl Redactor {
 
     /// `text` with every secret replaced by [`REDACTED`].
     pub fn redact<'t>(&self, text: &'t str) -> Cow<'t, str> {
-        // Nearly every text is clean, and this says so cheaply.
-        if !self.may_hold_secret(text) {
-            return Cow::Borrowed(text);
-        }
-        let matched = self.set.matches(text);
-        if !matched.matched_any() {
+        // Nearly every text is clean: the word search, and `is_match` for
+        // the configured patterns, say so without the per-pattern
+        // bookkeeping (and allocation) of `matches`.
+        let built_in = self
+            .has_built_in_word(text.as_bytes())
+            .then(|| self.built_in.matches(text));
+        let configured = self
+            .configured
+            .as_ref()
+            .filter(|set| set.is_match(text))
+            .map(|set| set.matches(text));
+        let mut matched = built_in
+            .iter()
+            .flat_map(|matches| matches.iter())
+            .chain(
+                configured
+                    .iter()
+                    .flat_map(|matches| matches.iter().map(|index| BUILT_IN.len() + index)),
+            )
+            .peekable();
+        if matched.peek().is_none() {
             return Cow::Borrowed(text);
         }
         let mut text = text.to_owned();
-        for index in matched.iter() {
+        for index in matched {
             let replacement = if self.patterns[index].capture_names().any(|n| n == Some("keep")) {
                 format!("${{keep}}{REDACTED}")
             } else {
@@ -214,11 +231,6 @@ impl Redactor {
                 .into_owned();
         }
         Cow::Owned(text)
-    }
-
-    /// False when `text` surely holds no secret; true when it may.
-    fn may_hold_secret(&self, text: &str) -> bool {
-        self.configured.as_ref().is_some_and(|set| set.is_match(text)) || self.has_built_in_word(text.as_bytes())
     }
 
     /// Whether `text`, lowercased, contains one of [`BUILT_IN_WORDS`]. It is
