@@ -40,6 +40,7 @@ impl ModelProvider for ParkingProvider {
 }
 
 fn main() {
+    wink_host::allocator::tune();
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -34,6 +34,7 @@ const BWRAP_ARGS: [&str; 10] = [
 ];
 
 fn main() {
+    wink_host::allocator::tune();
     let tokio = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -75,6 +75,7 @@ struct Bench {
 }
 
 fn main() {
+    wink_host::allocator::tune();
     let tokio = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -25,6 +25,7 @@ use serde_json::json;
 use wink_host::telemetry::{self, LogFormat, OtlpProtocol, Redactor, TelemetryOptions, TraceConfig};
 
 fn main() {
+    wink_host::allocator::tune();
     let jobs = common::env_usize("WINK_BENCH_JOBS", 200_000);
     let rounds = common::env_usize("WINK_BENCH_ROUNDS", 7);
     let collector = CountingCollector::start();

@@ -72,6 +72,7 @@ fn jobs_per_case() -> usize {
 }
 
 fn main() {
+    wink_host::allocator::tune();
     let bare = Telemetry::bare();
     let jobs = jobs_per_case();
     let telemetry = std::env::var("WINK_BENCH_OTEL")

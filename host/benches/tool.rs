@@ -30,6 +30,7 @@ fs = [{ path = ".", access = "read-only" }]
 "#;
 
 fn main() {
+    wink_host::allocator::tune();
     let workspace = tempfile::tempdir().expect("tempdir");
     std::fs::write(workspace.path().join(FILE), "a line of notes\n".repeat(64)).expect("write");
     // As in the worker: a multi-thread runtime, the calls made from a task

@@ -9,6 +9,7 @@
 //! agent in a [`sandbox`] and serves its imports from the [`model`],
 //! [`tools`] and [`session`] modules, and produces a [`job::JobReport`].
 
+pub mod allocator;
 pub mod bindings;
 pub mod cli;
 pub mod config;

@@ -14,6 +14,7 @@ use wink_host::telemetry::{self, LogFormat, Redactor};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    wink_host::allocator::tune();
     let cli = Cli::parse();
     let redactor = match Redactor::from_env() {
         Ok(redactor) => redactor,

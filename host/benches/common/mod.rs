@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The `wink-host` binary's allocator, so that benchmarks measure what it runs.
+/// The `wink-host` binary's allocator, so that benchmarks measure what it
+/// runs; each benchmark's `main` starts with the binary's tuning of it,
+/// `wink_host::allocator::tune()`.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
