@@ -37,6 +37,8 @@
 //! rounds per case under `--otel`: more of them steady the median on a
 //! noisy machine. `WINK_BENCH_OTEL_CONTROL=1` turns the export off on the
 //! export side too: the drops such a run reports are the bench's noise.
+//! The export side reads the `OTEL_*` variables as `wink-host` does (say
+//! `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`), all but the endpoint and protocol.
 
 #[path = "common/collector.rs"]
 mod collector;
@@ -53,6 +55,7 @@ use collector::CountingCollector;
 use serde_json::json;
 use wink_host::mailbox::{Envelope, Mailbox, MemoryMailbox};
 use wink_host::runtime::{Runtime, RuntimeConfig};
+use wink_host::telemetry::{BatchSettings, OtlpProtocol, TraceConfig};
 use wink_host::worker::{JobResources, ReplyRoutes, Worker, WorkerConfig};
 
 const WARMUP_JOBS: usize = 2_000;
@@ -235,11 +238,13 @@ struct Telemetries {
     logs: Telemetry,
     export: Telemetry,
     providers: [wink_host::telemetry::Telemetry; 2],
+    /// The export side's batching (none in a control run).
+    batch: Option<BatchSettings>,
 }
 
 impl Telemetries {
     fn start(bare: &Telemetry) -> Self {
-        use wink_host::telemetry::{self, LogFormat, OtlpProtocol, Redactor, TelemetryOptions, TraceConfig};
+        use wink_host::telemetry::{self, LogFormat, Redactor, TelemetryOptions};
         let endpoint = COLLECTOR.get_or_init(CountingCollector::start).endpoint().to_owned();
         let build = |traces| {
             let options = TelemetryOptions {
@@ -251,12 +256,14 @@ impl Telemetries {
             telemetry::build(options, std::io::sink).expect("telemetry")
         };
         let (logs, logs_provider) = build(None);
-        let export_config = (!otel_control()).then(|| TraceConfig::new(endpoint, OtlpProtocol::HttpProtobuf));
+        let export_config = (!otel_control()).then(|| export_config(&endpoint));
+        let batch = export_config.as_ref().map(|config| config.batch);
         let (export, export_provider) = build(export_config);
         Self {
             logs: Telemetry::on("logs", logs),
             export: Telemetry::on("export", export),
             providers: [logs_provider, export_provider],
+            batch,
         }
     }
 
@@ -351,9 +358,24 @@ impl Telemetries {
             "receiver": "in-process on a thread of its own, reads and drops each request; its CPU time is not counted as the host's",
             "export_requests": collector.map(CountingCollector::requests),
             "export_bytes": collector.map(CountingCollector::bytes),
+            "max_export_batch_size": self.batch.map(|batch| batch.max_export_batch_size),
+            "max_queue_size": self.batch.map(|batch| batch.max_queue_size),
             "flushed": flushed,
         })
     }
+}
+
+/// The export side's configuration: the `OTEL_*` variables as `wink-host`
+/// reads them (batch sizes, timeout, resource), but the endpoint and the
+/// protocol are the counting collector's.
+fn export_config(endpoint: &str) -> TraceConfig {
+    TraceConfig::from_vars(|name| match name {
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT" => Some(endpoint.to_owned()),
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL" => Some(OtlpProtocol::HttpProtobuf.as_str().to_owned()),
+        _ => std::env::var(name).ok(),
+    })
+    .unwrap_or_else(|err| panic!("throughput: {err}"))
+    .expect("throughput: --otel exports, so OTEL_SDK_DISABLED and OTEL_TRACES_EXPORTER=none must be unset")
 }
 
 /// One round under `--otel`: a run with logs only, then one with export too.
