@@ -39,6 +39,9 @@
 //! export side too: the drops such a run reports are the bench's noise.
 //! The export side reads the `OTEL_*` variables as `wink-host` does (say
 //! `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`), all but the endpoint and protocol.
+//! Each run also reports the share of the cores the hypervisor took during
+//! it (`stolen_percent`, from `/proc/stat`), and each case the drop over
+//! the time it left (`otel_unstolen_drop_percent`), beside the drop.
 
 #[path = "common/collector.rs"]
 mod collector;
@@ -275,11 +278,13 @@ impl Telemetries {
         let rounds: Vec<Round> = (1..=otel_rounds()).map(|round| self.round(case, round)).collect();
         for round in &rounds {
             eprintln!(
-                "throughput: round: logs {} jobs/s {} us/job, export {} jobs/s {} us/job",
+                "throughput: round: logs {} jobs/s {} us/job, export {} jobs/s {} us/job; stolen {}% and {}%",
                 jobs_per_s(&round.logs),
                 cpu_us_per_job(&round.logs),
                 jobs_per_s(&round.export),
-                cpu_us_per_job(&round.export)
+                cpu_us_per_job(&round.export),
+                number(&round.logs, "stolen_percent"),
+                number(&round.export, "stolen_percent"),
             );
         }
         let median_of = |value: fn(&Round) -> f64| common::median(rounds.iter().map(value));
@@ -297,6 +302,26 @@ impl Telemetries {
         // How far apart the rounds lie: on a noisy machine the middle half
         // of the rounds' drops spans several points around the median.
         result["otel_drop_percent_quartiles"] = json!(common::quartiles(drops()));
+        // The same on the time the hypervisor left each run: on a shared VM
+        // it takes several percent of the cores at random, slowing whichever
+        // side it falls on. Reported beside the drop, never instead of it.
+        let unstolen_drops = || {
+            rounds.iter().map(|r| {
+                drop_percent(
+                    number(&r.logs, "unstolen_jobs_per_s"),
+                    number(&r.export, "unstolen_jobs_per_s"),
+                )
+            })
+        };
+        result["otel_unstolen_drop_percent"] = json!(common::median(unstolen_drops()));
+        result["otel_unstolen_drop_percent_quartiles"] = json!(common::quartiles(unstolen_drops()));
+        result["stolen_percent_max"] = json!(
+            rounds
+                .iter()
+                .flat_map(|r| [&r.logs, &r.export])
+                .map(|run| number(run, "stolen_percent"))
+                .fold(0.0, f64::max)
+        );
         result["logs_cpu_us_per_job"] = json!(median_of(|r| cpu_us_per_job(&r.logs)));
         result["otel_cpu_us_per_job"] = json!(median_of(|r| cpu_us_per_job(&r.export)));
         let cpu_added = || {
@@ -447,7 +472,9 @@ async fn measure(
     let cpu_before = host_cpu_time();
     let collector_before = collector_cpu_time();
     let export_thread_before = common::threads_cpu_time(EXPORT_THREAD);
+    let steal_before = common::machine_steal_time();
     let elapsed = drain(&worker, mailbox.as_ref(), measured, WARMUP_JOBS as u64).await;
+    let stolen = common::machine_steal_time().saturating_sub(steal_before);
     let cpu = host_cpu_time().saturating_sub(cpu_before);
     let collector_cpu = collector_cpu_time().saturating_sub(collector_before);
     let export_thread_cpu = common::threads_cpu_time(EXPORT_THREAD).saturating_sub(export_thread_before);
@@ -465,12 +492,19 @@ async fn measure(
     );
     let seconds = elapsed.as_secs_f64();
     let per_job = |time: Duration| common::round(time.as_secs_f64() * 1e6 / jobs as f64);
+    // The run's time on cores the hypervisor left it, in whole cores (at
+    // least half the run: steal is counted in 10 ms ticks, and a short run
+    // may read a tick more than it lost).
+    let cores = std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64);
+    let unstolen_seconds = (seconds - stolen.as_secs_f64() / cores).max(seconds / 2.0);
     json!({
         "mailbox": name,
         "concurrency": concurrency,
         "jobs": jobs,
         "seconds": common::round(seconds),
         "jobs_per_s": (jobs as f64 / seconds).round(),
+        "stolen_percent": common::round(100.0 * stolen.as_secs_f64() / (cores * seconds)),
+        "unstolen_jobs_per_s": (jobs as f64 / unstolen_seconds).round(),
         "us_per_job": common::round(seconds * 1e6 / jobs as f64),
         "cpu_us_per_job": per_job(cpu),
         "collector_cpu_us_per_job": per_job(collector_cpu),

@@ -172,6 +172,24 @@ pub fn threads_cpu_time(name: &str) -> Duration {
         .sum()
 }
 
+/// Time the hypervisor has taken from this machine's cores so far, summed
+/// over them (`steal` in `/proc/stat`); zero where it cannot tell. On a
+/// shared VM, stolen time slows a run down without the run doing anything.
+#[allow(unsafe_code)] // std has no sysconf
+pub fn machine_steal_time() -> Duration {
+    // SAFETY: sysconf only reads a constant.
+    let ticks_per_s = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let steal = std::fs::read_to_string("/proc/stat").ok().and_then(|stat| {
+        // "cpu  user nice system idle iowait irq softirq steal ...".
+        let ticks: u64 = stat.lines().next()?.split_whitespace().nth(8)?.parse().ok()?;
+        Some(ticks)
+    });
+    match (steal, u64::try_from(ticks_per_s)) {
+        (Some(ticks), Ok(per_s)) if per_s > 0 => Duration::from_secs_f64(ticks as f64 / per_s as f64),
+        _ => Duration::ZERO,
+    }
+}
+
 /// CPU time used so far by every thread of this process, user and system:
 /// steadier than throughput on a shared machine, since time spent waiting
 /// for a core does not count.
