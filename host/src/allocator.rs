@@ -5,8 +5,9 @@
 //! allocates the same instance state, each job the same futures and
 //! buffers. mimalloc returns memory left unused for a second to the OS,
 //! and the next burst of jobs faults it back in, one zeroed page at a
-//! time. On the project's VM such a fault costs about 15 µs, and in the
-//! throughput benchmark these faults took 0.4% of the job threads' CPU,
+//! time: several microseconds a page on the project's VM. In the
+//! throughput benchmark, whose two sides take turns of about a second,
+//! zeroing those pages took up to half a percent of all CPU samples,
 //! landing on whichever side ran after a pause. Keeping freed memory for
 //! [`PURGE_DELAY_MS`] rides over the gaps of a bursty queue and still gives
 //! memory back some seconds after a spike.

@@ -179,11 +179,10 @@ pub fn threads_cpu_time(name: &str) -> Duration {
 pub fn machine_steal_time() -> Duration {
     // SAFETY: sysconf only reads a constant.
     let ticks_per_s = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    let steal = std::fs::read_to_string("/proc/stat").ok().and_then(|stat| {
-        // "cpu  user nice system idle iowait irq softirq steal ...".
-        let ticks: u64 = stat.lines().next()?.split_whitespace().nth(8)?.parse().ok()?;
-        Some(ticks)
-    });
+    // "cpu  user nice system idle iowait irq softirq steal ...", in ticks.
+    let steal = std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|stat| stat.lines().next()?.split_whitespace().nth(8)?.parse::<u64>().ok());
     match (steal, u64::try_from(ticks_per_s)) {
         (Some(ticks), Ok(per_s)) if per_s > 0 => Duration::from_secs_f64(ticks as f64 / per_s as f64),
         _ => Duration::ZERO,
