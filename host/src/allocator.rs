@@ -12,12 +12,14 @@
 //! [`PURGE_DELAY_MS`] rides over the gaps of a bursty queue and still gives
 //! memory back some seconds after a spike.
 
+use std::ffi::c_long;
+
 use libmimalloc_sys::{mi_option_set, mi_option_t};
 
 /// How long mimalloc keeps memory it no longer uses before returning it to
 /// the OS, unless [`PURGE_DELAY_VAR`] says otherwise (mimalloc's default:
 /// 1,000 ms).
-pub const PURGE_DELAY_MS: i64 = 10_000;
+pub const PURGE_DELAY_MS: c_long = 10_000;
 
 /// mimalloc's own variable for the purge delay, in milliseconds (`-1`:
 /// never); when set, it wins over [`PURGE_DELAY_MS`].
@@ -36,17 +38,17 @@ pub fn tune() {
 }
 
 /// The purge delay to set, when the operator has not set one.
-fn purge_delay(set_by_operator: bool) -> Option<i64> {
+fn purge_delay(set_by_operator: bool) -> Option<c_long> {
     (!set_by_operator).then_some(PURGE_DELAY_MS)
 }
 
 #[allow(unsafe_code)] // mimalloc's options are only reachable through its C API
-fn set_purge_delay(milliseconds: i64) {
+fn set_purge_delay(milliseconds: c_long) {
     // SAFETY: mi_option_set takes any option index and value (it ignores
     // an index out of range), and mimalloc reads the option afresh each
     // time it schedules a purge, so setting it while threads allocate is
     // what it is meant for.
-    unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, milliseconds as std::ffi::c_long) }
+    unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, milliseconds) }
 }
 
 #[cfg(test)]
@@ -56,9 +58,9 @@ mod tests {
     use super::*;
 
     #[allow(unsafe_code)] // mimalloc's options are only reachable through its C API
-    fn purge_delay_option() -> i64 {
+    fn purge_delay_option() -> c_long {
         // SAFETY: reading an option has no preconditions.
-        i64::from(unsafe { mi_option_get(MI_OPTION_PURGE_DELAY) })
+        unsafe { mi_option_get(MI_OPTION_PURGE_DELAY) }
     }
 
     #[test]
