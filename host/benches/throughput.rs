@@ -472,9 +472,9 @@ async fn measure(
     let cpu_before = host_cpu_time();
     let collector_before = collector_cpu_time();
     let export_thread_before = common::threads_cpu_time(EXPORT_THREAD);
-    let steal_before = common::machine_steal_time();
+    let steal_before = common::machine_steal_per_cpu();
     let elapsed = drain(&worker, mailbox.as_ref(), measured, WARMUP_JOBS as u64).await;
-    let stolen = common::machine_steal_time().saturating_sub(steal_before);
+    let stolen = common::machine_steal_per_cpu().saturating_sub(steal_before);
     let cpu = host_cpu_time().saturating_sub(cpu_before);
     let collector_cpu = collector_cpu_time().saturating_sub(collector_before);
     let export_thread_cpu = common::threads_cpu_time(EXPORT_THREAD).saturating_sub(export_thread_before);
@@ -492,18 +492,17 @@ async fn measure(
     );
     let seconds = elapsed.as_secs_f64();
     let per_job = |time: Duration| common::round(time.as_secs_f64() * 1e6 / jobs as f64);
-    // The run's time on cores the hypervisor left it, in whole cores (at
+    // The run's time on the cores the hypervisor left it (taken as at
     // least half the run: steal is counted in 10 ms ticks, and a short run
     // may read a tick more than it lost).
-    let cores = std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64);
-    let unstolen_seconds = (seconds - stolen.as_secs_f64() / cores).max(seconds / 2.0);
+    let unstolen_seconds = (seconds - stolen.as_secs_f64()).max(seconds / 2.0);
     json!({
         "mailbox": name,
         "concurrency": concurrency,
         "jobs": jobs,
         "seconds": common::round(seconds),
         "jobs_per_s": (jobs as f64 / seconds).round(),
-        "stolen_percent": common::round(100.0 * stolen.as_secs_f64() / (cores * seconds)),
+        "stolen_percent": common::round(100.0 * stolen.as_secs_f64() / seconds),
         "unstolen_jobs_per_s": (jobs as f64 / unstolen_seconds).round(),
         "us_per_job": common::round(seconds * 1e6 / jobs as f64),
         "cpu_us_per_job": per_job(cpu),

@@ -172,19 +172,31 @@ pub fn threads_cpu_time(name: &str) -> Duration {
         .sum()
 }
 
-/// Time the hypervisor has taken from this machine's cores so far, summed
-/// over them (`steal` in `/proc/stat`); zero where it cannot tell. On a
-/// shared VM, stolen time slows a run down without the run doing anything.
+/// Time the hypervisor has taken from this machine's CPUs so far, per CPU
+/// (`steal` in `/proc/stat`, over its `cpuN` lines); zero where it cannot
+/// tell. On a shared VM, stolen time slows a run down without the run doing
+/// anything.
 #[allow(unsafe_code)] // std has no sysconf
-pub fn machine_steal_time() -> Duration {
+pub fn machine_steal_per_cpu() -> Duration {
     // SAFETY: sysconf only reads a constant.
     let ticks_per_s = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    // "cpu  user nice system idle iowait irq softirq steal ...", in ticks.
-    let steal = std::fs::read_to_string("/proc/stat")
-        .ok()
-        .and_then(|stat| stat.lines().next()?.split_whitespace().nth(8)?.parse::<u64>().ok());
-    match (steal, u64::try_from(ticks_per_s)) {
-        (Some(ticks), Ok(per_s)) if per_s > 0 => Duration::from_secs_f64(ticks as f64 / per_s as f64),
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
+        return Duration::ZERO;
+    };
+    // "cpu  user nice system idle iowait irq softirq steal ...", in ticks,
+    // summed over the "cpuN" lines that follow.
+    let total = stat
+        .lines()
+        .next()
+        .and_then(|line| line.split_whitespace().nth(8)?.parse::<u64>().ok());
+    let cpus = stat
+        .lines()
+        .filter(|line| line.starts_with("cpu") && line.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
+        .count();
+    match (total, u64::try_from(ticks_per_s)) {
+        (Some(ticks), Ok(per_s)) if per_s > 0 && cpus > 0 => {
+            Duration::from_secs_f64(ticks as f64 / per_s as f64 / cpus as f64)
+        }
         _ => Duration::ZERO,
     }
 }
