@@ -293,28 +293,21 @@ impl Telemetries {
         result["logs_jobs_per_s"] = json!(logs_jobs_per_s);
         result["otel_jobs_per_s"] = json!(median_of(|r| jobs_per_s(&r.export)));
         result["logs_drop_percent"] = json!(common::round(drop_percent(jobs_per_s(&result), logs_jobs_per_s)));
-        let drops = || {
+        // Each round's drop in `value` from its logs run to its export run.
+        let drops_of = |value: fn(&serde_json::Value) -> f64| {
             rounds
                 .iter()
-                .map(|r| drop_percent(jobs_per_s(&r.logs), jobs_per_s(&r.export)))
+                .map(move |r| drop_percent(value(&r.logs), value(&r.export)))
         };
-        result["otel_drop_percent"] = json!(common::median(drops()));
+        result["otel_drop_percent"] = json!(common::median(drops_of(jobs_per_s)));
         // How far apart the rounds lie: on a noisy machine the middle half
         // of the rounds' drops spans several points around the median.
-        result["otel_drop_percent_quartiles"] = json!(common::quartiles(drops()));
+        result["otel_drop_percent_quartiles"] = json!(common::quartiles(drops_of(jobs_per_s)));
         // The same on the time the hypervisor left each run: on a shared VM
         // it takes several percent of the cores at random, slowing whichever
         // side it falls on. Reported beside the drop, never instead of it.
-        let unstolen_drops = || {
-            rounds.iter().map(|r| {
-                drop_percent(
-                    number(&r.logs, "unstolen_jobs_per_s"),
-                    number(&r.export, "unstolen_jobs_per_s"),
-                )
-            })
-        };
-        result["otel_unstolen_drop_percent"] = json!(common::median(unstolen_drops()));
-        result["otel_unstolen_drop_percent_quartiles"] = json!(common::quartiles(unstolen_drops()));
+        result["otel_unstolen_drop_percent"] = json!(common::median(drops_of(unstolen_jobs_per_s)));
+        result["otel_unstolen_drop_percent_quartiles"] = json!(common::quartiles(drops_of(unstolen_jobs_per_s)));
         result["stolen_percent_max"] = json!(
             rounds
                 .iter()
@@ -324,11 +317,7 @@ impl Telemetries {
         );
         result["logs_cpu_us_per_job"] = json!(median_of(|r| cpu_us_per_job(&r.logs)));
         result["otel_cpu_us_per_job"] = json!(median_of(|r| cpu_us_per_job(&r.export)));
-        let cpu_added = || {
-            rounds
-                .iter()
-                .map(|r| -drop_percent(cpu_us_per_job(&r.logs), cpu_us_per_job(&r.export)))
-        };
+        let cpu_added = || drops_of(cpu_us_per_job).map(|drop| -drop);
         // Of the export side's CPU per job: the export thread's share, and
         // beside it the collector's, which shares the machine's cores
         // though in production it runs elsewhere.
@@ -416,6 +405,10 @@ fn drop_percent(from: f64, to: f64) -> f64 {
 
 fn cpu_us_per_job(result: &serde_json::Value) -> f64 {
     number(result, "cpu_us_per_job")
+}
+
+fn unstolen_jobs_per_s(result: &serde_json::Value) -> f64 {
+    number(result, "unstolen_jobs_per_s")
 }
 
 /// A number a run reported, NaN if it did not.
