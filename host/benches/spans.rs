@@ -5,14 +5,16 @@
 //! One thread records, in a loop, what `wink-host` records per job: the
 //! worker's delivery span and the runtime's job span inside it, with their
 //! real fields, and the `job succeeded` line. It runs with JSON logs alone
-//! (to a sink), then with OTLP/HTTP trace export too, in alternating rounds,
+//! (to a sink), then with OTLP trace export too, in alternating rounds,
 //! and reports the host's CPU time per job for each: the recording thread's
 //! and the exporter's threads', that is the process's less the endpoint's
 //! (an in-process endpoint on a thread of its own that reads and drops each
 //! request). The difference is what export adds to each job.
 //!
 //! `WINK_BENCH_JOBS` (default 200,000 per run) and `WINK_BENCH_ROUNDS`
-//! (default 7) size the run.
+//! (default 7) size the run. The export reads the `OTEL_*` variables as
+//! `wink-host` does, all but the endpoint: `OTEL_EXPORTER_OTLP_PROTOCOL=grpc`
+//! measures gRPC export.
 
 #[path = "common/collector.rs"]
 mod collector;
@@ -22,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use collector::CountingCollector;
 use serde_json::json;
-use wink_host::telemetry::{self, LogFormat, OtlpProtocol, Redactor, TelemetryOptions, TraceConfig};
+use wink_host::telemetry::{self, LogFormat, Redactor, TelemetryOptions};
 
 fn main() {
     wink_host::allocator::tune();
@@ -38,7 +40,9 @@ fn main() {
         telemetry::build(options, std::io::sink).expect("telemetry")
     };
     let (logs, logs_telemetry) = build(None);
-    let (export, export_telemetry) = build(Some(TraceConfig::new(collector.endpoint(), OtlpProtocol::HttpProtobuf)));
+    let export_config = collector.trace_config();
+    let export_protocol = export_config.protocol.as_str();
+    let (export, export_telemetry) = build(Some(export_config));
     let host_cpu = || common::process_cpu_time().saturating_sub(collector.cpu_time());
     let run = |dispatch: &tracing::Dispatch, flush: &dyn Fn()| {
         tracing::dispatcher::with_default(dispatch, || record_jobs(jobs / 10));
@@ -77,6 +81,7 @@ fn main() {
         json!({
             "scenario": "spans",
             "what": "per job: the delivery and job spans with their fields and the `job succeeded` line, recorded on one thread",
+            "protocol": export_protocol,
             "jobs_per_run": jobs,
             "rounds": rounds,
             "logs_cpu_ns_per_job": median(|r| r.logs.cpu_ns),

@@ -10,9 +10,9 @@
 //!
 //! With `WINK_BENCH_OTEL=1` (`cargo xtask bench throughput --otel`) each case
 //! also runs nine rounds of JSON logging alone (`wink-host` without OTLP)
-//! then JSON logging plus OTLP/HTTP trace export (to an endpoint on
-//! loopback, served from a thread of its own, that reads and drops each
-//! request). The report gives the median round's throughput drop from the
+//! then JSON logging plus OTLP trace export (to an endpoint on loopback,
+//! served from a thread of its own, that reads and drops each request;
+//! HTTP/protobuf unless `OTEL_EXPORTER_OTLP_PROTOCOL=grpc`). The report gives the median round's throughput drop from the
 //! export, and the drop logging costs. Since throughput on a shared 2-core
 //! machine swings by more than the export costs, each run also records the
 //! host's CPU time per job (getrusage, less the endpoint thread's CPU
@@ -38,7 +38,7 @@
 //! noisy machine. `WINK_BENCH_OTEL_CONTROL=1` turns the export off on the
 //! export side too: the drops such a run reports are the bench's noise.
 //! The export side reads the `OTEL_*` variables as `wink-host` does (say
-//! `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`), all but the endpoint and protocol.
+//! `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`), all but the endpoint.
 //! Each run also reports the share of the cores the hypervisor took during
 //! it (`stolen_percent`, from `/proc/stat`), and each case the drop over
 //! the time it left (`otel_unstolen_drop_percent`), beside the drop.
@@ -58,7 +58,7 @@ use collector::CountingCollector;
 use serde_json::json;
 use wink_host::mailbox::{Envelope, Mailbox, MemoryMailbox};
 use wink_host::runtime::{Runtime, RuntimeConfig};
-use wink_host::telemetry::{BatchSettings, OtlpProtocol, TraceConfig};
+use wink_host::telemetry::TraceConfig;
 use wink_host::worker::{JobResources, ReplyRoutes, Worker, WorkerConfig};
 
 const WARMUP_JOBS: usize = 2_000;
@@ -228,7 +228,7 @@ fn otel_control() -> bool {
 
 /// `WINK_BENCH_OTEL=1`: `wink-host`'s telemetry as it runs in production
 /// (JSON log lines at `WINK_LOG`'s level, to a sink here), without and with
-/// OTLP/HTTP trace export to an endpoint that only counts requests, as a
+/// OTLP trace export to an endpoint that only counts requests, as a
 /// collector elsewhere would take them. The drop is the export's cost: the
 /// logs are the same on both sides.
 ///
@@ -241,14 +241,14 @@ struct Telemetries {
     logs: Telemetry,
     export: Telemetry,
     providers: [wink_host::telemetry::Telemetry; 2],
-    /// The export side's batching (none in a control run).
-    batch: Option<BatchSettings>,
+    /// The export side's configuration (none in a control run).
+    exported: Option<TraceConfig>,
 }
 
 impl Telemetries {
     fn start(bare: &Telemetry) -> Self {
         use wink_host::telemetry::{self, LogFormat, Redactor, TelemetryOptions};
-        let endpoint = COLLECTOR.get_or_init(CountingCollector::start).endpoint().to_owned();
+        let collector = COLLECTOR.get_or_init(CountingCollector::start);
         let build = |traces| {
             let options = TelemetryOptions {
                 format: LogFormat::Json,
@@ -259,14 +259,13 @@ impl Telemetries {
             telemetry::build(options, std::io::sink).expect("telemetry")
         };
         let (logs, logs_provider) = build(None);
-        let export_config = (!otel_control()).then(|| export_config(&endpoint));
-        let batch = export_config.as_ref().map(|config| config.batch);
-        let (export, export_provider) = build(export_config);
+        let exported = (!otel_control()).then(|| collector.trace_config());
+        let (export, export_provider) = build(exported.clone());
         Self {
             logs: Telemetry::on("logs", logs),
             export: Telemetry::on("export", export),
             providers: [logs_provider, export_provider],
-            batch,
+            exported,
         }
     }
 
@@ -367,29 +366,16 @@ impl Telemetries {
         let flushed = self.providers.into_iter().all(|provider| provider.shutdown().is_ok());
         let collector = COLLECTOR.get();
         json!({
-            "protocol": "http/protobuf",
+            "protocol": self.exported.as_ref().map(|config| config.protocol.as_str()),
             "control": otel_control(),
             "receiver": "in-process on a thread of its own, reads and drops each request; its CPU time is not counted as the host's",
             "export_requests": collector.map(CountingCollector::requests),
             "export_bytes": collector.map(CountingCollector::bytes),
-            "max_export_batch_size": self.batch.map(|batch| batch.max_export_batch_size),
-            "max_queue_size": self.batch.map(|batch| batch.max_queue_size),
+            "max_export_batch_size": self.exported.as_ref().map(|config| config.batch.max_export_batch_size),
+            "max_queue_size": self.exported.as_ref().map(|config| config.batch.max_queue_size),
             "flushed": flushed,
         })
     }
-}
-
-/// The export side's configuration: the `OTEL_*` variables as `wink-host`
-/// reads them (batch sizes, timeout, resource), but the endpoint and the
-/// protocol are the counting collector's.
-fn export_config(endpoint: &str) -> TraceConfig {
-    TraceConfig::from_vars(|name| match name {
-        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT" => Some(endpoint.to_owned()),
-        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL" => Some(OtlpProtocol::HttpProtobuf.as_str().to_owned()),
-        _ => std::env::var(name).ok(),
-    })
-    .unwrap_or_else(|err| panic!("throughput: {err}"))
-    .expect("throughput: --otel exports, so OTEL_SDK_DISABLED and OTEL_TRACES_EXPORTER=none must be unset")
 }
 
 /// One round under `--otel`: a run with logs only, then one with export too.
