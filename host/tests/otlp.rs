@@ -12,7 +12,9 @@ use std::io::{self, Write};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::otlp::{Received, grpc_receiver, http_receiver, http_receiver_answering_first};
+use common::otlp::{
+    Received, grpc_receiver, grpc_receiver_answering_first, http_receiver, http_receiver_answering_first,
+};
 use common::*;
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
@@ -439,7 +441,7 @@ async fn grpc_export_carries_the_same_tree_and_the_api_key_as_metadata() {
 async fn a_collector_that_is_down_or_silent_costs_jobs_nothing() {
     // Down: a loopback port nobody listens on.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let closed_endpoint = format!("http://{}/v1/traces", closed.local_addr().expect("addr"));
+    let closed_endpoint = format!("http://{}", closed.local_addr().expect("addr"));
     drop(closed);
     // Silent: accepts connections and never answers, as a hung collector does.
     let silent = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -457,10 +459,11 @@ async fn a_collector_that_is_down_or_silent_costs_jobs_nothing() {
     // hanging ones are abandoned by the flush.
     for (endpoint, protocol, error) in [
         (
-            closed_endpoint,
+            format!("{closed_endpoint}/v1/traces"),
             OtlpProtocol::HttpProtobuf,
             Some("cannot reach the collector"),
         ),
+        (closed_endpoint, OtlpProtocol::Grpc, Some("cannot reach the collector")),
         (format!("{silent_endpoint}/v1/traces"), OtlpProtocol::HttpProtobuf, None),
         (silent_endpoint, OtlpProtocol::Grpc, None),
     ] {
@@ -501,33 +504,56 @@ async fn a_collector_that_is_down_or_silent_costs_jobs_nothing() {
     }
 }
 
+/// The first answers of a receiver that refuses some exports.
+enum Refusals {
+    Http(Vec<u16>),
+    Grpc(Vec<tonic::Code>),
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn http_export_retries_a_throttled_batch_and_gives_up_on_a_rejected_one() {
-    for (statuses, requests, error) in [
-        (vec![503, 429], 3, None),
+async fn export_retries_a_throttled_batch_and_gives_up_on_a_rejected_one() {
+    use tonic::Code;
+    for (refusals, requests, error) in [
+        (Refusals::Http(vec![503, 429]), 3, None),
         (
-            vec![400],
+            Refusals::Http(vec![400]),
             1,
             Some("the collector answered 400 Bad Request (attempt 1 of 4)"),
         ),
+        (Refusals::Grpc(vec![Code::Unavailable, Code::Aborted]), 3, None),
+        // Not retried without a RetryInfo saying when, per the OTLP specification.
+        (
+            Refusals::Grpc(vec![Code::ResourceExhausted]),
+            1,
+            Some("the collector answered ResourceExhausted: refused by the test (attempt 1 of 4)"),
+        ),
     ] {
+        let statuses = match &refusals {
+            Refusals::Http(statuses) => format!("HTTP {statuses:?}"),
+            Refusals::Grpc(codes) => format!("gRPC {codes:?}"),
+        };
+        let ((endpoint, received), protocol) = match refusals {
+            Refusals::Http(statuses) => (
+                http_receiver_answering_first(statuses).await,
+                OtlpProtocol::HttpProtobuf,
+            ),
+            Refusals::Grpc(codes) => (grpc_receiver_answering_first(codes).await, OtlpProtocol::Grpc),
+        };
         let delivered = error.is_none();
-        let (endpoint, received) = http_receiver_answering_first(statuses.clone()).await;
-        let (dispatch, telemetry) =
-            telemetry::build(options(&endpoint, OtlpProtocol::HttpProtobuf), std::io::sink).expect("build");
+        let (dispatch, telemetry) = telemetry::build(options(&endpoint, protocol), std::io::sink).expect("build");
         tracing::dispatcher::with_default(&dispatch, || {
             tracing::info_span!(target: "wink_host", "retried export").in_scope(|| {});
         });
         let flushed = flush(&telemetry);
         match (error, &flushed) {
             (None, Ok(())) => {}
-            (Some(expected), Err(err)) => assert!(err.contains(expected), "{statuses:?}: {err}"),
-            _ => panic!("{statuses:?}: {flushed:?}"),
+            (Some(expected), Err(err)) => assert!(err.contains(expected), "{statuses}: {err}"),
+            _ => panic!("{statuses}: {flushed:?}"),
         }
-        assert_eq!(received.exports(), requests, "{statuses:?}");
+        assert_eq!(received.exports(), requests, "{statuses}");
         let names: Vec<String> = received.spans().into_iter().map(|span| span.name).collect();
         let expected: &[&str] = if delivered { &["retried export"] } else { &[] };
-        assert_eq!(names, expected, "{statuses:?}");
+        assert_eq!(names, expected, "{statuses}");
     }
 }
 

@@ -11,7 +11,7 @@
 
 mod json_lines;
 mod metrics;
-mod otlp_http;
+mod otlp;
 mod redact;
 mod traces;
 

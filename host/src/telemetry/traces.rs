@@ -6,17 +6,14 @@
 //! only queues it (and drops it when the queue is full), so a slow or
 //! unreachable collector costs jobs nothing: it only loses spans.
 
-use std::borrow::Cow;
 use std::time::Duration;
 
+use opentelemetry::KeyValue;
 use opentelemetry::trace::{
     SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState, TracerProvider as _,
 };
-use opentelemetry::{Array, KeyValue, StringValue, Value};
-use opentelemetry_otlp::{WithExportConfig as _, WithTonicConfig as _};
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::error::OTelSdkResult;
-use opentelemetry_sdk::trace::{BatchSpanProcessor, Sampler, SdkTracerProvider, SpanData, SpanExporter};
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use super::Redactor;
@@ -140,15 +137,6 @@ impl BatchSettings {
             max_export_batch_size,
             schedule_delay,
         })
-    }
-
-    /// The same settings for the SDK's batch processor (gRPC export).
-    fn sdk_config(self) -> opentelemetry_sdk::trace::BatchConfig {
-        opentelemetry_sdk::trace::BatchConfigBuilder::default()
-            .with_max_queue_size(self.max_queue_size)
-            .with_max_export_batch_size(self.max_export_batch_size)
-            .with_scheduled_delay(self.schedule_delay)
-            .build()
     }
 }
 
@@ -338,38 +326,9 @@ pub(super) fn tracer_provider(
         .build();
     // The sampler stays the SDK's (parent-based always-on, or OTEL_TRACES_SAMPLER).
     let builder = SdkTracerProvider::builder().with_resource(resource);
-    let builder = match config.protocol {
-        OtlpProtocol::HttpProtobuf => builder.with_span_processor(
-            super::otlp_http::processor(config, headers, redactor.clone()).map_err(exporter_error)?,
-        ),
-        OtlpProtocol::Grpc => {
-            let exporter = RedactingExporter {
-                inner: grpc_exporter(config, headers).map_err(exporter_error)?,
-                redactor: redactor.clone(),
-            };
-            builder.with_span_processor(
-                BatchSpanProcessor::builder(exporter)
-                    .with_batch_config(config.batch.sdk_config())
-                    .build(),
-            )
-        }
-    };
+    let processor = super::otlp::processor(config, headers, redactor.clone()).map_err(exporter_error)?;
+    let builder = builder.with_span_processor(processor);
     Ok(builder.build())
-}
-
-fn grpc_exporter(config: &TraceConfig, headers: http::HeaderMap) -> Result<opentelemetry_otlp::SpanExporter, String> {
-    let mut grpc = opentelemetry_otlp::SpanExporter::builder()
-        .with_tonic()
-        .with_endpoint(config.endpoint.clone())
-        .with_timeout(config.timeout)
-        .with_metadata(opentelemetry_otlp::tonic_types::metadata::MetadataMap::from_headers(
-            headers,
-        ));
-    if config.endpoint.starts_with("https:") {
-        grpc = grpc
-            .with_tls_config(opentelemetry_otlp::tonic_types::transport::ClientTlsConfig::new().with_native_roots());
-    }
-    grpc.build().map_err(|err| err.to_string())
 }
 
 /// Validate headers as HTTP headers (gRPC metadata is the same).
@@ -384,75 +343,6 @@ fn header_map(headers: &[(String, String)]) -> Result<http::HeaderMap, String> {
         map.insert(name, value);
     }
     Ok(map)
-}
-
-/// Scrubs secrets from span attributes and events before they leave the
-/// process, as the log writer does for log lines. Used for gRPC export; the
-/// HTTP encoder redacts as it writes.
-#[derive(Debug)]
-struct RedactingExporter<E> {
-    inner: E,
-    redactor: Redactor,
-}
-
-impl<E: SpanExporter> SpanExporter for RedactingExporter<E> {
-    fn export(&self, mut batch: Vec<SpanData>) -> impl Future<Output = OTelSdkResult> + Send {
-        for span in &mut batch {
-            redact_span(&self.redactor, span);
-        }
-        self.inner.export(batch)
-    }
-
-    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        self.inner.shutdown_with_timeout(timeout)
-    }
-
-    fn force_flush(&self) -> OTelSdkResult {
-        self.inner.force_flush()
-    }
-
-    fn set_resource(&mut self, resource: &Resource) {
-        self.inner.set_resource(resource);
-    }
-}
-
-pub(super) fn redact_span(redactor: &Redactor, span: &mut SpanData) {
-    redact_attributes(redactor, &mut span.attributes);
-    for event in &mut span.events.events {
-        if let Cow::Owned(name) = redactor.redact(&event.name) {
-            event.name = Cow::Owned(name);
-        }
-        redact_attributes(redactor, &mut event.attributes);
-    }
-    if let opentelemetry::trace::Status::Error { description } = &mut span.status
-        && let Cow::Owned(redacted) = redactor.redact(description)
-    {
-        *description = Cow::Owned(redacted);
-    }
-}
-
-fn redact_attributes(redactor: &Redactor, attributes: &mut [KeyValue]) {
-    let redact = |text: &StringValue| match redactor.redact(text.as_str()) {
-        Cow::Owned(redacted) => Some(StringValue::from(redacted)),
-        Cow::Borrowed(_) => None,
-    };
-    for attribute in attributes {
-        match &mut attribute.value {
-            Value::String(text) => {
-                if let Some(redacted) = redact(text) {
-                    *text = redacted;
-                }
-            }
-            Value::Array(Array::String(texts)) => {
-                for text in texts {
-                    if let Some(redacted) = redact(text) {
-                        *text = redacted;
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
 }
 
 /// Why a `traceparent` cannot be continued.
@@ -706,22 +596,5 @@ mod tests {
             let err = parse_traceparent(bad).expect_err(bad).to_string();
             assert!(err.starts_with(&format!("invalid traceparent {bad:?}: ")), "{err}");
         }
-    }
-
-    #[test]
-    fn exported_spans_are_redacted() {
-        let redactor = Redactor::new([], []).expect("redactor");
-        let mut attributes = vec![
-            KeyValue::new("error", "denied for AKIAIOSFODNN7EXAMPLE"),
-            KeyValue::new("count", 3),
-            KeyValue::new(
-                "list",
-                Value::Array(Array::String(vec!["Authorization: Bearer abcdefghijkl".into()])),
-            ),
-        ];
-        redact_attributes(&redactor, &mut attributes);
-        assert_eq!(attributes[0].value.as_str(), "denied for [REDACTED]");
-        assert_eq!(attributes[1].value, Value::I64(3));
-        assert_eq!(attributes[2].value.as_str(), r#"["Authorization: [REDACTED]"]"#);
     }
 }

@@ -151,7 +151,16 @@ fn header(headers: &http::HeaderMap, name: &str) -> Option<String> {
 
 /// An OTLP/gRPC receiver on tonic.
 pub async fn grpc_receiver() -> (String, Received) {
-    struct Collector(Received);
+    grpc_receiver_answering_first(Vec::new()).await
+}
+
+/// A gRPC receiver that fails its first calls with `codes`, one per call
+/// (each counted as an export), then takes what it is sent.
+pub async fn grpc_receiver_answering_first(codes: Vec<tonic::Code>) -> (String, Received) {
+    struct Collector {
+        received: Received,
+        codes: Mutex<std::collections::VecDeque<tonic::Code>>,
+    }
 
     #[tonic::async_trait]
     impl TraceService for Collector {
@@ -159,12 +168,16 @@ pub async fn grpc_receiver() -> (String, Received) {
             &self,
             request: tonic::Request<ExportTraceServiceRequest>,
         ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+            if let Some(code) = self.codes.lock().expect("codes").pop_front() {
+                self.received.0.lock().expect("received").exports += 1;
+                return Err(tonic::Status::new(code, "refused by the test"));
+            }
             let api_key = request
                 .metadata()
                 .get("x-api-key")
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned);
-            self.0.add("grpc", api_key, request.into_inner());
+            self.received.add("grpc", api_key, request.into_inner());
             Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
         }
     }
@@ -172,7 +185,10 @@ pub async fn grpc_receiver() -> (String, Received) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
     let received = Received::default();
-    let service = TraceServiceServer::new(Collector(received.clone()));
+    let service = TraceServiceServer::new(Collector {
+        received: received.clone(),
+        codes: Mutex::new(codes.into()),
+    });
     tokio::spawn(
         tonic::transport::Server::builder()
             .serve_with_incoming(service, tonic::transport::server::TcpIncoming::from(listener)),

@@ -1,0 +1,59 @@
+//! OTLP over HTTP/protobuf: the encoded request is the body of a POST.
+
+use bytes::Bytes;
+
+use super::{Deliver, Failure};
+use crate::telemetry::traces::TraceConfig;
+
+/// Posts encoded requests to an OTLP/HTTP endpoint.
+#[derive(Debug)]
+pub(super) struct HttpClient {
+    client: reqwest::Client,
+    endpoint: reqwest::Url,
+    headers: http::HeaderMap,
+}
+
+impl HttpClient {
+    pub(super) fn new(config: &TraceConfig, headers: http::HeaderMap) -> Result<Self, String> {
+        let endpoint = reqwest::Url::parse(&config.endpoint).map_err(|err| format!("not a URL: {err}"))?;
+        let client = reqwest::Client::builder()
+            .timeout(config.timeout)
+            .user_agent(concat!("wink-host/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|err| format!("cannot build the HTTP client: {err}"))?;
+        Ok(Self {
+            client,
+            endpoint,
+            headers,
+        })
+    }
+}
+
+impl Deliver for HttpClient {
+    async fn deliver(&self, body: &Bytes) -> Result<(), Failure> {
+        // The configured headers come last, so that they replace ours.
+        let response = self
+            .client
+            .post(self.endpoint.clone())
+            .header(http::header::CONTENT_TYPE, "application/x-protobuf")
+            .headers(self.headers.clone())
+            .body(body.clone())
+            .send()
+            .await
+            .map_err(|err| Failure {
+                retry: !err.is_builder(),
+                // The endpoint is in the configuration; its URL may hold credentials.
+                message: format!("cannot reach the collector: {}", err.without_url()),
+            })?;
+        let status = response.status();
+        // Read to the end, so that the connection can carry the next batch.
+        let _ = response.bytes().await;
+        if status.is_success() {
+            return Ok(());
+        }
+        Err(Failure {
+            retry: matches!(status.as_u16(), 429 | 502 | 503 | 504),
+            message: format!("the collector answered {status}"),
+        })
+    }
+}
