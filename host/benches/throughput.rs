@@ -492,7 +492,7 @@ async fn measure(
 
 /// The name of the thread that posts the spans (counted in the host's CPU
 /// time, and reported apart too).
-const EXPORT_THREAD: &str = "otlp-http-export";
+const EXPORT_THREAD: &str = "otlp-export";
 
 /// The endpoint `--otel` exports to, once started.
 static COLLECTOR: OnceLock<CountingCollector> = OnceLock::new();

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::otlp::{
-    Received, grpc_receiver, grpc_receiver_answering_first, http_receiver, http_receiver_answering_first,
+    Received, grpc_receiver, grpc_receiver_answering_first, http_receiver, http_receiver_answering_first, serve_grpc,
 };
 use common::*;
 use opentelemetry_proto::tonic::common::v1::KeyValue;
@@ -555,6 +555,39 @@ async fn export_retries_a_throttled_batch_and_gives_up_on_a_rejected_one() {
         let expected: &[&str] = if delivered { &["retried export"] } else { &[] };
         assert_eq!(names, expected, "{statuses}");
     }
+}
+
+/// The exporter's connection is only watched while it sends, so one the
+/// collector closed in between (say, a proxy's idle timeout) fails the next
+/// call: that call is tried again on a new connection rather than its batch
+/// dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_export_carries_on_after_the_collector_closes_its_connection() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
+    let received = Received::default();
+    let age = Duration::from_millis(200);
+    tokio::spawn(serve_grpc(listener, received.clone(), Vec::new(), Some(age)));
+    let (dispatch, telemetry) = telemetry::build(options(&endpoint, OtlpProtocol::Grpc), std::io::sink).expect("build");
+    let export = |batch: &'static str| {
+        tracing::dispatcher::with_default(&dispatch, || {
+            tracing::info_span!(target: "wink_host", "exported", batch).in_scope(|| {});
+        });
+        flush(&telemetry)
+    };
+
+    export("first").expect("exported");
+    // The collector closes the idle connection (a graceful close the
+    // exporter does not answer while idle, then a forced one).
+    tokio::time::sleep(age * 5).await;
+    export("second").expect("exported on a new connection");
+    let batches: Vec<String> = received
+        .spans()
+        .iter()
+        .map(|span| text(span, "batch").to_owned())
+        .collect();
+    assert_eq!(batches, ["first", "second"]);
+    assert_eq!(received.exports(), 2);
 }
 
 /// `count` file-digest jobs.

@@ -211,7 +211,7 @@ impl TraceConfig {
             return Ok(None);
         };
         let endpoint = endpoint.trim().to_owned();
-        check_endpoint(&endpoint).map_err(|reason| invalid(endpoint_var, &endpoint, reason))?;
+        check_endpoint(&endpoint, protocol).map_err(|reason| invalid(endpoint_var, &shown(&endpoint), reason))?;
         // The general endpoint is a base URL: HTTP appends the signal's path.
         let endpoint = if endpoint_var == ENDPOINT_VARS[1] && protocol == OtlpProtocol::HttpProtobuf {
             format!("{}/v1/traces", endpoint.trim_end_matches('/'))
@@ -267,11 +267,34 @@ fn first(var: impl Fn(&str) -> Option<String>, names: &[&'static str]) -> Option
     names.iter().find_map(|name| var(name).map(|value| (*name, value)))
 }
 
-fn check_endpoint(endpoint: &str) -> Result<(), String> {
+fn check_endpoint(endpoint: &str, protocol: OtlpProtocol) -> Result<(), String> {
     let url = url::Url::parse(endpoint).map_err(|err| format!("not a URL: {err}"))?;
     match url.scheme() {
-        "http" | "https" => Ok(()),
-        other => Err(format!("unsupported scheme {other:?}; expected http or https")),
+        "http" | "https" => {}
+        other => return Err(format!("unsupported scheme {other:?}; expected http or https")),
+    }
+    // gRPC would send them as the request's authority, in the clear over
+    // http://; HTTP sends them as basic authentication.
+    if protocol == OtlpProtocol::Grpc && has_credentials(&url) {
+        return Err("a gRPC endpoint cannot carry credentials; send them in OTEL_EXPORTER_OTLP_HEADERS".into());
+    }
+    Ok(())
+}
+
+fn has_credentials(url: &url::Url) -> bool {
+    !url.username().is_empty() || url.password().is_some()
+}
+
+/// `endpoint` fit for a message: without the credentials it may hold.
+fn shown(endpoint: &str) -> String {
+    match url::Url::parse(endpoint) {
+        Ok(mut url) if has_credentials(&url) => {
+            // Cannot fail: the URL has a host, or it could not hold credentials.
+            let _ = url.set_username("");
+            let _ = url.set_password(None);
+            url.to_string()
+        }
+        _ => endpoint.to_owned(),
     }
 }
 
@@ -310,7 +333,7 @@ pub(super) fn tracer_provider(
         return Ok(SdkTracerProvider::builder().with_sampler(Sampler::AlwaysOff).build());
     };
     let exporter_error = |reason: String| TraceConfigError::Exporter {
-        endpoint: config.endpoint.clone(),
+        endpoint: shown(&config.endpoint),
         reason,
     };
     let headers = header_map(&config.headers).map_err(exporter_error)?;
@@ -544,6 +567,13 @@ mod tests {
             (
                 vec![("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4317")],
                 r#"invalid OTEL_EXPORTER_OTLP_ENDPOINT="collector:4317": unsupported scheme "collector"; expected http or https"#,
+            ),
+            (
+                vec![
+                    ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://tenant:s3cret@collector:4317"),
+                    ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+                ],
+                r#"invalid OTEL_EXPORTER_OTLP_ENDPOINT="https://collector:4317/": a gRPC endpoint cannot carry credentials; send them in OTEL_EXPORTER_OTLP_HEADERS"#,
             ),
             (
                 vec![endpoint, ("OTEL_EXPORTER_OTLP_HEADERS", "novalue")],

@@ -157,41 +157,56 @@ pub async fn grpc_receiver() -> (String, Received) {
 /// A gRPC receiver that fails its first calls with `codes`, one per call
 /// (each counted as an export), then takes what it is sent.
 pub async fn grpc_receiver_answering_first(codes: Vec<tonic::Code>) -> (String, Received) {
-    struct Collector {
-        received: Received,
-        codes: Mutex<std::collections::VecDeque<tonic::Code>>,
-    }
-
-    #[tonic::async_trait]
-    impl TraceService for Collector {
-        async fn export(
-            &self,
-            request: tonic::Request<ExportTraceServiceRequest>,
-        ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-            if let Some(code) = self.codes.lock().expect("codes").pop_front() {
-                self.received.0.lock().expect("received").exports += 1;
-                return Err(tonic::Status::new(code, "refused by the test"));
-            }
-            let api_key = request
-                .metadata()
-                .get("x-api-key")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
-            self.received.add("grpc", api_key, request.into_inner());
-            Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
-        }
-    }
-
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
     let received = Received::default();
-    let service = TraceServiceServer::new(Collector {
-        received: received.clone(),
+    tokio::spawn(serve_grpc(listener, received.clone(), codes, None));
+    (endpoint, received)
+}
+
+/// Serve a gRPC receiver on `listener` as [`grpc_receiver_answering_first`]
+/// does; with a `connection_age`, it closes each connection once that long
+/// (and as long again for a graceful close) has passed.
+pub async fn serve_grpc(
+    listener: TcpListener,
+    received: Received,
+    codes: Vec<tonic::Code>,
+    connection_age: Option<Duration>,
+) -> Result<(), tonic::transport::Error> {
+    let service = TraceServiceServer::new(GrpcCollector {
+        received,
         codes: Mutex::new(codes.into()),
     });
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .serve_with_incoming(service, tonic::transport::server::TcpIncoming::from(listener)),
-    );
-    (endpoint, received)
+    let mut server = tonic::transport::Server::builder();
+    if let Some(age) = connection_age {
+        server = server.max_connection_age(age).max_connection_age_grace(age);
+    }
+    server
+        .serve_with_incoming(service, tonic::transport::server::TcpIncoming::from(listener))
+        .await
+}
+
+struct GrpcCollector {
+    received: Received,
+    codes: Mutex<std::collections::VecDeque<tonic::Code>>,
+}
+
+#[tonic::async_trait]
+impl TraceService for GrpcCollector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        if let Some(code) = self.codes.lock().expect("codes").pop_front() {
+            self.received.0.lock().expect("received").exports += 1;
+            return Err(tonic::Status::new(code, "refused by the test"));
+        }
+        let api_key = request
+            .metadata()
+            .get("x-api-key")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        self.received.add("grpc", api_key, request.into_inner());
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
 }

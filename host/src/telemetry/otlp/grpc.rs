@@ -29,6 +29,9 @@ impl GrpcClient {
         let mut endpoint = Endpoint::from_shared(config.endpoint.clone())
             .map_err(|err| format!("not a URI: {err}"))?
             .timeout(config.timeout)
+            // The call's timeout does not cover connecting, which the
+            // channel does before it.
+            .connect_timeout(config.timeout)
             .user_agent(concat!("wink-host/", env!("CARGO_PKG_VERSION")))
             .map_err(|err| format!("cannot set the user agent: {err}"))?;
         if endpoint.uri().scheme() == Some(&http::uri::Scheme::HTTPS) {
@@ -45,7 +48,7 @@ impl GrpcClient {
 }
 
 impl Deliver for GrpcClient {
-    async fn deliver(&self, body: &Bytes) -> Result<(), Failure> {
+    async fn deliver(&self, body: &Bytes) -> Result<Bytes, Failure> {
         let channel = self.channel.get_or_init(|| self.endpoint.connect_lazy()).clone();
         let mut grpc = tonic::client::Grpc::new(channel);
         grpc.ready().await.map_err(|err| Failure {
@@ -54,16 +57,20 @@ impl Deliver for GrpcClient {
         })?;
         let mut request = tonic::Request::new(body.clone());
         *request.metadata_mut() = self.metadata.clone();
-        grpc.unary::<_, (), _>(request, PathAndQuery::from_static(EXPORT_PATH), Encoded)
+        grpc.unary::<_, Bytes, _>(request, PathAndQuery::from_static(EXPORT_PATH), Encoded)
             .await
-            .map(drop)
+            .map(tonic::Response::into_inner)
             .map_err(|status| failure(&status))
     }
 }
 
 /// What a failed call means, by the OTLP specification's table of gRPC
 /// codes: `RESOURCE_EXHAUSTED` is retried only when the collector says when
-/// to (`RetryInfo`), which this client does not read, so it is not.
+/// to (`RetryInfo`), which this client does not read, so it is not. A
+/// status tonic made up itself (it has a cause, which one the collector
+/// sent has not) is a connection's failure, retried on a new connection:
+/// the connection is only watched while a call is under way, so one the
+/// collector closed while the exporter was idle fails the next call.
 fn failure(status: &Status) -> Failure {
     let retry = matches!(
         status.code(),
@@ -74,35 +81,52 @@ fn failure(status: &Status) -> Failure {
             | Code::Unavailable
             | Code::DataLoss
     );
+    let local = std::error::Error::source(status).is_some();
     let message = if never_connected(status) {
-        format!("cannot reach the collector: {}", status.message())
+        format!("cannot reach the collector: {}", with_causes(status))
+    } else if local {
+        format!("the connection to the collector failed: {}", with_causes(status))
     } else {
-        format!("the collector answered {:?}: {}", status.code(), status.message())
+        format!("the collector answered {:?}: {}", status.code(), with_causes(status))
     };
-    Failure { retry, message }
+    Failure {
+        retry: retry || local,
+        message,
+    }
 }
 
 /// Whether the call failed to connect rather than being answered.
 fn never_connected(status: &Status) -> bool {
-    let mut source = std::error::Error::source(status);
-    while let Some(err) = source {
-        if err.is::<tonic::ConnectError>() {
-            return true;
-        }
-        source = err.source();
-    }
-    false
+    causes(status).any(|err| err.is::<tonic::ConnectError>())
 }
 
-/// Sends a request already encoded, and reads no answer: an
-/// `ExportTraceServiceResponse` only reports a partial success, which the
-/// HTTP client does not read either.
+/// The status's message and then each of its causes' that adds to it (for
+/// a failed connection: refused, a name that does not resolve, a bad
+/// certificate). None of them holds the endpoint's URL.
+fn with_causes(status: &Status) -> String {
+    let mut text = status.message().to_owned();
+    for cause in causes(status) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
+}
+
+fn causes(status: &Status) -> impl Iterator<Item = &(dyn std::error::Error + 'static)> {
+    std::iter::successors(std::error::Error::source(status), |err| err.source())
+}
+
+/// Sends a request already encoded, and takes the answer's message as it
+/// is.
 #[derive(Debug, Clone, Copy)]
 struct Encoded;
 
 impl Codec for Encoded {
     type Encode = Bytes;
-    type Decode = ();
+    type Decode = Bytes;
     type Encoder = Encoded;
     type Decoder = Encoded;
 
@@ -126,11 +150,10 @@ impl Encoder for Encoded {
 }
 
 impl Decoder for Encoded {
-    type Item = ();
+    type Item = Bytes;
     type Error = Status;
 
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<()>, Status> {
-        src.advance(src.remaining());
-        Ok(Some(()))
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
+        Ok(Some(src.copy_to_bytes(src.remaining())))
     }
 }

@@ -30,7 +30,7 @@ impl HttpClient {
 }
 
 impl Deliver for HttpClient {
-    async fn deliver(&self, body: &Bytes) -> Result<(), Failure> {
+    async fn deliver(&self, body: &Bytes) -> Result<Bytes, Failure> {
         // The configured headers come last, so that they replace ours.
         let response = self
             .client
@@ -46,10 +46,16 @@ impl Deliver for HttpClient {
                 message: format!("cannot reach the collector: {}", err.without_url()),
             })?;
         let status = response.status();
+        let protobuf = response
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|value| value.as_bytes().starts_with(b"application/x-protobuf"));
         // Read to the end, so that the connection can carry the next batch.
-        let _ = response.bytes().await;
+        let answer = response.bytes().await.unwrap_or_default();
         if status.is_success() {
-            return Ok(());
+            // Only a protobuf answer is an `ExportTraceServiceResponse`; a
+            // proxy's page is not.
+            return Ok(if protobuf { answer } else { Bytes::new() });
         }
         Err(Failure {
             retry: matches!(status.as_u16(), 429 | 502 | 503 | 504),

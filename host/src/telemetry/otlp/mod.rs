@@ -10,12 +10,13 @@
 //! Both protocols carry the same `ExportTraceServiceRequest` bytes: HTTP
 //! as the request body ([`http`]), gRPC as its one message ([`grpc`]).
 
+mod answer;
 mod encode;
 mod grpc;
 mod http;
 mod processor;
 
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -23,7 +24,7 @@ use bytes::Bytes;
 use super::Redactor;
 use super::traces::{OtlpProtocol, TraceConfig};
 pub(super) use processor::EncodingBatchProcessor;
-use processor::Transport;
+use processor::{Transport, WARNING_INTERVAL};
 
 /// First wait between attempts of one export; it doubles per attempt.
 const FIRST_RETRY_DELAY: Duration = Duration::from_millis(100);
@@ -53,7 +54,9 @@ pub(super) fn processor(
 
 /// One attempt to deliver an encoded request, over one protocol.
 trait Deliver: Send + Sync + 'static {
-    async fn deliver(&self, body: &Bytes) -> Result<(), Failure>;
+    /// The collector's answer when it took the request: an encoded
+    /// `ExportTraceServiceResponse`, or nothing to read.
+    async fn deliver(&self, body: &Bytes) -> Result<Bytes, Failure>;
 }
 
 /// Why one attempt failed, and whether another may succeed.
@@ -68,6 +71,8 @@ struct Failure {
 struct Retrying<D> {
     protocol: D,
     timeout: Duration,
+    /// When the collector's rejection of spans was last warned about.
+    last_rejection_warning: Mutex<Option<Instant>>,
     /// Drives the protocol's client on the thread that sends, the
     /// processor's own, started there on the first send. (A client on a
     /// runtime elsewhere would hand each request to a thread of its own and
@@ -80,6 +85,7 @@ impl<D: Deliver> Retrying<D> {
         Self {
             protocol,
             timeout,
+            last_rejection_warning: Mutex::new(None),
             runtime: OnceLock::new(),
         }
     }
@@ -100,8 +106,23 @@ impl<D: Deliver> Retrying<D> {
         let mut delay = FIRST_RETRY_DELAY;
         let mut attempt = 1;
         loop {
-            match self.protocol.deliver(&body).await {
-                Ok(()) => return Ok(()),
+            // Each attempt ends by the deadline, however long the protocol's
+            // own timeouts would let it run (say, connecting and then
+            // sending).
+            let attempt_time = deadline.saturating_duration_since(Instant::now());
+            let delivered = tokio::time::timeout(attempt_time, self.protocol.deliver(&body))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(Failure {
+                        retry: false,
+                        message: format!("no answer within the export timeout of {:?}", self.timeout),
+                    })
+                });
+            match delivered {
+                Ok(answer) => {
+                    self.warn_of_rejections(&answer);
+                    return Ok(());
+                }
                 Err(failure) if failure.retry && attempt < MAX_ATTEMPTS && Instant::now() + delay < deadline => {
                     tokio::time::sleep(delay).await;
                     delay *= 2;
@@ -113,10 +134,88 @@ impl<D: Deliver> Retrying<D> {
     }
 }
 
+impl<D> Retrying<D> {
+    /// Warn, at most once per [`WARNING_INTERVAL`], of spans the collector
+    /// took the request of but rejected (the OTLP specification's partial
+    /// success: not retried, only reported).
+    fn warn_of_rejections(&self, answer: &[u8]) {
+        let Some(partial) = answer::partial_success(answer) else {
+            return;
+        };
+        let mut last = self
+            .last_rejection_warning
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if last.is_none_or(|at| at.elapsed() >= WARNING_INTERVAL) {
+            *last = Some(Instant::now());
+            tracing::warn!(
+                rejected_spans = partial.rejected_spans,
+                reason = partial.error_message,
+                "the collector rejected spans it was sent"
+            );
+        }
+    }
+}
+
 impl<D: Deliver> Transport for Retrying<D> {
     /// Blocks the processor's own thread, never a job's: a slow collector
     /// only delays the next batch.
     fn send(&self, body: Bytes) -> Result<(), String> {
         self.runtime()?.block_on(self.send_with_retries(body))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry_proto::tonic::collector::trace::v1::{ExportTracePartialSuccess, ExportTraceServiceResponse};
+    use prost::Message as _;
+
+    use super::*;
+    use crate::telemetry::TestSink;
+
+    /// Takes every request, answering each with the same bytes.
+    struct Answering(Bytes);
+
+    impl Deliver for Answering {
+        async fn deliver(&self, _body: &Bytes) -> Result<Bytes, Failure> {
+            Ok(self.0.clone())
+        }
+    }
+
+    /// The log lines of `sends` requests through a transport whose
+    /// collector answers `answer`.
+    fn warnings_of(answer: &ExportTraceServiceResponse, sends: usize) -> String {
+        let sink = TestSink::default();
+        let writer = sink.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        let transport = Retrying::new(Answering(answer.encode_to_vec().into()), Duration::from_secs(5));
+        tracing::subscriber::with_default(subscriber, || {
+            for _ in 0..sends {
+                transport.send(Bytes::new()).expect("delivered");
+            }
+        });
+        sink.text()
+    }
+
+    #[test]
+    fn spans_the_collector_rejects_are_warned_about_once_per_interval() {
+        let rejecting = ExportTraceServiceResponse {
+            partial_success: Some(ExportTracePartialSuccess {
+                rejected_spans: 3,
+                error_message: "span too large".into(),
+            }),
+        };
+        let logs = warnings_of(&rejecting, 2);
+        assert_eq!(logs.lines().count(), 1, "{logs}");
+        assert!(
+            logs.contains("the collector rejected spans it was sent")
+                && logs.contains("rejected_spans=3")
+                && logs.contains("reason=\"span too large\""),
+            "{logs}"
+        );
+        assert_eq!(warnings_of(&ExportTraceServiceResponse::default(), 2), "");
     }
 }

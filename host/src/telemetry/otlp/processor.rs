@@ -36,7 +36,7 @@ use crate::telemetry::traces::BatchSettings;
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Least time between two warnings about dropped spans or failing exports.
-const WARNING_INTERVAL: Duration = Duration::from_secs(30);
+pub(super) const WARNING_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Where encoded requests go.
 pub(super) trait Transport: Send + Sync + 'static {
@@ -242,7 +242,7 @@ impl EncodingBatchProcessor {
             spare_body: Arc::default(),
         });
         let shipper = std::thread::Builder::new()
-            .name("otlp-http-export".into())
+            .name("otlp-export".into())
             .spawn({
                 let shared = shared.clone();
                 move || shared.ship(&transport)
