@@ -12,8 +12,9 @@
 //! also runs nine rounds of JSON logging alone (`wink-host` without OTLP)
 //! then JSON logging plus OTLP trace export (to an endpoint on loopback,
 //! served from a thread of its own, that reads and drops each request;
-//! HTTP/protobuf unless `OTEL_EXPORTER_OTLP_PROTOCOL=grpc`). The report gives the median round's throughput drop from the
-//! export, and the drop logging costs. Since throughput on a shared 2-core
+//! HTTP/protobuf unless `OTEL_EXPORTER_OTLP_PROTOCOL=grpc`). The report
+//! gives the median round's throughput drop from the export, and the drop
+//! logging costs. Since throughput on a shared 2-core
 //! machine swings by more than the export costs, each run also records the
 //! host's CPU time per job (getrusage, less the endpoint thread's CPU
 //! clock), and the report gives the median round's CPU cost too, the

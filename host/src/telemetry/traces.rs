@@ -6,6 +6,7 @@
 //! only queues it (and drops it when the queue is full), so a slow or
 //! unreachable collector costs jobs nothing: it only loses spans.
 
+use std::ops::Range;
 use std::time::Duration;
 
 use opentelemetry::KeyValue;
@@ -67,7 +68,7 @@ pub struct TraceConfig {
     pub protocol: OtlpProtocol,
     /// Extra request headers (gRPC metadata), e.g. an API key.
     pub headers: Vec<(String, String)>,
-    /// Time allowed for one export request.
+    /// Time allowed for one export, connecting and retries included.
     pub timeout: Duration,
     /// The `service.name` resource attribute.
     pub service_name: String,
@@ -273,29 +274,41 @@ fn check_endpoint(endpoint: &str, protocol: OtlpProtocol) -> Result<(), String> 
         "http" | "https" => {}
         other => return Err(format!("unsupported scheme {other:?}; expected http or https")),
     }
-    // gRPC would send them as the request's authority, in the clear over
-    // http://; HTTP sends them as basic authentication.
-    if protocol == OtlpProtocol::Grpc && has_credentials(&url) {
-        return Err("a gRPC endpoint cannot carry credentials; send them in OTEL_EXPORTER_OTLP_HEADERS".into());
+    if protocol == OtlpProtocol::Grpc && has_credentials(endpoint) {
+        return Err(GRPC_CREDENTIALS_REFUSED.into());
     }
     Ok(())
 }
 
-fn has_credentials(url: &url::Url) -> bool {
-    !url.username().is_empty() || url.password().is_some()
+/// Why a gRPC endpoint with credentials is refused: gRPC would send them
+/// as the request's authority, in the clear over `http://`. (HTTP export
+/// sends them as basic authentication.)
+pub(super) const GRPC_CREDENTIALS_REFUSED: &str =
+    "a gRPC endpoint cannot carry credentials; send them in OTEL_EXPORTER_OTLP_HEADERS";
+
+/// Whether `endpoint` holds credentials (`user:secret@` before its host).
+pub(super) fn has_credentials(endpoint: &str) -> bool {
+    credentials(endpoint).is_some()
 }
 
-/// `endpoint` fit for a message: without the credentials it may hold.
+/// `endpoint` fit for a message: without the credentials it may hold, even
+/// when it is not a valid URL.
 fn shown(endpoint: &str) -> String {
-    match url::Url::parse(endpoint) {
-        Ok(mut url) if has_credentials(&url) => {
-            // Cannot fail: the URL has a host, or it could not hold credentials.
-            let _ = url.set_username("");
-            let _ = url.set_password(None);
-            url.to_string()
-        }
-        _ => endpoint.to_owned(),
+    let mut shown = endpoint.to_owned();
+    if let Some(credentials) = credentials(endpoint) {
+        shown.replace_range(credentials, "");
     }
+    shown
+}
+
+/// Where the credentials of `endpoint` are, `@` included: the authority
+/// (after `://`, before the path) up to its last `@`.
+fn credentials(endpoint: &str) -> Option<Range<usize>> {
+    let start = endpoint.find("://")? + "://".len();
+    let rest = &endpoint[start..];
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    let at = authority.rfind('@')?;
+    Some(start..start + at + 1)
 }
 
 /// `key=value` pairs separated by commas, values percent-encoded: the format
@@ -557,6 +570,31 @@ mod tests {
     }
 
     #[test]
+    fn messages_show_endpoints_without_their_credentials() {
+        for (endpoint, shown_as) in [
+            (
+                "https://tenant:s3cret@collector:4318/v1/traces",
+                "https://collector:4318/v1/traces",
+            ),
+            // Not a valid URL (the port), so not parsed as one.
+            ("http://u:p@ss@collector:99999", "http://collector:99999"),
+            ("http://collector:4317/a@b", "http://collector:4317/a@b"),
+            ("collector:4317", "collector:4317"),
+        ] {
+            assert_eq!(shown(endpoint), shown_as, "{endpoint}");
+        }
+        let mut grpc = TraceConfig::new("http://tenant:s3cret@collector:4317", OtlpProtocol::Grpc);
+        grpc.timeout = Duration::from_secs(1);
+        let err = tracer_provider(Some(&grpc), &Redactor::new([], []).expect("redactor"))
+            .expect_err("credentials refused")
+            .to_string();
+        assert_eq!(
+            err,
+            format!("cannot set up OTLP trace export to http://collector:4317: {GRPC_CREDENTIALS_REFUSED}")
+        );
+    }
+
+    #[test]
     fn bad_values_are_named_in_one_line() {
         let endpoint = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318");
         for (pairs, expected) in [
@@ -573,7 +611,7 @@ mod tests {
                     ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://tenant:s3cret@collector:4317"),
                     ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
                 ],
-                r#"invalid OTEL_EXPORTER_OTLP_ENDPOINT="https://collector:4317/": a gRPC endpoint cannot carry credentials; send them in OTEL_EXPORTER_OTLP_HEADERS"#,
+                r#"invalid OTEL_EXPORTER_OTLP_ENDPOINT="https://collector:4317": a gRPC endpoint cannot carry credentials; send them in OTEL_EXPORTER_OTLP_HEADERS"#,
             ),
             (
                 vec![endpoint, ("OTEL_EXPORTER_OTLP_HEADERS", "novalue")],

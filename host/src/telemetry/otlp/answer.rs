@@ -34,7 +34,7 @@ fn fields_of(message: &[u8]) -> Option<PartialSuccess> {
     while !message.is_empty() {
         match next_field(&mut message)? {
             // int64: two's complement in a varint.
-            (1, Field::Varint(rejected)) => partial.rejected_spans = rejected as i64,
+            (1, Field::Varint(rejected)) => partial.rejected_spans = rejected.cast_signed(),
             (2, Field::Bytes(text)) => partial.error_message = String::from_utf8_lossy(text).into_owned(),
             _ => {}
         }

@@ -2,6 +2,7 @@
 //! to `TraceService/Export`, sent as it is by a codec that only frames it.
 
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use bytes::{Buf as _, BufMut as _, Bytes};
 use http::uri::PathAndQuery;
@@ -26,11 +27,14 @@ pub(super) struct GrpcClient {
 
 impl GrpcClient {
     pub(super) fn new(config: &TraceConfig, headers: http::HeaderMap) -> Result<Self, String> {
+        // Checked here too, for configurations not read from the environment.
+        if crate::telemetry::traces::has_credentials(&config.endpoint) {
+            return Err(crate::telemetry::traces::GRPC_CREDENTIALS_REFUSED.into());
+        }
         let mut endpoint = Endpoint::from_shared(config.endpoint.clone())
             .map_err(|err| format!("not a URI: {err}"))?
-            .timeout(config.timeout)
-            // The call's timeout does not cover connecting, which the
-            // channel does before it.
+            // The caller ends each attempt by the export's deadline; a
+            // connection that fails sooner fails the attempt sooner.
             .connect_timeout(config.timeout)
             .user_agent(concat!("wink-host/", env!("CARGO_PKG_VERSION")))
             .map_err(|err| format!("cannot set the user agent: {err}"))?;
@@ -48,7 +52,7 @@ impl GrpcClient {
 }
 
 impl Deliver for GrpcClient {
-    async fn deliver(&self, body: &Bytes) -> Result<Bytes, Failure> {
+    async fn deliver(&self, body: &Bytes, time_left: Duration) -> Result<Bytes, Failure> {
         let channel = self.channel.get_or_init(|| self.endpoint.connect_lazy()).clone();
         let mut grpc = tonic::client::Grpc::new(channel);
         grpc.ready().await.map_err(|err| Failure {
@@ -57,6 +61,8 @@ impl Deliver for GrpcClient {
         })?;
         let mut request = tonic::Request::new(body.clone());
         *request.metadata_mut() = self.metadata.clone();
+        // `grpc-timeout`: the collector need not work past the deadline.
+        request.set_timeout(time_left);
         grpc.unary::<_, Bytes, _>(request, PathAndQuery::from_static(EXPORT_PATH), Encoded)
             .await
             .map(tonic::Response::into_inner)
@@ -155,5 +161,55 @@ impl Decoder for Encoded {
 
     fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
         Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answered(code: Code) -> Failure {
+        failure(&Status::new(code, "from the collector"))
+    }
+
+    #[test]
+    fn answers_are_retried_as_the_otlp_specification_says() {
+        for code in [
+            Code::Unavailable,
+            Code::Cancelled,
+            Code::DeadlineExceeded,
+            Code::Aborted,
+        ] {
+            assert!(answered(code).retry, "{code:?}");
+        }
+        for code in [
+            Code::ResourceExhausted,
+            Code::InvalidArgument,
+            Code::Unauthenticated,
+            Code::Unknown,
+        ] {
+            assert!(!answered(code).retry, "{code:?}");
+        }
+        assert_eq!(
+            answered(Code::InvalidArgument).message,
+            "the collector answered InvalidArgument: from the collector"
+        );
+    }
+
+    #[test]
+    fn a_broken_connection_is_retried_and_a_refused_one_says_why() {
+        let broken = failure(&Status::from_error(Box::new(std::io::Error::other("broken pipe"))));
+        assert!(broken.retry);
+        assert_eq!(broken.message, "the connection to the collector failed: broken pipe");
+        let refused = failure(&Status::from_error(Box::new(tonic::ConnectError(Box::new(
+            std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+        )))));
+        assert!(refused.retry);
+        assert!(
+            refused.message.starts_with("cannot reach the collector: ")
+                && refused.message.ends_with("connection refused"),
+            "{}",
+            refused.message
+        );
     }
 }

@@ -1,5 +1,7 @@
 //! OTLP over HTTP/protobuf: the encoded request is the body of a POST.
 
+use std::time::Duration;
+
 use bytes::Bytes;
 
 use super::{Deliver, Failure};
@@ -16,8 +18,9 @@ pub(super) struct HttpClient {
 impl HttpClient {
     pub(super) fn new(config: &TraceConfig, headers: http::HeaderMap) -> Result<Self, String> {
         let endpoint = reqwest::Url::parse(&config.endpoint).map_err(|err| format!("not a URL: {err}"))?;
+        // No timeout of its own: the caller ends each attempt by the
+        // export's deadline.
         let client = reqwest::Client::builder()
-            .timeout(config.timeout)
             .user_agent(concat!("wink-host/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|err| format!("cannot build the HTTP client: {err}"))?;
@@ -30,7 +33,7 @@ impl HttpClient {
 }
 
 impl Deliver for HttpClient {
-    async fn deliver(&self, body: &Bytes) -> Result<Bytes, Failure> {
+    async fn deliver(&self, body: &Bytes, _time_left: Duration) -> Result<Bytes, Failure> {
         // The configured headers come last, so that they replace ours.
         let response = self
             .client
@@ -49,7 +52,7 @@ impl Deliver for HttpClient {
         let protobuf = response
             .headers()
             .get(http::header::CONTENT_TYPE)
-            .is_some_and(|value| value.as_bytes().starts_with(b"application/x-protobuf"));
+            .is_some_and(|value| is_protobuf(value.as_bytes()));
         // Read to the end, so that the connection can carry the next batch.
         let answer = response.bytes().await.unwrap_or_default();
         if status.is_success() {
@@ -61,5 +64,35 @@ impl Deliver for HttpClient {
             retry: matches!(status.as_u16(), 429 | 502 | 503 | 504),
             message: format!("the collector answered {status}"),
         })
+    }
+}
+
+/// Whether a `Content-Type` names protobuf (media types ignore case, and
+/// may carry parameters).
+fn is_protobuf(content_type: &[u8]) -> bool {
+    let media_type = content_type.split(|&byte| byte == b';').next().unwrap_or_default();
+    media_type.trim_ascii().eq_ignore_ascii_case(b"application/x-protobuf")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn protobuf_answers_are_told_by_their_media_type() {
+        for (content_type, protobuf) in [
+            (&b"application/x-protobuf"[..], true),
+            (b"Application/X-Protobuf; charset=binary", true),
+            (b"application/json", false),
+            (b"text/html", false),
+            (b"application/x-protobuffer", false),
+        ] {
+            assert_eq!(
+                is_protobuf(content_type),
+                protobuf,
+                "{:?}",
+                String::from_utf8_lossy(content_type)
+            );
+        }
     }
 }

@@ -5,9 +5,9 @@
 //! values: moving them through its queue, encoding them there and freeing
 //! their strings on a thread other than the one that allocated them took
 //! more CPU than the job spans themselves were worth on trivial jobs, and
-//! under load its queue overflowed. Here each span is encoded where it ends
-//! ([`processor`](mod@processor)), into bytes that a thread of its own sends in batches.
-//! Both protocols carry the same `ExportTraceServiceRequest` bytes: HTTP
+//! under load its queue overflowed. Here each span is encoded where it
+//! ends ([`processor`](mod@processor)), into bytes that a thread of its own
+//! sends in batches. Both protocols carry the same `ExportTraceServiceRequest` bytes: HTTP
 //! as the request body ([`http`]), gRPC as its one message ([`grpc`]).
 
 mod answer;
@@ -16,7 +16,7 @@ mod grpc;
 mod http;
 mod processor;
 
-use std::sync::{Mutex, OnceLock, PoisonError};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -24,13 +24,14 @@ use bytes::Bytes;
 use super::Redactor;
 use super::traces::{OtlpProtocol, TraceConfig};
 pub(super) use processor::EncodingBatchProcessor;
-use processor::{Transport, WARNING_INTERVAL};
+use processor::{Transport, lock, warning_due};
 
 /// First wait between attempts of one export; it doubles per attempt.
 const FIRST_RETRY_DELAY: Duration = Duration::from_millis(100);
 
-/// Attempts per batch, as opentelemetry-otlp makes: a batch the collector
-/// cannot take within them is dropped, so that the next one is not held up.
+/// Attempts per batch, as opentelemetry-otlp's exporters make: a batch the
+/// collector cannot take within them is dropped, so that the next one is
+/// not held up.
 const MAX_ATTEMPTS: u32 = 4;
 
 /// The span processor for export as `config` describes it, with its
@@ -41,22 +42,22 @@ pub(super) fn processor(
     redactor: Redactor,
 ) -> Result<EncodingBatchProcessor, String> {
     match config.protocol {
-        OtlpProtocol::HttpProtobuf => {
-            let client = Retrying::new(http::HttpClient::new(config, headers)?, config.timeout);
-            EncodingBatchProcessor::start(client, redactor, config.batch)
-        }
-        OtlpProtocol::Grpc => {
-            let client = Retrying::new(grpc::GrpcClient::new(config, headers)?, config.timeout);
-            EncodingBatchProcessor::start(client, redactor, config.batch)
-        }
+        OtlpProtocol::HttpProtobuf => start(http::HttpClient::new(config, headers)?, config, redactor),
+        OtlpProtocol::Grpc => start(grpc::GrpcClient::new(config, headers)?, config, redactor),
     }
+}
+
+fn start(client: impl Deliver, config: &TraceConfig, redactor: Redactor) -> Result<EncodingBatchProcessor, String> {
+    EncodingBatchProcessor::start(Retrying::new(client, config.timeout), redactor, config.batch)
 }
 
 /// One attempt to deliver an encoded request, over one protocol.
 trait Deliver: Send + Sync + 'static {
     /// The collector's answer when it took the request: an encoded
-    /// `ExportTraceServiceResponse`, or nothing to read.
-    async fn deliver(&self, body: &Bytes) -> Result<Bytes, Failure>;
+    /// `ExportTraceServiceResponse`, or nothing to read. `time_left` is
+    /// what remains of the export's timeout, which the caller enforces;
+    /// the protocol may tell the collector.
+    async fn deliver(&self, body: &Bytes, time_left: Duration) -> Result<Bytes, Failure>;
 }
 
 /// Why one attempt failed, and whether another may succeed.
@@ -69,11 +70,11 @@ struct Failure {
 /// failures within the export timeout.
 #[derive(Debug)]
 struct Retrying<D> {
-    protocol: D,
+    client: D,
     timeout: Duration,
-    /// When the collector's rejection of spans was last warned about.
+    /// When the collector's partial success was last warned about.
     last_rejection_warning: Mutex<Option<Instant>>,
-    /// Drives the protocol's client on the thread that sends, the
+    /// Drives the client on the thread that sends, the
     /// processor's own, started there on the first send. (A client on a
     /// runtime elsewhere would hand each request to a thread of its own and
     /// back.)
@@ -81,9 +82,9 @@ struct Retrying<D> {
 }
 
 impl<D: Deliver> Retrying<D> {
-    fn new(protocol: D, timeout: Duration) -> Self {
+    fn new(client: D, timeout: Duration) -> Self {
         Self {
-            protocol,
+            client,
             timeout,
             last_rejection_warning: Mutex::new(None),
             runtime: OnceLock::new(),
@@ -106,11 +107,9 @@ impl<D: Deliver> Retrying<D> {
         let mut delay = FIRST_RETRY_DELAY;
         let mut attempt = 1;
         loop {
-            // Each attempt ends by the deadline, however long the protocol's
-            // own timeouts would let it run (say, connecting and then
-            // sending).
-            let attempt_time = deadline.saturating_duration_since(Instant::now());
-            let delivered = tokio::time::timeout(attempt_time, self.protocol.deliver(&body))
+            // Each attempt, connecting included, ends by the deadline.
+            let time_left = deadline.saturating_duration_since(Instant::now());
+            let delivered = tokio::time::timeout(time_left, self.client.deliver(&body, time_left))
                 .await
                 .unwrap_or_else(|_| {
                     Err(Failure {
@@ -135,22 +134,25 @@ impl<D: Deliver> Retrying<D> {
 }
 
 impl<D> Retrying<D> {
-    /// Warn, at most once per [`WARNING_INTERVAL`], of spans the collector
-    /// took the request of but rejected (the OTLP specification's partial
-    /// success: not retried, only reported).
+    /// Warn, at most once per warning interval, of a partial success: spans
+    /// the collector took the request of but rejected, or a warning of its
+    /// own (not retried, as the OTLP specification says, only reported).
     fn warn_of_rejections(&self, answer: &[u8]) {
+        /// Enough of the collector's message to say what went wrong.
+        const MAX_REASON_CHARS: usize = 512;
         let Some(partial) = answer::partial_success(answer) else {
             return;
         };
-        let mut last = self
-            .last_rejection_warning
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if last.is_none_or(|at| at.elapsed() >= WARNING_INTERVAL) {
-            *last = Some(Instant::now());
+        if !warning_due(&mut lock(&self.last_rejection_warning)) {
+            return;
+        }
+        let reason: String = partial.error_message.chars().take(MAX_REASON_CHARS).collect();
+        if partial.rejected_spans == 0 {
+            tracing::warn!(reason, "the collector took the spans with a warning");
+        } else {
             tracing::warn!(
                 rejected_spans = partial.rejected_spans,
-                reason = partial.error_message,
+                reason,
                 "the collector rejected spans it was sent"
             );
         }
@@ -177,7 +179,7 @@ mod tests {
     struct Answering(Bytes);
 
     impl Deliver for Answering {
-        async fn deliver(&self, _body: &Bytes) -> Result<Bytes, Failure> {
+        async fn deliver(&self, _body: &Bytes, _time_left: Duration) -> Result<Bytes, Failure> {
             Ok(self.0.clone())
         }
     }
@@ -216,6 +218,19 @@ mod tests {
                 && logs.contains("reason=\"span too large\""),
             "{logs}"
         );
+        let warning = ExportTraceServiceResponse {
+            partial_success: Some(ExportTracePartialSuccess {
+                rejected_spans: 0,
+                error_message: "x".repeat(600),
+            }),
+        };
+        let logs = warnings_of(&warning, 1);
+        assert!(
+            logs.contains("the collector took the spans with a warning")
+                && logs.contains(&format!("reason=\"{}\"", "x".repeat(512))),
+            "{logs}"
+        );
+        assert!(!logs.contains(&"x".repeat(513)), "{logs}");
         assert_eq!(warnings_of(&ExportTraceServiceResponse::default(), 2), "");
     }
 }

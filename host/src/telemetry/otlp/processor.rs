@@ -36,7 +36,7 @@ use crate::telemetry::traces::BatchSettings;
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Least time between two warnings about dropped spans or failing exports.
-pub(super) const WARNING_INTERVAL: Duration = Duration::from_secs(30);
+const WARNING_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Where encoded requests go.
 pub(super) trait Transport: Send + Sync + 'static {
@@ -80,14 +80,14 @@ struct Shared {
     /// The encoded `resource` and `schema_url` of every request.
     resource: Mutex<Arc<[u8]>>,
     redactor: Redactor,
-    /// The last request body's buffer, back from the HTTP client, to take
+    /// The last request body's buffer, back from the transport, to take
     /// the place of the next batch buffer that leaves as a request: a batch
     /// is a few hundred kilobytes, and fresh pages for each cost more than
     /// encoding it.
     spare_body: Arc<Mutex<Vec<u8>>>,
 }
 
-/// A request body that goes back to the shipper once the HTTP client has
+/// A request body that goes back to the shipper once the transport has
 /// dropped it.
 struct Recycled {
     body: Vec<u8>,
@@ -305,7 +305,7 @@ impl Drop for EncodingBatchProcessor {
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // The state stays consistent between statements: a panic elsewhere
     // while holding it leaves nothing half-done.
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
@@ -585,7 +585,7 @@ impl Shared {
         body
     }
 
-    /// `body`, whose buffer comes back as the spare once the HTTP client
+    /// `body`, whose buffer comes back as the spare once the transport
     /// has dropped it.
     fn recycled(&self, body: Vec<u8>) -> Bytes {
         Bytes::from_owner(Recycled {
@@ -645,6 +645,16 @@ impl Drop for MarkStopped<'_> {
     }
 }
 
+/// Whether a warning last given at `last` may be given again, at most one
+/// per [`WARNING_INTERVAL`]; if so, it is taken as given now.
+pub(super) fn warning_due(last: &mut Option<Instant>) -> bool {
+    let due = last.is_none_or(|at| at.elapsed() >= WARNING_INTERVAL);
+    if due {
+        *last = Some(Instant::now());
+    }
+    due
+}
+
 /// Warnings about lost spans, at most one per [`WARNING_INTERVAL`] each, so
 /// that a collector that is down does not flood the logs.
 #[derive(Default)]
@@ -665,11 +675,7 @@ impl Warnings {
                 }
             }
             Err(error) => {
-                if self
-                    .last_failure_warning
-                    .is_none_or(|at| at.elapsed() >= WARNING_INTERVAL)
-                {
-                    self.last_failure_warning = Some(Instant::now());
+                if warning_due(&mut self.last_failure_warning) {
                     self.warned_failing = true;
                     tracing::warn!(error, "span export failed; its batch is dropped");
                 }
@@ -679,8 +685,7 @@ impl Warnings {
 
     fn dropped(&mut self, spans: u64) {
         self.dropped += spans;
-        if self.dropped > 0 && self.last_drop_warning.is_none_or(|at| at.elapsed() >= WARNING_INTERVAL) {
-            self.last_drop_warning = Some(Instant::now());
+        if self.dropped > 0 && warning_due(&mut self.last_drop_warning) {
             tracing::warn!(
                 spans = std::mem::take(&mut self.dropped),
                 "spans dropped: the export queue was full (OTEL_BSP_MAX_QUEUE_SIZE)"
