@@ -13,14 +13,17 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::otlp::{
-    Received, grpc_receiver, grpc_receiver_answering_first, http_receiver, http_receiver_answering_first, serve_grpc,
+    GrpcAnswers, Received, grpc_receiver, grpc_receiver_answering, grpc_receiver_answering_first, http_receiver,
+    http_receiver_answering, http_receiver_answering_first, serve_grpc,
 };
 use common::*;
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTracePartialSuccess, ExportTraceServiceResponse};
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
+use prost::Message as _;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use wink_host::job::{JobReport, JobRequest};
@@ -567,7 +570,12 @@ async fn grpc_export_carries_on_after_the_collector_closes_its_connection() {
     let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
     let received = Received::default();
     let age = Duration::from_millis(200);
-    tokio::spawn(serve_grpc(listener, received.clone(), Vec::new(), Some(age)));
+    tokio::spawn(serve_grpc(
+        listener,
+        received.clone(),
+        GrpcAnswers::default(),
+        Some(age),
+    ));
     let (dispatch, telemetry) = telemetry::build(options(&endpoint, OtlpProtocol::Grpc), std::io::sink).expect("build");
     let export = |batch: &'static str| {
         tracing::dispatcher::with_default(&dispatch, || {
@@ -588,6 +596,56 @@ async fn grpc_export_carries_on_after_the_collector_closes_its_connection() {
         .collect();
     assert_eq!(batches, ["first", "second"]);
     assert_eq!(received.exports(), 2);
+}
+
+/// A collector that takes a request but rejects some of its spans says so
+/// in its answer, which is warned about in the host's logs; over HTTP only
+/// a protobuf answer is read as one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_a_collector_rejects_are_warned_about_in_the_logs() {
+    let rejecting = ExportTraceServiceResponse {
+        partial_success: Some(ExportTracePartialSuccess {
+            rejected_spans: 2,
+            error_message: "span too large".into(),
+        }),
+    };
+    let answer = || bytes::Bytes::from(rejecting.encode_to_vec());
+    for ((endpoint, received), protocol, warned) in [
+        (
+            http_receiver_answering("application/x-protobuf", answer()).await,
+            OtlpProtocol::HttpProtobuf,
+            true,
+        ),
+        (
+            http_receiver_answering("text/html", answer()).await,
+            OtlpProtocol::HttpProtobuf,
+            false,
+        ),
+        (
+            grpc_receiver_answering(rejecting.clone()).await,
+            OtlpProtocol::Grpc,
+            true,
+        ),
+    ] {
+        let logs = Logs::default();
+        let (dispatch, telemetry) = telemetry::build(options(&endpoint, protocol), logs_writer(&logs)).expect("build");
+        tracing::dispatcher::with_default(&dispatch, || {
+            tracing::info_span!(target: "wink_host", "partly rejected").in_scope(|| {});
+        });
+        flush(&telemetry).expect("delivered");
+        assert_eq!(received.exports(), 1, "{protocol:?}");
+        let text = logs.text();
+        let warning = text
+            .lines()
+            .find(|line| line.contains("the collector rejected spans it was sent"));
+        assert_eq!(warning.is_some(), warned, "{protocol:?}: {text}");
+        if let Some(line) = warning {
+            let line: Value = serde_json::from_str(line).expect("JSON");
+            assert_eq!(line["level"], "WARN", "{line}");
+            assert_eq!(line["fields"]["rejected_spans"], 2, "{line}");
+            assert_eq!(line["fields"]["reason"], "span too large", "{line}");
+        }
+    }
 }
 
 /// `count` file-digest jobs.

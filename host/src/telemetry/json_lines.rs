@@ -23,10 +23,8 @@
 
 use std::fmt::{self, Write as _};
 use std::ops::Range;
-use std::sync::{Arc, OnceLock};
 
 use opentelemetry::trace::{SpanId, TraceId};
-use tracing::dispatcher::WeakDispatch;
 use tracing::field::{Field, Visit};
 use tracing::span::Record;
 use tracing::{Event, Subscriber};
@@ -40,7 +38,7 @@ use tracing_subscriber::registry::{LookupSpan, SpanRef};
 pub(super) struct JsonLines {
     /// The subscriber this format belongs to, to look up OpenTelemetry
     /// contexts (set once the subscriber exists).
-    pub(super) dispatch: Arc<OnceLock<WeakDispatch>>,
+    pub(super) dispatch: super::SubscriberSlot,
 }
 
 impl JsonLines {
@@ -391,7 +389,7 @@ mod tests {
                 tracing_subscriber::fmt::layer()
                     .fmt_fields(JsonSpanFields)
                     .event_format(JsonLines {
-                        dispatch: Arc::new(OnceLock::new()),
+                        dispatch: Default::default(),
                     })
                     .with_writer(move || ours_writer.clone()),
             );

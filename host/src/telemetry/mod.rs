@@ -138,14 +138,20 @@ where
     Ok(telemetry)
 }
 
+/// The subscriber [`build`] makes, once it is made, for the parts made
+/// before it: the JSON log format looks up OpenTelemetry contexts through
+/// it, and the export thread logs its warnings to it. Weak, since the
+/// subscriber owns those parts.
+type SubscriberSlot = Arc<OnceLock<tracing::dispatcher::WeakDispatch>>;
+
 /// The subscriber [`install`] installs, without installing it (to scope it
 /// with `tracing::dispatcher::set_default`, as tests do).
 pub fn build<W>(options: TelemetryOptions, writer: W) -> Result<(tracing::Dispatch, Telemetry), TelemetryError>
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
-    let provider = traces::tracer_provider(options.traces.as_ref(), &options.redactor)?;
-    let dispatch_slot = Arc::new(OnceLock::new());
+    let dispatch_slot: SubscriberSlot = Arc::new(OnceLock::new());
+    let provider = traces::tracer_provider(options.traces.as_ref(), &options.redactor, &dispatch_slot)?;
     let log_layer = log_layer(
         options.format,
         RedactingMakeWriter::new(writer, options.redactor),

@@ -341,6 +341,7 @@ pub(super) fn parse_pairs(var: &'static str, text: Option<&str>) -> Result<Vec<(
 pub(super) fn tracer_provider(
     config: Option<&TraceConfig>,
     redactor: &Redactor,
+    subscriber: &super::SubscriberSlot,
 ) -> Result<SdkTracerProvider, TraceConfigError> {
     let Some(config) = config else {
         return Ok(SdkTracerProvider::builder().with_sampler(Sampler::AlwaysOff).build());
@@ -362,7 +363,8 @@ pub(super) fn tracer_provider(
         .build();
     // The sampler stays the SDK's (parent-based always-on, or OTEL_TRACES_SAMPLER).
     let builder = SdkTracerProvider::builder().with_resource(resource);
-    let processor = super::otlp::processor(config, headers, redactor.clone()).map_err(exporter_error)?;
+    let processor =
+        super::otlp::processor(config, headers, redactor.clone(), subscriber.clone()).map_err(exporter_error)?;
     let builder = builder.with_span_processor(processor);
     Ok(builder.build())
 }
@@ -585,9 +587,13 @@ mod tests {
         }
         let mut grpc = TraceConfig::new("http://tenant:s3cret@collector:4317", OtlpProtocol::Grpc);
         grpc.timeout = Duration::from_secs(1);
-        let err = tracer_provider(Some(&grpc), &Redactor::new([], []).expect("redactor"))
-            .expect_err("credentials refused")
-            .to_string();
+        let err = tracer_provider(
+            Some(&grpc),
+            &Redactor::new([], []).expect("redactor"),
+            &Default::default(),
+        )
+        .expect_err("credentials refused")
+        .to_string();
         assert_eq!(
             err,
             format!("cannot set up OTLP trace export to http://collector:4317: {GRPC_CREDENTIALS_REFUSED}")

@@ -92,16 +92,22 @@ impl Received {
 
 /// An OTLP/HTTP receiver on hyper: `POST` protobuf `ExportTraceServiceRequest`s.
 pub async fn http_receiver() -> (String, Received) {
-    serve_http(Vec::new()).await
+    serve_http(Vec::new(), None).await
 }
 
 /// As [`http_receiver`], answering its first requests with `statuses`, in
 /// order, and keeping none of their spans (each still counts as an export).
 pub async fn http_receiver_answering_first(statuses: Vec<u16>) -> (String, Received) {
-    serve_http(statuses).await
+    serve_http(statuses, None).await
 }
 
-async fn serve_http(statuses: Vec<u16>) -> (String, Received) {
+/// As [`http_receiver`], answering each export it takes with `answer` as
+/// `content_type` rather than an empty `ExportTraceServiceResponse`.
+pub async fn http_receiver_answering(content_type: &'static str, answer: Bytes) -> (String, Received) {
+    serve_http(Vec::new(), Some((content_type, answer))).await
+}
+
+async fn serve_http(statuses: Vec<u16>, answer: Option<(&'static str, Bytes)>) -> (String, Received) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let endpoint = format!("http://{}/v1/traces", listener.local_addr().expect("addr"));
     let received = Received::default();
@@ -111,9 +117,14 @@ async fn serve_http(statuses: Vec<u16>) -> (String, Received) {
         while let Ok((stream, _)) = listener.accept().await {
             let sink = sink.clone();
             let statuses = statuses.clone();
+            let answer = answer.clone();
             let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
                 let sink = sink.clone();
                 let status = statuses.lock().expect("statuses").pop_front();
+                let (content_type, reply) = answer.clone().unwrap_or_else(|| {
+                    let empty = ExportTraceServiceResponse::default().encode_to_vec();
+                    ("application/x-protobuf", Bytes::from(empty))
+                });
                 async move {
                     let api_key = header(request.headers(), "x-api-key");
                     let path = request.uri().path().to_owned();
@@ -127,10 +138,9 @@ async fn serve_http(statuses: Vec<u16>) -> (String, Received) {
                     }
                     let export = ExportTraceServiceRequest::decode(body).expect("OTLP protobuf");
                     sink.add(&path, api_key, export);
-                    let reply = Bytes::from(ExportTraceServiceResponse::default().encode_to_vec());
                     Ok::<_, hyper::Error>(
                         hyper::Response::builder()
-                            .header("content-type", "application/x-protobuf")
+                            .header("content-type", content_type)
                             .body(Full::new(reply))
                             .expect("response"),
                     )
@@ -151,31 +161,58 @@ fn header(headers: &http::HeaderMap, name: &str) -> Option<String> {
 
 /// An OTLP/gRPC receiver on tonic.
 pub async fn grpc_receiver() -> (String, Received) {
-    grpc_receiver_answering_first(Vec::new()).await
+    spawn_grpc(GrpcAnswers::default()).await
 }
 
 /// A gRPC receiver that fails its first calls with `codes`, one per call
 /// (each counted as an export), then takes what it is sent.
 pub async fn grpc_receiver_answering_first(codes: Vec<tonic::Code>) -> (String, Received) {
+    spawn_grpc(GrpcAnswers {
+        refusing_first: codes,
+        ..GrpcAnswers::default()
+    })
+    .await
+}
+
+/// A gRPC receiver answering each export it takes with `answer`.
+pub async fn grpc_receiver_answering(answer: ExportTraceServiceResponse) -> (String, Received) {
+    spawn_grpc(GrpcAnswers {
+        answer,
+        ..GrpcAnswers::default()
+    })
+    .await
+}
+
+/// How a gRPC receiver answers: it fails its first calls with
+/// `refusing_first`, one code per call (each counted as an export), then
+/// takes what it is sent and answers `answer`.
+#[derive(Default)]
+pub struct GrpcAnswers {
+    pub refusing_first: Vec<tonic::Code>,
+    pub answer: ExportTraceServiceResponse,
+}
+
+async fn spawn_grpc(answers: GrpcAnswers) -> (String, Received) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
     let received = Received::default();
-    tokio::spawn(serve_grpc(listener, received.clone(), codes, None));
+    tokio::spawn(serve_grpc(listener, received.clone(), answers, None));
     (endpoint, received)
 }
 
-/// Serve a gRPC receiver on `listener` as [`grpc_receiver_answering_first`]
-/// does; with a `connection_age`, it closes each connection once that long
-/// (and as long again for a graceful close) has passed.
+/// Serve a gRPC receiver on `listener`, answering as `answers` say; with a
+/// `connection_age`, it closes each connection once that long (and as long
+/// again for a graceful close) has passed.
 pub async fn serve_grpc(
     listener: TcpListener,
     received: Received,
-    codes: Vec<tonic::Code>,
+    answers: GrpcAnswers,
     connection_age: Option<Duration>,
 ) -> Result<(), tonic::transport::Error> {
     let service = TraceServiceServer::new(GrpcCollector {
         received,
-        codes: Mutex::new(codes.into()),
+        codes: Mutex::new(answers.refusing_first.into()),
+        answer: answers.answer,
     });
     let mut server = tonic::transport::Server::builder();
     if let Some(age) = connection_age {
@@ -189,6 +226,7 @@ pub async fn serve_grpc(
 struct GrpcCollector {
     received: Received,
     codes: Mutex<std::collections::VecDeque<tonic::Code>>,
+    answer: ExportTraceServiceResponse,
 }
 
 #[tonic::async_trait]
@@ -207,6 +245,6 @@ impl TraceService for GrpcCollector {
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         self.received.add("grpc", api_key, request.into_inner());
-        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+        Ok(tonic::Response::new(self.answer.clone()))
     }
 }

@@ -10,7 +10,7 @@ use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};
 
-use super::{Deliver, Failure};
+use super::{Deliver, Failure, causes, with_causes};
 use crate::telemetry::traces::TraceConfig;
 
 const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
@@ -89,11 +89,11 @@ fn failure(status: &Status) -> Failure {
     );
     let local = std::error::Error::source(status).is_some();
     let message = if never_connected(status) {
-        format!("cannot reach the collector: {}", with_causes(status))
+        format!("cannot reach the collector: {}", described(status))
     } else if local {
-        format!("the connection to the collector failed: {}", with_causes(status))
+        format!("the connection to the collector failed: {}", described(status))
     } else {
-        format!("the collector answered {:?}: {}", status.code(), with_causes(status))
+        format!("the collector answered {:?}: {}", status.code(), described(status))
     };
     Failure {
         retry: retry || local,
@@ -106,23 +106,10 @@ fn never_connected(status: &Status) -> bool {
     causes(status).any(|err| err.is::<tonic::ConnectError>())
 }
 
-/// The status's message and then each of its causes' that adds to it (for
-/// a failed connection: refused, a name that does not resolve, a bad
-/// certificate). None of them holds the endpoint's URL.
-fn with_causes(status: &Status) -> String {
-    let mut text = status.message().to_owned();
-    for cause in causes(status) {
-        let cause = cause.to_string();
-        if !text.contains(&cause) {
-            text.push_str(": ");
-            text.push_str(&cause);
-        }
-    }
-    text
-}
-
-fn causes(status: &Status) -> impl Iterator<Item = &(dyn std::error::Error + 'static)> {
-    std::iter::successors(std::error::Error::source(status), |err| err.source())
+/// The status's message and its causes (none of which holds the
+/// endpoint's URL).
+fn described(status: &Status) -> String {
+    with_causes(status.message().to_owned(), status)
 }
 
 /// Sends a request already encoded, and takes the answer's message as it

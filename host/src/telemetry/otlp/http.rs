@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::{Deliver, Failure};
+use super::{Deliver, Failure, with_causes};
 use crate::telemetry::traces::TraceConfig;
 
 /// Posts encoded requests to an OTLP/HTTP endpoint.
@@ -43,10 +43,13 @@ impl Deliver for HttpClient {
             .body(body.clone())
             .send()
             .await
-            .map_err(|err| Failure {
-                retry: !err.is_builder(),
+            .map_err(|err| {
                 // The endpoint is in the configuration; its URL may hold credentials.
-                message: format!("cannot reach the collector: {}", err.without_url()),
+                let err = err.without_url();
+                Failure {
+                    retry: !err.is_builder(),
+                    message: format!("cannot reach the collector: {}", with_causes(err.to_string(), &err)),
+                }
             })?;
         let status = response.status();
         let protobuf = response

@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::Redactor;
 use super::traces::{OtlpProtocol, TraceConfig};
+use super::{Redactor, SubscriberSlot};
 pub(super) use processor::EncodingBatchProcessor;
 use processor::{Transport, lock, warning_due};
 
@@ -35,20 +35,32 @@ const FIRST_RETRY_DELAY: Duration = Duration::from_millis(100);
 const MAX_ATTEMPTS: u32 = 4;
 
 /// The span processor for export as `config` describes it, with its
-/// headers (gRPC metadata) already validated.
+/// headers (gRPC metadata) already validated, logging its warnings to
+/// `subscriber`.
 pub(super) fn processor(
     config: &TraceConfig,
     headers: ::http::HeaderMap,
     redactor: Redactor,
+    subscriber: SubscriberSlot,
 ) -> Result<EncodingBatchProcessor, String> {
     match config.protocol {
-        OtlpProtocol::HttpProtobuf => start(http::HttpClient::new(config, headers)?, config, redactor),
-        OtlpProtocol::Grpc => start(grpc::GrpcClient::new(config, headers)?, config, redactor),
+        OtlpProtocol::HttpProtobuf => start(http::HttpClient::new(config, headers)?, config, redactor, subscriber),
+        OtlpProtocol::Grpc => start(grpc::GrpcClient::new(config, headers)?, config, redactor, subscriber),
     }
 }
 
-fn start(client: impl Deliver, config: &TraceConfig, redactor: Redactor) -> Result<EncodingBatchProcessor, String> {
-    EncodingBatchProcessor::start(Retrying::new(client, config.timeout), redactor, config.batch)
+fn start(
+    client: impl Deliver,
+    config: &TraceConfig,
+    redactor: Redactor,
+    subscriber: SubscriberSlot,
+) -> Result<EncodingBatchProcessor, String> {
+    EncodingBatchProcessor::start(
+        Retrying::new(client, config.timeout),
+        redactor,
+        config.batch,
+        subscriber,
+    )
 }
 
 /// One attempt to deliver an encoded request, over one protocol.
@@ -64,6 +76,27 @@ trait Deliver: Send + Sync + 'static {
 struct Failure {
     retry: bool,
     message: String,
+}
+
+/// `message`, then the message of each cause in `err`'s chain that adds
+/// to it: for a failed connection, that it was refused, a name that did
+/// not resolve, a certificate that was not trusted.
+fn with_causes(mut message: String, err: &(dyn std::error::Error + 'static)) -> String {
+    for cause in causes(err) {
+        let cause = cause.to_string();
+        if !message.contains(&cause) {
+            message.push_str(": ");
+            message.push_str(&cause);
+        }
+    }
+    message
+}
+
+/// The causes of `err`, nearest first.
+fn causes<'a>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(err.source(), |cause| cause.source())
 }
 
 /// Delivers encoded requests with `D`, retrying throttling and transient

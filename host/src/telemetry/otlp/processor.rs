@@ -27,10 +27,11 @@ use opentelemetry::InstrumentationScope;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::trace::{SpanData, SpanProcessor};
+use tracing::dispatcher::WeakDispatch;
 
 use super::encode;
-use crate::telemetry::Redactor;
 use crate::telemetry::traces::BatchSettings;
+use crate::telemetry::{Redactor, SubscriberSlot};
 
 /// How long [`SpanProcessor::force_flush`] waits for the batches to leave.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -85,6 +86,8 @@ struct Shared {
     /// is a few hundred kilobytes, and fresh pages for each cost more than
     /// encoding it.
     spare_body: Arc<Mutex<Vec<u8>>>,
+    /// Where the shipper's warnings, and what its transport logs, go.
+    subscriber: SubscriberSlot,
 }
 
 /// A request body that goes back to the shipper once the transport has
@@ -222,11 +225,13 @@ impl Batch {
 }
 
 impl EncodingBatchProcessor {
-    /// Start the shipper thread, posting through `transport`.
+    /// Start the shipper thread, posting through `transport` and logging
+    /// to `subscriber` once there is one.
     pub(super) fn start(
         transport: impl Transport,
         redactor: Redactor,
         settings: BatchSettings,
+        subscriber: SubscriberSlot,
     ) -> Result<Self, String> {
         let shared = Arc::new(Shared {
             settings: sane(settings),
@@ -240,6 +245,7 @@ impl EncodingBatchProcessor {
             resource: Mutex::new(encode::resource(&Resource::builder_empty().build(), &redactor).into()),
             redactor,
             spare_body: Arc::default(),
+            subscriber,
         });
         let shipper = std::thread::Builder::new()
             .name("otlp-export".into())
@@ -442,7 +448,15 @@ impl Shared {
             warnings: Warnings::default(),
         };
         loop {
-            match self.next_step(&mut shipper) {
+            let step = self.next_step(&mut shipper);
+            // The subscriber the spans come from, not this thread's default
+            // (the global one, which may be another's or none).
+            let _logging = self
+                .subscriber
+                .get()
+                .and_then(WeakDispatch::upgrade)
+                .map(|subscriber| tracing::dispatcher::set_default(&subscriber));
+            match step {
                 Step::Send(mut batch) => {
                     let outcome = self.send(transport, &mut batch);
                     batch.clear();
@@ -770,8 +784,13 @@ mod tests {
             gated,
             answers: Mutex::new(answers.iter().copied().collect()),
         };
-        let processor =
-            EncodingBatchProcessor::start(recorder, Redactor::new([], []).expect("redactor"), settings).expect("start");
+        let processor = EncodingBatchProcessor::start(
+            recorder,
+            Redactor::new([], []).expect("redactor"),
+            settings,
+            Arc::default(),
+        )
+        .expect("start");
         let recorded = Recorded {
             requests: requests_rx,
             entered: entered_rx,
