@@ -648,6 +648,37 @@ async fn spans_a_collector_rejects_are_warned_about_in_the_logs() {
     }
 }
 
+/// `OTEL_EXPORTER_OTLP_COMPRESSION=gzip`: requests leave compressed, as
+/// each protocol says (`Content-Encoding`, `grpc-encoding`), and arrive
+/// whole; without it they leave as encoded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compressed_exports_arrive_whole_over_both_protocols() {
+    use wink_host::telemetry::OtlpCompression;
+    for protocol in [OtlpProtocol::HttpProtobuf, OtlpProtocol::Grpc] {
+        for compression in [OtlpCompression::Gzip, OtlpCompression::None] {
+            let (endpoint, received) = match protocol {
+                OtlpProtocol::HttpProtobuf => http_receiver().await,
+                OtlpProtocol::Grpc => grpc_receiver().await,
+            };
+            let mut options = options(&endpoint, protocol);
+            if let Some(traces) = &mut options.traces {
+                traces.compression = compression;
+            }
+            let (dispatch, telemetry) = telemetry::build(options, std::io::sink).expect("build");
+            tracing::dispatcher::with_default(&dispatch, || {
+                for n in 0..20 {
+                    tracing::info_span!(target: "wink_host", "compressed", n).in_scope(|| {});
+                }
+            });
+            flush(&telemetry).expect("delivered");
+            let case = format!("{protocol:?} with {compression:?}");
+            assert_eq!(received.spans().len(), 20, "{case}");
+            let expected = (compression == OtlpCompression::Gzip).then(|| "gzip".to_owned());
+            assert_eq!(received.encodings(), [expected], "{case}");
+        }
+    }
+}
+
 /// `count` file-digest jobs.
 async fn run_jobs(runtime: &Runtime, prefix: &str, count: usize) -> Vec<JobReport> {
     let mut reports = Vec::new();

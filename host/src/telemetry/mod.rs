@@ -29,8 +29,8 @@ pub(crate) use metrics::ModelCallRecord;
 pub use metrics::{CircuitState, Metrics, PROMETHEUS_TEXT_CONTENT_TYPE};
 pub use redact::{REDACTED, RedactError, RedactingMakeWriter, RedactingWriter, Redactor};
 pub use traces::{
-    BatchSettings, DEFAULT_EXPORT_TIMEOUT, DEFAULT_SERVICE_NAME, OtlpProtocol, TraceConfig, TraceConfigError,
-    TraceparentError, continue_trace, parse_traceparent, trace_ids, traceparent,
+    BatchSettings, DEFAULT_EXPORT_TIMEOUT, DEFAULT_SERVICE_NAME, OtlpCompression, OtlpProtocol, TraceConfig,
+    TraceConfigError, TraceparentError, continue_trace, parse_traceparent, trace_ids, traceparent,
 };
 
 /// Output format for log lines.

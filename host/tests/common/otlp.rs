@@ -25,15 +25,25 @@ pub struct ReceivedInner {
     api_keys: Vec<Option<String>>,
     /// The path of each HTTP export request.
     paths: Vec<String>,
+    /// How each export request was compressed (`Content-Encoding`,
+    /// `grpc-encoding`), if it was.
+    encodings: Vec<Option<String>>,
     /// Export requests, over either protocol.
     exports: usize,
 }
 
 impl Received {
-    pub fn add(&self, path: &str, api_key: Option<String>, request: ExportTraceServiceRequest) {
+    pub fn add(
+        &self,
+        path: &str,
+        api_key: Option<String>,
+        encoding: Option<String>,
+        request: ExportTraceServiceRequest,
+    ) {
         let mut inner = self.0.lock().expect("received");
         inner.exports += 1;
         inner.paths.push(path.to_owned());
+        inner.encodings.push(encoding);
         inner.api_keys.push(api_key);
         for resource_spans in request.resource_spans {
             let resource = resource_spans.resource.map(|r| r.attributes).unwrap_or_default();
@@ -76,6 +86,11 @@ impl Received {
 
     pub fn paths(&self) -> Vec<String> {
         self.0.lock().expect("received").paths.clone()
+    }
+
+    /// How each export request was compressed, if it was.
+    pub fn encodings(&self) -> Vec<Option<String>> {
+        self.0.lock().expect("received").encodings.clone()
     }
 
     /// Every span received so far, without its resource.
@@ -127,6 +142,7 @@ async fn serve_http(statuses: Vec<u16>, answer: Option<(&'static str, Bytes)>) -
                 });
                 async move {
                     let api_key = header(request.headers(), "x-api-key");
+                    let encoding = header(request.headers(), "content-encoding");
                     let path = request.uri().path().to_owned();
                     let body = request.into_body().collect().await?.to_bytes();
                     if let Some(status) = status {
@@ -136,8 +152,18 @@ async fn serve_http(statuses: Vec<u16>, answer: Option<(&'static str, Bytes)>) -
                             .body(Full::new(Bytes::new()))
                             .expect("response"));
                     }
+                    let body = match encoding.as_deref() {
+                        Some("gzip") => {
+                            let mut plain = Vec::new();
+                            std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&body[..]), &mut plain)
+                                .expect("gzip");
+                            Bytes::from(plain)
+                        }
+                        None => body,
+                        Some(other) => panic!("Content-Encoding {other}"),
+                    };
                     let export = ExportTraceServiceRequest::decode(body).expect("OTLP protobuf");
-                    sink.add(&path, api_key, export);
+                    sink.add(&path, api_key, encoding, export);
                     Ok::<_, hyper::Error>(
                         hyper::Response::builder()
                             .header("content-type", content_type)
@@ -213,7 +239,8 @@ pub async fn serve_grpc(
         received,
         codes: Mutex::new(answers.refusing_first.into()),
         answer: answers.answer,
-    });
+    })
+    .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
     let mut server = tonic::transport::Server::builder();
     if let Some(age) = connection_age {
         server = server.max_connection_age(age).max_connection_age_grace(age);
@@ -239,12 +266,15 @@ impl TraceService for GrpcCollector {
             self.received.0.lock().expect("received").exports += 1;
             return Err(tonic::Status::new(code, "refused by the test"));
         }
-        let api_key = request
-            .metadata()
-            .get("x-api-key")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        self.received.add("grpc", api_key, request.into_inner());
+        let text = |name| {
+            request
+                .metadata()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let (api_key, encoding) = (text("x-api-key"), text("grpc-encoding"));
+        self.received.add("grpc", api_key, encoding, request.into_inner());
         Ok(tonic::Response::new(self.answer.clone()))
     }
 }

@@ -11,7 +11,7 @@ use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};
 
 use super::{Deliver, Failure, causes, with_causes};
-use crate::telemetry::traces::TraceConfig;
+use crate::telemetry::traces::{OtlpCompression, TraceConfig};
 
 const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
@@ -23,6 +23,7 @@ pub(super) struct GrpcClient {
     /// of the thread that sends, which exists only from then on.
     channel: OnceLock<Channel>,
     metadata: tonic::metadata::MetadataMap,
+    gzip: bool,
 }
 
 impl GrpcClient {
@@ -47,6 +48,7 @@ impl GrpcClient {
             endpoint,
             channel: OnceLock::new(),
             metadata: tonic::metadata::MetadataMap::from_headers(headers),
+            gzip: config.compression == OtlpCompression::Gzip,
         })
     }
 }
@@ -55,6 +57,9 @@ impl Deliver for GrpcClient {
     async fn deliver(&self, body: &Bytes, time_left: Duration) -> Result<Bytes, Failure> {
         let channel = self.channel.get_or_init(|| self.endpoint.connect_lazy()).clone();
         let mut grpc = tonic::client::Grpc::new(channel);
+        if self.gzip {
+            grpc = grpc.send_compressed(tonic::codec::CompressionEncoding::Gzip);
+        }
         grpc.ready().await.map_err(|err| Failure {
             retry: true,
             message: format!("cannot reach the collector: {err}"),
