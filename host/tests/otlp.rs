@@ -663,6 +663,11 @@ async fn compressed_exports_arrive_whole_over_both_protocols() {
             let mut options = options(&endpoint, protocol);
             if let Some(traces) = &mut options.traces {
                 traces.compression = compression;
+                // The exporter says how its body is encoded, whatever the
+                // configured headers hold.
+                if protocol == OtlpProtocol::HttpProtobuf {
+                    traces.headers.push(("Content-Encoding".into(), "identity".into()));
+                }
             }
             let (dispatch, telemetry) = telemetry::build(options, std::io::sink).expect("build");
             tracing::dispatcher::with_default(&dispatch, || {

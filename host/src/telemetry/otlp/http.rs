@@ -17,7 +17,10 @@ pub(super) struct HttpClient {
 }
 
 impl HttpClient {
-    pub(super) fn new(config: &TraceConfig, headers: http::HeaderMap) -> Result<Self, String> {
+    pub(super) fn new(config: &TraceConfig, mut headers: http::HeaderMap) -> Result<Self, String> {
+        // How the body is encoded is the exporter's to say, whatever the
+        // configured headers hold.
+        headers.remove(http::header::CONTENT_ENCODING);
         let endpoint = reqwest::Url::parse(&config.endpoint).map_err(|err| format!("not a URL: {err}"))?;
         // No timeout of its own: the caller ends each attempt by the
         // export's deadline.
@@ -35,24 +38,25 @@ impl HttpClient {
 }
 
 impl Deliver for HttpClient {
+    fn prepare(&self, body: Bytes) -> Result<Bytes, String> {
+        if !self.gzip {
+            return Ok(body);
+        }
+        gzipped(&body).map_err(|err| format!("cannot compress the request: {err}"))
+    }
+
     async fn deliver(&self, body: &Bytes, _time_left: Duration) -> Result<Bytes, Failure> {
         let mut request = self
             .client
             .post(self.endpoint.clone())
             .header(http::header::CONTENT_TYPE, "application/x-protobuf");
-        let body = if self.gzip {
+        if self.gzip {
             request = request.header(http::header::CONTENT_ENCODING, "gzip");
-            gzipped(body).map_err(|err| Failure {
-                retry: false,
-                message: format!("cannot compress the request: {err}"),
-            })?
-        } else {
-            body.clone()
-        };
+        }
         // The configured headers come last, so that they replace ours.
         let response = request
             .headers(self.headers.clone())
-            .body(body)
+            .body(body.clone())
             .send()
             .await
             .map_err(|err| {

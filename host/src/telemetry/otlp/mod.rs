@@ -24,7 +24,7 @@ use bytes::Bytes;
 use super::traces::{OtlpProtocol, TraceConfig};
 use super::{Redactor, SubscriberSlot};
 pub(super) use processor::EncodingBatchProcessor;
-use processor::{Transport, lock, warning_due};
+use processor::{Transport, lock, logging_to, warning_due};
 
 /// First wait between attempts of one export; it doubles per attempt.
 const FIRST_RETRY_DELAY: Duration = Duration::from_millis(100);
@@ -56,7 +56,7 @@ fn start(
     subscriber: SubscriberSlot,
 ) -> Result<EncodingBatchProcessor, String> {
     EncodingBatchProcessor::start(
-        Retrying::new(client, config.timeout),
+        Retrying::new(client, config.timeout, subscriber.clone()),
         redactor,
         config.batch,
         subscriber,
@@ -65,6 +65,12 @@ fn start(
 
 /// One attempt to deliver an encoded request, over one protocol.
 trait Deliver: Send + Sync + 'static {
+    /// The body to send for the encoded request `body`, made once for all
+    /// the attempts (say, compressed).
+    fn prepare(&self, body: Bytes) -> Result<Bytes, String> {
+        Ok(body)
+    }
+
     /// The collector's answer when it took the request: an encoded
     /// `ExportTraceServiceResponse`, or nothing to read. `time_left` is
     /// what remains of the export's timeout, which the caller enforces;
@@ -107,6 +113,8 @@ struct Retrying<D> {
     timeout: Duration,
     /// When the collector's partial success was last warned about.
     last_rejection_warning: Mutex<Option<Instant>>,
+    /// Where that warning goes.
+    subscriber: SubscriberSlot,
     /// Drives the client on the thread that sends, the
     /// processor's own, started there on the first send. (A client on a
     /// runtime elsewhere would hand each request to a thread of its own and
@@ -115,11 +123,12 @@ struct Retrying<D> {
 }
 
 impl<D: Deliver> Retrying<D> {
-    fn new(client: D, timeout: Duration) -> Self {
+    fn new(client: D, timeout: Duration, subscriber: SubscriberSlot) -> Self {
         Self {
             client,
             timeout,
             last_rejection_warning: Mutex::new(None),
+            subscriber,
             runtime: OnceLock::new(),
         }
     }
@@ -136,6 +145,7 @@ impl<D: Deliver> Retrying<D> {
     }
 
     async fn send_with_retries(&self, body: Bytes) -> Result<(), String> {
+        let body = self.client.prepare(body)?;
         let deadline = Instant::now() + self.timeout;
         let mut delay = FIRST_RETRY_DELAY;
         let mut attempt = 1;
@@ -180,15 +190,17 @@ impl<D> Retrying<D> {
             return;
         }
         let reason: String = partial.error_message.chars().take(MAX_REASON_CHARS).collect();
-        if partial.rejected_spans == 0 {
-            tracing::warn!(reason, "the collector took the spans with a warning");
-        } else {
-            tracing::warn!(
-                rejected_spans = partial.rejected_spans,
-                reason,
-                "the collector rejected spans it was sent"
-            );
-        }
+        logging_to(&self.subscriber, || {
+            if partial.rejected_spans == 0 {
+                tracing::warn!(reason, "the collector took the spans with a warning");
+            } else {
+                tracing::warn!(
+                    rejected_spans = partial.rejected_spans,
+                    reason,
+                    "the collector rejected spans it was sent"
+                );
+            }
+        });
     }
 }
 
@@ -226,7 +238,11 @@ mod tests {
             .with_ansi(false)
             .with_writer(move || writer.clone())
             .finish();
-        let transport = Retrying::new(Answering(answer.encode_to_vec().into()), Duration::from_secs(5));
+        let transport = Retrying::new(
+            Answering(answer.encode_to_vec().into()),
+            Duration::from_secs(5),
+            SubscriberSlot::default(),
+        );
         tracing::subscriber::with_default(subscriber, || {
             for _ in 0..sends {
                 transport.send(Bytes::new()).expect("delivered");

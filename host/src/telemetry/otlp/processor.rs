@@ -261,6 +261,14 @@ impl EncodingBatchProcessor {
     }
 }
 
+impl EncodingBatchProcessor {
+    fn on_shipper_thread(&self) -> bool {
+        lock(&self.shipper)
+            .as_ref()
+            .is_some_and(|shipper| shipper.thread().id() == std::thread::current().id())
+    }
+}
+
 /// `settings` made workable, as the SDK's batch processor does: a queue of
 /// at least one span, batches no larger than it, and a delay the shipper
 /// cannot spin on.
@@ -289,6 +297,12 @@ impl SpanProcessor for EncodingBatchProcessor {
 
     /// Unlike the SDK's batch processor, reports a failed last export.
     fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        if self.on_shipper_thread() {
+            // The shipper dropped the provider's last owner while logging:
+            // it cannot wait for itself, and stops once this returns.
+            self.shared.begin_stopping(&mut lock(&self.shared.state));
+            return Ok(());
+        }
         let outcome = self.shared.stop(timeout);
         if lock(&self.shared.state).stopped
             && let Some(shipper) = lock(&self.shipper).take()
@@ -445,18 +459,13 @@ impl Shared {
             draining: 0,
             serving: None,
             final_drain: false,
-            warnings: Warnings::default(),
+            warnings: Warnings {
+                subscriber: self.subscriber.clone(),
+                ..Warnings::default()
+            },
         };
         loop {
-            let step = self.next_step(&mut shipper);
-            // The subscriber the spans come from, not this thread's default
-            // (the global one, which may be another's or none).
-            let _logging = self
-                .subscriber
-                .get()
-                .and_then(WeakDispatch::upgrade)
-                .map(|subscriber| tracing::dispatcher::set_default(&subscriber));
-            match step {
+            match self.next_step(&mut shipper) {
                 Step::Send(mut batch) => {
                     let outcome = self.send(transport, &mut batch);
                     batch.clear();
@@ -651,11 +660,25 @@ impl Drop for MarkStopped<'_> {
         drop(state);
         self.0.served.notify_all();
         if dropped > 0 {
-            tracing::warn!(
-                spans = dropped,
-                "spans dropped: the export queue was full or export had stopped"
-            );
+            logging_to(&self.0.subscriber, || {
+                tracing::warn!(
+                    spans = dropped,
+                    "spans dropped: the export queue was full or export had stopped"
+                );
+            });
         }
+    }
+}
+
+/// Run `log` with the subscriber the spans come from as the thread's
+/// default (not the global one, which may be another's or none), if it
+/// still exists. Only around the export's own warnings, which are rare:
+/// while any thread has a default of its own, every thread's events take
+/// tracing's slower path.
+pub(super) fn logging_to<R>(subscriber: &SubscriberSlot, log: impl FnOnce() -> R) -> R {
+    match subscriber.get().and_then(WeakDispatch::upgrade) {
+        Some(subscriber) => tracing::dispatcher::with_default(&subscriber, log),
+        None => log(),
     }
 }
 
@@ -673,6 +696,8 @@ pub(super) fn warning_due(last: &mut Option<Instant>) -> bool {
 /// that a collector that is down does not flood the logs.
 #[derive(Default)]
 struct Warnings {
+    /// Where they go.
+    subscriber: SubscriberSlot,
     /// An export failed and was warned about; none has succeeded since.
     warned_failing: bool,
     last_failure_warning: Option<Instant>,
@@ -685,13 +710,15 @@ impl Warnings {
         match outcome {
             Ok(()) => {
                 if std::mem::take(&mut self.warned_failing) {
-                    tracing::info!("span export works again");
+                    logging_to(&self.subscriber, || tracing::info!("span export works again"));
                 }
             }
             Err(error) => {
                 if warning_due(&mut self.last_failure_warning) {
                     self.warned_failing = true;
-                    tracing::warn!(error, "span export failed; its batch is dropped");
+                    logging_to(&self.subscriber, || {
+                        tracing::warn!(error, "span export failed; its batch is dropped");
+                    });
                 }
             }
         }
@@ -700,10 +727,13 @@ impl Warnings {
     fn dropped(&mut self, spans: u64) {
         self.dropped += spans;
         if self.dropped > 0 && warning_due(&mut self.last_drop_warning) {
-            tracing::warn!(
-                spans = std::mem::take(&mut self.dropped),
-                "spans dropped: the export queue was full (OTEL_BSP_MAX_QUEUE_SIZE)"
-            );
+            let spans = std::mem::take(&mut self.dropped);
+            logging_to(&self.subscriber, || {
+                tracing::warn!(
+                    spans,
+                    "spans dropped: the export queue was full (OTEL_BSP_MAX_QUEUE_SIZE)"
+                );
+            });
         }
     }
 }
