@@ -7,8 +7,9 @@
 //! more CPU than the job spans themselves were worth on trivial jobs, and
 //! under load its queue overflowed. Here each span is encoded where it
 //! ends ([`processor`](mod@processor)), into bytes that a thread of its own
-//! sends in batches. Both protocols carry the same `ExportTraceServiceRequest` bytes: HTTP
-//! as the request body ([`http`]), gRPC as its one message ([`grpc`]).
+//! sends in batches. Both protocols carry the same
+//! `ExportTraceServiceRequest` bytes: HTTP as the request body ([`http`]),
+//! gRPC as its one message ([`grpc`]).
 
 mod answer;
 mod encode;
@@ -16,15 +17,16 @@ mod grpc;
 mod http;
 mod processor;
 
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
 use super::traces::{OtlpProtocol, TraceConfig};
 use super::{Redactor, SubscriberSlot};
+use answer::PartialSuccess;
 pub(super) use processor::EncodingBatchProcessor;
-use processor::{Transport, lock, logging_to, warning_due};
+use processor::Transport;
 
 /// First wait between attempts of one export; it doubles per attempt.
 const FIRST_RETRY_DELAY: Duration = Duration::from_millis(100);
@@ -56,7 +58,7 @@ fn start(
     subscriber: SubscriberSlot,
 ) -> Result<EncodingBatchProcessor, String> {
     EncodingBatchProcessor::start(
-        Retrying::new(client, config.timeout, subscriber.clone()),
+        Retrying::new(client, config.timeout),
         redactor,
         config.batch,
         subscriber,
@@ -111,10 +113,6 @@ fn causes<'a>(
 struct Retrying<D> {
     client: D,
     timeout: Duration,
-    /// When the collector's partial success was last warned about.
-    last_rejection_warning: Mutex<Option<Instant>>,
-    /// Where that warning goes.
-    subscriber: SubscriberSlot,
     /// Drives the client on the thread that sends, the
     /// processor's own, started there on the first send. (A client on a
     /// runtime elsewhere would hand each request to a thread of its own and
@@ -123,12 +121,10 @@ struct Retrying<D> {
 }
 
 impl<D: Deliver> Retrying<D> {
-    fn new(client: D, timeout: Duration, subscriber: SubscriberSlot) -> Self {
+    fn new(client: D, timeout: Duration) -> Self {
         Self {
             client,
             timeout,
-            last_rejection_warning: Mutex::new(None),
-            subscriber,
             runtime: OnceLock::new(),
         }
     }
@@ -144,7 +140,7 @@ impl<D: Deliver> Retrying<D> {
         Ok(self.runtime.get_or_init(|| runtime))
     }
 
-    async fn send_with_retries(&self, body: Bytes) -> Result<(), String> {
+    async fn send_with_retries(&self, body: Bytes) -> Result<Option<PartialSuccess>, String> {
         let body = self.client.prepare(body)?;
         let deadline = Instant::now() + self.timeout;
         let mut delay = FIRST_RETRY_DELAY;
@@ -161,10 +157,7 @@ impl<D: Deliver> Retrying<D> {
                     })
                 });
             match delivered {
-                Ok(answer) => {
-                    self.warn_of_rejections(&answer);
-                    return Ok(());
-                }
+                Ok(answer) => return Ok(answer::partial_success(&answer)),
                 Err(failure) if failure.retry && attempt < MAX_ATTEMPTS && Instant::now() + delay < deadline => {
                     tokio::time::sleep(delay).await;
                     delay *= 2;
@@ -176,110 +169,10 @@ impl<D: Deliver> Retrying<D> {
     }
 }
 
-impl<D> Retrying<D> {
-    /// Warn, at most once per warning interval, of a partial success: spans
-    /// the collector took the request of but rejected, or a warning of its
-    /// own (not retried, as the OTLP specification says, only reported).
-    fn warn_of_rejections(&self, answer: &[u8]) {
-        /// Enough of the collector's message to say what went wrong.
-        const MAX_REASON_CHARS: usize = 512;
-        let Some(partial) = answer::partial_success(answer) else {
-            return;
-        };
-        if !warning_due(&mut lock(&self.last_rejection_warning)) {
-            return;
-        }
-        let reason: String = partial.error_message.chars().take(MAX_REASON_CHARS).collect();
-        logging_to(&self.subscriber, || {
-            if partial.rejected_spans == 0 {
-                tracing::warn!(reason, "the collector took the spans with a warning");
-            } else {
-                tracing::warn!(
-                    rejected_spans = partial.rejected_spans,
-                    reason,
-                    "the collector rejected spans it was sent"
-                );
-            }
-        });
-    }
-}
-
 impl<D: Deliver> Transport for Retrying<D> {
     /// Blocks the processor's own thread, never a job's: a slow collector
     /// only delays the next batch.
-    fn send(&self, body: Bytes) -> Result<(), String> {
+    fn send(&self, body: Bytes) -> Result<Option<PartialSuccess>, String> {
         self.runtime()?.block_on(self.send_with_retries(body))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use opentelemetry_proto::tonic::collector::trace::v1::{ExportTracePartialSuccess, ExportTraceServiceResponse};
-    use prost::Message as _;
-
-    use super::*;
-    use crate::telemetry::TestSink;
-
-    /// Takes every request, answering each with the same bytes.
-    struct Answering(Bytes);
-
-    impl Deliver for Answering {
-        async fn deliver(&self, _body: &Bytes, _time_left: Duration) -> Result<Bytes, Failure> {
-            Ok(self.0.clone())
-        }
-    }
-
-    /// The log lines of `sends` requests through a transport whose
-    /// collector answers `answer`.
-    fn warnings_of(answer: &ExportTraceServiceResponse, sends: usize) -> String {
-        let sink = TestSink::default();
-        let writer = sink.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_ansi(false)
-            .with_writer(move || writer.clone())
-            .finish();
-        let transport = Retrying::new(
-            Answering(answer.encode_to_vec().into()),
-            Duration::from_secs(5),
-            SubscriberSlot::default(),
-        );
-        tracing::subscriber::with_default(subscriber, || {
-            for _ in 0..sends {
-                transport.send(Bytes::new()).expect("delivered");
-            }
-        });
-        sink.text()
-    }
-
-    #[test]
-    fn spans_the_collector_rejects_are_warned_about_once_per_interval() {
-        let rejecting = ExportTraceServiceResponse {
-            partial_success: Some(ExportTracePartialSuccess {
-                rejected_spans: 3,
-                error_message: "span too large".into(),
-            }),
-        };
-        let logs = warnings_of(&rejecting, 2);
-        assert_eq!(logs.lines().count(), 1, "{logs}");
-        assert!(
-            logs.contains("the collector rejected spans it was sent")
-                && logs.contains("rejected_spans=3")
-                && logs.contains("reason=\"span too large\""),
-            "{logs}"
-        );
-        let warning = ExportTraceServiceResponse {
-            partial_success: Some(ExportTracePartialSuccess {
-                rejected_spans: 0,
-                error_message: "x".repeat(600),
-            }),
-        };
-        let logs = warnings_of(&warning, 1);
-        assert!(
-            logs.contains("the collector took the spans with a warning")
-                && logs.contains(&format!("reason=\"{}\"", "x".repeat(512))),
-            "{logs}"
-        );
-        assert!(!logs.contains(&"x".repeat(513)), "{logs}");
-        assert_eq!(warnings_of(&ExportTraceServiceResponse::default(), 2), "");
     }
 }

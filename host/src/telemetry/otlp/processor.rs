@@ -29,6 +29,7 @@ use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::trace::{SpanData, SpanProcessor};
 use tracing::dispatcher::WeakDispatch;
 
+use super::answer::PartialSuccess;
 use super::encode;
 use crate::telemetry::traces::BatchSettings;
 use crate::telemetry::{Redactor, SubscriberSlot};
@@ -42,8 +43,9 @@ const WARNING_INTERVAL: Duration = Duration::from_secs(30);
 /// Where encoded requests go.
 pub(super) trait Transport: Send + Sync + 'static {
     /// Deliver one encoded `ExportTraceServiceRequest`, retrying as it sees
-    /// fit; the error says why it was not delivered.
-    fn send(&self, body: Bytes) -> Result<(), String>;
+    /// fit: the spans the collector took it with but rejected, if it says
+    /// so; the error says why it was not delivered.
+    fn send(&self, body: Bytes) -> Result<Option<PartialSuccess>, String>;
 }
 
 /// Encodes spans as they end; a thread of its own posts them in batches.
@@ -325,7 +327,7 @@ impl Drop for EncodingBatchProcessor {
     }
 }
 
-pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // The state stays consistent between statements: a panic elsewhere
     // while holding it leaves nothing half-done.
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
@@ -557,7 +559,7 @@ impl Shared {
 
     /// Post `batch`, which holds a span at least: full batches are, and
     /// partial ones are taken only when they hold some.
-    fn send(&self, transport: &impl Transport, batch: &mut Batch) -> Result<(), String> {
+    fn send(&self, transport: &impl Transport, batch: &mut Batch) -> Result<Option<PartialSuccess>, String> {
         let resource = lock(&self.resource).clone();
         let mut filled = batch.scopes.iter_mut().filter(|entry| !entry.spans().is_empty());
         let body = match (filled.next(), filled.next()) {
@@ -675,7 +677,7 @@ impl Drop for MarkStopped<'_> {
 /// still exists. Only around the export's own warnings, which are rare:
 /// while any thread has a default of its own, every thread's events take
 /// tracing's slower path.
-pub(super) fn logging_to<R>(subscriber: &SubscriberSlot, log: impl FnOnce() -> R) -> R {
+fn logging_to<R>(subscriber: &SubscriberSlot, log: impl FnOnce() -> R) -> R {
     match subscriber.get().and_then(WeakDispatch::upgrade) {
         Some(subscriber) => tracing::dispatcher::with_default(&subscriber, log),
         None => log(),
@@ -684,7 +686,7 @@ pub(super) fn logging_to<R>(subscriber: &SubscriberSlot, log: impl FnOnce() -> R
 
 /// Whether a warning last given at `last` may be given again, at most one
 /// per [`WARNING_INTERVAL`]; if so, it is taken as given now.
-pub(super) fn warning_due(last: &mut Option<Instant>) -> bool {
+fn warning_due(last: &mut Option<Instant>) -> bool {
     let due = last.is_none_or(|at| at.elapsed() >= WARNING_INTERVAL);
     if due {
         *last = Some(Instant::now());
@@ -703,14 +705,18 @@ struct Warnings {
     last_failure_warning: Option<Instant>,
     dropped: u64,
     last_drop_warning: Option<Instant>,
+    last_rejection_warning: Option<Instant>,
 }
 
 impl Warnings {
-    fn export(&mut self, outcome: Result<(), String>) {
+    fn export(&mut self, outcome: Result<Option<PartialSuccess>, String>) {
         match outcome {
-            Ok(()) => {
+            Ok(partial) => {
                 if std::mem::take(&mut self.warned_failing) {
                     logging_to(&self.subscriber, || tracing::info!("span export works again"));
+                }
+                if let Some(partial) = partial {
+                    self.rejected(&partial);
                 }
             }
             Err(error) => {
@@ -722,6 +728,29 @@ impl Warnings {
                 }
             }
         }
+    }
+
+    /// A partial success: spans the collector took the request of but
+    /// rejected, or a warning of its own (not retried, as the OTLP
+    /// specification says, only reported).
+    fn rejected(&mut self, partial: &PartialSuccess) {
+        /// Enough of the collector's message to say what went wrong.
+        const MAX_REASON_CHARS: usize = 512;
+        if !warning_due(&mut self.last_rejection_warning) {
+            return;
+        }
+        let reason: String = partial.error_message.chars().take(MAX_REASON_CHARS).collect();
+        logging_to(&self.subscriber, || {
+            if partial.rejected_spans == 0 {
+                tracing::warn!(reason, "the collector took the spans with a warning");
+            } else {
+                tracing::warn!(
+                    rejected_spans = partial.rejected_spans,
+                    reason,
+                    "the collector rejected spans it was sent"
+                );
+            }
+        });
     }
 
     fn dropped(&mut self, spans: u64) {
@@ -775,7 +804,7 @@ mod tests {
     }
 
     impl Transport for Recorder {
-        fn send(&self, body: Bytes) -> Result<(), String> {
+        fn send(&self, body: Bytes) -> Result<Option<PartialSuccess>, String> {
             let _ = lock(&self.entered).send(());
             if self.gated {
                 let _ = lock(&self.gate).recv();
@@ -784,7 +813,7 @@ mod tests {
             match answer {
                 Answer::Deliver => {
                     let _ = lock(&self.requests).send(body);
-                    Ok(())
+                    Ok(None)
                 }
                 Answer::Fail => {
                     let _ = lock(&self.requests).send(body);
@@ -1176,10 +1205,41 @@ mod tests {
         assert_eq!(warnings.dropped, 2);
         // ...and a working export is said once.
         let recovered = logged(|| {
-            warnings.export(Ok(()));
-            warnings.export(Ok(()));
+            warnings.export(Ok(None));
+            warnings.export(Ok(None));
         });
         assert_eq!(recovered.matches("span export works again").count(), 1, "{recovered}");
+    }
+
+    #[test]
+    fn spans_the_collector_rejects_are_warned_about_once_per_interval() {
+        let rejected = |rejected_spans, reason: &str| {
+            Ok(Some(PartialSuccess {
+                rejected_spans,
+                error_message: reason.into(),
+            }))
+        };
+        let mut warnings = Warnings::default();
+        let first = logged(|| {
+            warnings.export(rejected(3, "span too large"));
+            warnings.export(rejected(3, "span too large"));
+        });
+        assert_eq!(first.lines().count(), 1, "{first}");
+        assert!(
+            first.contains("the collector rejected spans it was sent")
+                && first.contains("rejected_spans=3")
+                && first.contains("reason=\"span too large\""),
+            "{first}"
+        );
+        let mut warnings = Warnings::default();
+        let warning = logged(|| warnings.export(rejected(0, &"x".repeat(600))));
+        assert!(
+            warning.contains("the collector took the spans with a warning")
+                && warning.contains(&format!("reason=\"{}\"", "x".repeat(512))),
+            "{warning}"
+        );
+        assert!(!warning.contains(&"x".repeat(513)), "{warning}");
+        assert_eq!(logged(|| warnings.export(Ok(None))), "");
     }
 
     #[test]
