@@ -233,10 +233,7 @@ impl TraceConfig {
             Some("none") => return Ok(None),
             Some(other) => return Err(invalid("OTEL_TRACES_EXPORTER", other, "expected otlp or none")),
         }
-        let protocol = match first(var, &PROTOCOL_VARS) {
-            Some((name, value)) => OtlpProtocol::parse(&value).map_err(|reason| invalid(name, &value, reason))?,
-            None => OtlpProtocol::HttpProtobuf,
-        };
+        let protocol = first_parsed(var, &PROTOCOL_VARS, OtlpProtocol::parse)?.unwrap_or(OtlpProtocol::HttpProtobuf);
         let Some((endpoint_var, endpoint)) = first(var, &ENDPOINT_VARS) else {
             return Ok(None);
         };
@@ -255,18 +252,15 @@ impl TraceConfig {
                 headers.push((key, value));
             }
         }
-        let timeout = match first(var, &TIMEOUT_VARS) {
-            Some((name, value)) => value
+        let milliseconds = |value: &str| {
+            value
                 .trim()
                 .parse::<u64>()
                 .map(Duration::from_millis)
-                .map_err(|_| invalid(name, &value, "expected milliseconds"))?,
-            None => DEFAULT_EXPORT_TIMEOUT,
+                .map_err(|_| "expected milliseconds".to_owned())
         };
-        let compression = match first(var, &COMPRESSION_VARS) {
-            Some((name, value)) => OtlpCompression::parse(&value).map_err(|reason| invalid(name, &value, reason))?,
-            None => OtlpCompression::None,
-        };
+        let timeout = first_parsed(var, &TIMEOUT_VARS, milliseconds)?.unwrap_or(DEFAULT_EXPORT_TIMEOUT);
+        let compression = first_parsed(var, &COMPRESSION_VARS, OtlpCompression::parse)?.unwrap_or_default();
         let mut resource_attributes =
             parse_pairs("OTEL_RESOURCE_ATTRIBUTES", var("OTEL_RESOURCE_ATTRIBUTES").as_deref())?;
         let from_attributes = resource_attributes
@@ -300,6 +294,18 @@ fn invalid(var: &'static str, value: &str, reason: impl Into<String>) -> TraceCo
 
 fn first(var: impl Fn(&str) -> Option<String>, names: &[&'static str]) -> Option<(&'static str, String)> {
     names.iter().find_map(|name| var(name).map(|value| (*name, value)))
+}
+
+/// The first of `names` that is set, parsed; a bad value is named with its
+/// variable.
+fn first_parsed<T>(
+    var: impl Fn(&str) -> Option<String>,
+    names: &[&'static str],
+    parse: impl Fn(&str) -> Result<T, String>,
+) -> Result<Option<T>, TraceConfigError> {
+    first(var, names)
+        .map(|(name, value)| parse(&value).map_err(|reason| invalid(name, &value, reason)))
+        .transpose()
 }
 
 fn check_endpoint(endpoint: &str, protocol: OtlpProtocol) -> Result<(), String> {

@@ -62,7 +62,7 @@ impl Deliver for GrpcClient {
         }
         grpc.ready().await.map_err(|err| Failure {
             retry: true,
-            message: format!("cannot reach the collector: {err}"),
+            message: format!("cannot reach the collector: {}", with_causes(err.to_string(), &err)),
         })?;
         let mut request = tonic::Request::new(body.clone());
         *request.metadata_mut() = self.metadata.clone();
