@@ -14,11 +14,11 @@
 //! served from a thread of its own, that reads and drops each request;
 //! HTTP/protobuf unless `OTEL_EXPORTER_OTLP_PROTOCOL=grpc`). The report
 //! gives the median round's throughput drop from the export, and the drop
-//! logging costs. Since throughput on a shared 2-core
-//! machine swings by more than the export costs, each run also records the
-//! host's CPU time per job (getrusage, less the endpoint thread's CPU
-//! clock), and the report gives the median round's CPU cost too, the
-//! quartiles of the rounds' drops and CPU costs (how far the rounds spread),
+//! logging costs. Since throughput on a shared 2-core machine swings by
+//! more than the export costs, each run also records the host's CPU time
+//! per job (getrusage, less the endpoint thread's CPU clock), and the
+//! report gives the median round's CPU cost too, the quartiles of the
+//! rounds' drops and CPU costs (how far the rounds spread),
 //! and both drops between each side's best run, the one the machine
 //! disturbed least. Of the export side's CPU per job it also gives the
 //! export thread's share (`otel_export_thread_cpu_us_per_job`, part of
