@@ -684,6 +684,38 @@ async fn compressed_exports_arrive_whole_over_both_protocols() {
     }
 }
 
+/// A collector that takes the connection and never answers: each export
+/// gives up at its timeout, connecting and waiting included, and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_the_collector_never_answers_ends_at_its_timeout() {
+    let silent = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = silent.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            held.push(stream);
+        }
+    });
+    for (endpoint, protocol) in [
+        (format!("http://{address}/v1/traces"), OtlpProtocol::HttpProtobuf),
+        (format!("http://{address}"), OtlpProtocol::Grpc),
+    ] {
+        let mut options = options(&endpoint, protocol);
+        if let Some(traces) = &mut options.traces {
+            traces.timeout = Duration::from_millis(300);
+        }
+        let (dispatch, telemetry) = telemetry::build(options, std::io::sink).expect("build");
+        tracing::dispatcher::with_default(&dispatch, || {
+            tracing::info_span!(target: "wink_host", "unanswered").in_scope(|| {});
+        });
+        let err = flush(&telemetry).expect_err("nothing answered");
+        assert!(
+            err.contains("no answer within the export timeout of 300ms (attempt 1 of 4)"),
+            "{protocol:?}: {err}"
+        );
+    }
+}
+
 /// `count` file-digest jobs.
 async fn run_jobs(runtime: &Runtime, prefix: &str, count: usize) -> Vec<JobReport> {
     let mut reports = Vec::new();

@@ -2,7 +2,6 @@
 //! to `TraceService/Export`, sent as it is by a codec that only frames it.
 
 use std::sync::OnceLock;
-use std::time::Duration;
 
 use bytes::{Buf as _, BufMut as _, Bytes};
 use http::uri::PathAndQuery;
@@ -34,9 +33,8 @@ impl GrpcClient {
         }
         let mut endpoint = Endpoint::from_shared(config.endpoint.clone())
             .map_err(|err| format!("not a URI: {err}"))?
-            // The caller ends each attempt by the export's deadline; a
-            // connection that fails sooner fails the attempt sooner.
-            .connect_timeout(config.timeout)
+            // No timeouts of its own (connecting included): the caller ends
+            // each attempt by the export's deadline.
             .user_agent(concat!("wink-host/", env!("CARGO_PKG_VERSION")))
             .map_err(|err| format!("cannot set the user agent: {err}"))?;
         if endpoint.uri().scheme() == Some(&http::uri::Scheme::HTTPS) {
@@ -54,7 +52,7 @@ impl GrpcClient {
 }
 
 impl Deliver for GrpcClient {
-    async fn deliver(&self, body: &Bytes, time_left: Duration) -> Result<Bytes, Failure> {
+    async fn deliver(&self, body: &Bytes) -> Result<Bytes, Failure> {
         let channel = self.channel.get_or_init(|| self.endpoint.connect_lazy()).clone();
         let mut grpc = tonic::client::Grpc::new(channel);
         if self.gzip {
@@ -65,9 +63,9 @@ impl Deliver for GrpcClient {
             message: format!("cannot reach the collector: {}", with_causes(err.to_string(), &err)),
         })?;
         let mut request = tonic::Request::new(body.clone());
+        // No `grpc-timeout`: tonic would enforce it too, racing the
+        // caller's deadline to say the same thing in other words.
         *request.metadata_mut() = self.metadata.clone();
-        // `grpc-timeout`: the collector need not work past the deadline.
-        request.set_timeout(time_left);
         grpc.unary::<_, Bytes, _>(request, PathAndQuery::from_static(EXPORT_PATH), Encoded)
             .await
             .map(tonic::Response::into_inner)

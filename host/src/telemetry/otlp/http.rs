@@ -1,7 +1,5 @@
 //! OTLP over HTTP/protobuf: the encoded request is the body of a POST.
 
-use std::time::Duration;
-
 use bytes::Bytes;
 
 use super::{Deliver, Failure, with_causes};
@@ -45,7 +43,7 @@ impl Deliver for HttpClient {
         gzipped(&body).map_err(|err| format!("cannot compress the request: {err}"))
     }
 
-    async fn deliver(&self, body: &Bytes, _time_left: Duration) -> Result<Bytes, Failure> {
+    async fn deliver(&self, body: &Bytes) -> Result<Bytes, Failure> {
         let mut request = self
             .client
             .post(self.endpoint.clone())

@@ -74,10 +74,9 @@ trait Deliver: Send + Sync + 'static {
     }
 
     /// The collector's answer when it took the request: an encoded
-    /// `ExportTraceServiceResponse`, or nothing to read. `time_left` is
-    /// what remains of the export's timeout, which the caller enforces;
-    /// the protocol may tell the collector.
-    async fn deliver(&self, body: &Bytes, time_left: Duration) -> Result<Bytes, Failure>;
+    /// `ExportTraceServiceResponse`, or nothing to read. No timeout of its
+    /// own: the caller ends each attempt by the export's deadline.
+    async fn deliver(&self, body: &Bytes) -> Result<Bytes, Failure>;
 }
 
 /// Why one attempt failed, and whether another may succeed.
@@ -148,7 +147,7 @@ impl<D: Deliver> Retrying<D> {
         loop {
             // Each attempt, connecting included, ends by the deadline.
             let time_left = deadline.saturating_duration_since(Instant::now());
-            let delivered = tokio::time::timeout(time_left, self.client.deliver(&body, time_left))
+            let delivered = tokio::time::timeout(time_left, self.client.deliver(&body))
                 .await
                 .unwrap_or_else(|_| {
                     Err(Failure {
