@@ -4,8 +4,9 @@
 //! It keeps the batch processor's contract: ending a span never blocks on
 //! the collector; at most `max_queue_size` spans wait in full batches (plus
 //! the batch each thread is filling), and further ones are dropped (and
-//! counted); a batch leaves when `max_export_batch_size` spans fill it, and
-//! every batch, full or not, `schedule_delay` after the last timed export;
+//! counted); a batch leaves when `max_export_batch_size` spans fill it (or
+//! [`MAX_BATCH_BYTES`] of them), and every batch, full or not,
+//! `schedule_delay` after the last timed export;
 //! flush and shutdown send what waits. What waits is bytes, not `SpanData`:
 //! the span is freed where it was allocated, and batches reuse their
 //! buffers.
@@ -39,6 +40,13 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Least time between two warnings about dropped spans or failing exports.
 const WARNING_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Encoded bytes at which a batch leaves, however few spans it holds, so
+/// that a batch of large spans is not refused whole: gRPC servers take 4
+/// MiB in one message by default (the OpenTelemetry Collector's, Jaeger's
+/// and the Datadog Agent's among them), and proxies in front of HTTP
+/// collectors often 1 MiB (nginx's default body size).
+const MAX_BATCH_BYTES: usize = 1 << 20;
 
 /// Where encoded requests go.
 pub(super) trait Transport: Send + Sync + 'static {
@@ -175,6 +183,8 @@ impl State {
 struct Batch {
     scopes: Vec<ScopeSpans>,
     spans: usize,
+    /// The encoded spans' bytes.
+    bytes: usize,
 }
 
 /// Bytes each batch buffer keeps free before its spans, for the head of
@@ -212,8 +222,14 @@ impl Batch {
         if encoded.is_empty() {
             encoded.resize(HEAD_ROOM, 0);
         }
+        let before = encoded.len();
         encode(encoded);
+        self.bytes += encoded.len() - before;
         self.spans += 1;
+    }
+
+    fn is_full(&self, max_spans: usize) -> bool {
+        self.spans >= max_spans || self.bytes >= MAX_BATCH_BYTES
     }
 
     /// Empty it, keeping its buffers (and scopes, which the next spans
@@ -223,6 +239,7 @@ impl Batch {
             entry.encoded.clear();
         }
         self.spans = 0;
+        self.bytes = 0;
     }
 }
 
@@ -337,7 +354,6 @@ impl Shared {
     /// Encode `span` into this thread's batch, which is its own: no other
     /// thread waits on its lock but the shipper, when it takes the batch.
     fn enqueue(&self, span: &SpanData) {
-        let batch_size = self.settings.max_export_batch_size;
         let shard = &self.shards[shard_number() % self.shards.len()];
         let mut batch = lock(&shard.0);
         // Read under the shard's lock: `stopping` is set before the shipper
@@ -351,7 +367,7 @@ impl Shared {
         batch.push(&span.instrumentation_scope, |out| {
             encode::span(out, span, &self.redactor);
         });
-        if batch.spans >= batch_size {
+        if batch.is_full(self.settings.max_export_batch_size) {
             let mut state = lock(&self.state);
             let full = state.take_for_sending(&mut batch);
             self.waiting_spans.fetch_add(full.spans, Ordering::Relaxed);
@@ -927,6 +943,27 @@ mod tests {
         // Nothing waits: a flush sends nothing.
         processor.force_flush().expect("empty flush");
         assert!(delivered(&recorded).is_empty());
+    }
+
+    #[test]
+    fn a_batch_of_large_spans_leaves_once_it_reaches_the_byte_limit() {
+        let (processor, recorded) = processor(settings(1_000, 100), false, &[]);
+        let large = |n| {
+            let mut span = span(n, true);
+            span.attributes.push(opentelemetry::KeyValue::new(
+                "text",
+                "x".repeat(MAX_BATCH_BYTES / 7 + 1),
+            ));
+            span
+        };
+        for n in 1..=8 {
+            processor.on_end(large(n));
+        }
+        // Seven spans reach the limit and leave, far short of 100 spans.
+        let body = recorded.requests.recv_timeout(WAIT).expect("a batch at the byte limit");
+        assert_eq!(span_ids(&body), [1, 2, 3, 4, 5, 6, 7]);
+        processor.force_flush().expect("flush");
+        assert_eq!(delivered(&recorded), [[8]]);
     }
 
     #[test]
