@@ -121,7 +121,8 @@ impl Default for BatchSettings {
     /// The OpenTelemetry defaults but for a queue four times theirs: at
     /// tens of thousands of spans a second their 2048 overflows while a
     /// gRPC export is in flight on busy cores, and a queue costs memory
-    /// only while it holds spans. Batches keep their size: larger ones take
+    /// only while it holds spans (and for the few emptied batches kept
+    /// for reuse after). Batches keep their size: larger ones take
     /// the export thread less CPU per span, but their buffers, cycling
     /// through the job threads' caches, cost those threads as much again.
     fn default() -> Self {

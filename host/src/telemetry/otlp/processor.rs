@@ -228,6 +228,8 @@ impl Batch {
         self.spans += 1;
     }
 
+    /// Whether it should leave now: it holds `max_spans` spans, or
+    /// [`MAX_BATCH_BYTES`] of them.
     fn is_full(&self, max_spans: usize) -> bool {
         self.spans >= max_spans || self.bytes >= MAX_BATCH_BYTES
     }
