@@ -684,6 +684,31 @@ async fn compressed_exports_arrive_whole_over_both_protocols() {
     }
 }
 
+/// Spans too large for one request between them leave in several, each
+/// within the 4 MiB a gRPC server takes by default (tonic's, as the
+/// OpenTelemetry Collector's): all of them arrive, over both protocols.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_spans_leave_in_requests_a_collector_takes() {
+    const SPANS: usize = 80;
+    let text = "x".repeat(64 * 1024);
+    for protocol in [OtlpProtocol::Grpc, OtlpProtocol::HttpProtobuf] {
+        let (endpoint, received) = match protocol {
+            OtlpProtocol::HttpProtobuf => http_receiver().await,
+            OtlpProtocol::Grpc => grpc_receiver().await,
+        };
+        let (dispatch, telemetry) = telemetry::build(options(&endpoint, protocol), std::io::sink).expect("build");
+        tracing::dispatcher::with_default(&dispatch, || {
+            for n in 0..SPANS {
+                tracing::info_span!(target: "wink_host", "large", n, text = %text).in_scope(|| {});
+            }
+        });
+        flush(&telemetry).unwrap_or_else(|err| panic!("{protocol:?}: {err}"));
+        assert_eq!(received.spans().len(), SPANS, "{protocol:?}");
+        // 5 MiB of spans, in batches of at most 1 MiB and a span.
+        assert!(received.exports() >= 5, "{protocol:?}: {} requests", received.exports());
+    }
+}
+
 /// A collector that takes the connection and never answers: each export
 /// gives up at its timeout, connecting and waiting included, and says so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
