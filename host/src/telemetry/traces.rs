@@ -137,15 +137,9 @@ impl Default for BatchSettings {
 impl BatchSettings {
     fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Self, TraceConfigError> {
         let defaults = Self::default();
-        let count = |name: &'static str, default: usize| match var(name) {
-            None => Ok(default),
-            Some(value) => match value.trim().parse::<usize>() {
-                Ok(count) if count > 0 => Ok(count),
-                _ => Err(invalid(name, &value, "expected a positive whole number")),
-            },
-        };
-        let max_queue_size = count("OTEL_BSP_MAX_QUEUE_SIZE", defaults.max_queue_size)?;
-        let max_export_batch_size = count("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", defaults.max_export_batch_size)?;
+        let count = |name: &'static str| first_parsed(&var, &[name], positive_count);
+        let max_queue_size = count("OTEL_BSP_MAX_QUEUE_SIZE")?.unwrap_or(defaults.max_queue_size);
+        let max_export_batch_size = count("OTEL_BSP_MAX_EXPORT_BATCH_SIZE")?.unwrap_or(defaults.max_export_batch_size);
         if max_export_batch_size > max_queue_size {
             return Err(invalid(
                 "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
@@ -153,22 +147,38 @@ impl BatchSettings {
                 format!("must not exceed the queue size, {max_queue_size} (OTEL_BSP_MAX_QUEUE_SIZE)"),
             ));
         }
-        let schedule_delay = match var("OTEL_BSP_SCHEDULE_DELAY") {
-            None => defaults.schedule_delay,
-            Some(value) => value
-                .trim()
-                .parse::<u64>()
-                .ok()
-                .filter(|ms| *ms > 0)
-                .map(Duration::from_millis)
-                .ok_or_else(|| invalid("OTEL_BSP_SCHEDULE_DELAY", &value, "expected milliseconds, above 0"))?,
-        };
+        let schedule_delay =
+            first_parsed(&var, &["OTEL_BSP_SCHEDULE_DELAY"], positive_milliseconds)?.unwrap_or(defaults.schedule_delay);
         Ok(Self {
             max_queue_size,
             max_export_batch_size,
             schedule_delay,
         })
     }
+}
+
+fn positive_count(value: &str) -> Result<usize, String> {
+    value
+        .trim()
+        .parse::<usize>()
+        .ok()
+        .filter(|count| *count > 0)
+        .ok_or_else(|| "expected a positive whole number".into())
+}
+
+fn milliseconds(value: &str) -> Result<Duration, String> {
+    value
+        .trim()
+        .parse::<u64>()
+        .map(Duration::from_millis)
+        .map_err(|_| "expected milliseconds".into())
+}
+
+fn positive_milliseconds(value: &str) -> Result<Duration, String> {
+    milliseconds(value)
+        .ok()
+        .filter(|duration| !duration.is_zero())
+        .ok_or_else(|| "expected milliseconds, above 0".into())
 }
 
 /// Bad trace export configuration.
@@ -258,13 +268,6 @@ impl TraceConfig {
                 headers.push((key, value));
             }
         }
-        let milliseconds = |value: &str| {
-            value
-                .trim()
-                .parse::<u64>()
-                .map(Duration::from_millis)
-                .map_err(|_| "expected milliseconds".to_owned())
-        };
         let timeout = first_parsed(var, &TIMEOUT_VARS, milliseconds)?.unwrap_or(DEFAULT_EXPORT_TIMEOUT);
         let compression = first_parsed(var, &COMPRESSION_VARS, OtlpCompression::parse)?.unwrap_or_default();
         let mut resource_attributes =
@@ -696,6 +699,10 @@ mod tests {
             (
                 vec![endpoint, ("OTEL_BSP_SCHEDULE_DELAY", "5s")],
                 r#"invalid OTEL_BSP_SCHEDULE_DELAY="5s": expected milliseconds, above 0"#,
+            ),
+            (
+                vec![endpoint, ("OTEL_BSP_SCHEDULE_DELAY", "0")],
+                r#"invalid OTEL_BSP_SCHEDULE_DELAY="0": expected milliseconds, above 0"#,
             ),
         ] {
             let err = TraceConfig::from_vars(vars(&pairs)).expect_err("invalid").to_string();
