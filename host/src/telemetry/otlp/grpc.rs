@@ -9,7 +9,7 @@ use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};
 
-use super::{Deliver, Failure, causes, with_causes};
+use super::{Deliver, Failure, causes, unreachable, with_causes};
 use crate::telemetry::traces::{OtlpCompression, TraceConfig};
 
 const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
@@ -60,7 +60,7 @@ impl Deliver for GrpcClient {
         }
         grpc.ready().await.map_err(|err| Failure {
             retry: true,
-            message: format!("cannot reach the collector: {}", with_causes(err.to_string(), &err)),
+            message: unreachable(&err),
         })?;
         let mut request = tonic::Request::new(body.clone());
         // No `grpc-timeout`: tonic would enforce it too, racing the

@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 
-use super::{Deliver, Failure, with_causes};
+use super::{Deliver, Failure, unreachable};
 use crate::telemetry::traces::{OtlpCompression, TraceConfig};
 
 /// Posts encoded requests to an OTLP/HTTP endpoint.
@@ -62,7 +62,7 @@ impl Deliver for HttpClient {
                 let err = err.without_url();
                 Failure {
                     retry: !err.is_builder(),
-                    message: format!("cannot reach the collector: {}", with_causes(err.to_string(), &err)),
+                    message: unreachable(&err),
                 }
             })?;
         let status = response.status();

@@ -85,6 +85,11 @@ struct Failure {
     message: String,
 }
 
+/// That a request never reached the collector, and why: `err` and its causes.
+fn unreachable(err: &(dyn std::error::Error + 'static)) -> String {
+    format!("cannot reach the collector: {}", with_causes(err.to_string(), err))
+}
+
 /// `message`, then the message of each cause in `err`'s chain that adds
 /// to it: for a failed connection, that it was refused, a name that did
 /// not resolve, a certificate that was not trusted.

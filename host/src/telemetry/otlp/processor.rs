@@ -96,7 +96,7 @@ struct Shared {
     /// is a few hundred kilobytes, and fresh pages for each cost more than
     /// encoding it.
     spare_body: Arc<Mutex<Vec<u8>>>,
-    /// Where the shipper's warnings, and what its transport logs, go.
+    /// Where the shipper's warnings go.
     subscriber: SubscriberSlot,
 }
 
@@ -280,9 +280,7 @@ impl EncodingBatchProcessor {
             shipper: Mutex::new(Some(shipper)),
         })
     }
-}
 
-impl EncodingBatchProcessor {
     fn on_shipper_thread(&self) -> bool {
         lock(&self.shipper)
             .as_ref()
