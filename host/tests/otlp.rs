@@ -83,6 +83,14 @@ fn options(endpoint: &str, protocol: OtlpProtocol) -> TelemetryOptions {
     }
 }
 
+/// A receiver speaking `protocol`.
+async fn receiver(protocol: OtlpProtocol) -> (String, Received) {
+    match protocol {
+        OtlpProtocol::HttpProtobuf => http_receiver().await,
+        OtlpProtocol::Grpc => grpc_receiver().await,
+    }
+}
+
 fn logs_writer(logs: &Logs) -> impl Fn() -> Logs + Send + Sync + 'static {
     let logs = logs.clone();
     move || logs.clone()
@@ -656,10 +664,7 @@ async fn compressed_exports_arrive_whole_over_both_protocols() {
     use wink_host::telemetry::OtlpCompression;
     for protocol in [OtlpProtocol::HttpProtobuf, OtlpProtocol::Grpc] {
         for compression in [OtlpCompression::Gzip, OtlpCompression::None] {
-            let (endpoint, received) = match protocol {
-                OtlpProtocol::HttpProtobuf => http_receiver().await,
-                OtlpProtocol::Grpc => grpc_receiver().await,
-            };
+            let (endpoint, received) = receiver(protocol).await;
             let mut options = options(&endpoint, protocol);
             if let Some(traces) = &mut options.traces {
                 traces.compression = compression;
@@ -692,10 +697,7 @@ async fn large_spans_leave_in_requests_a_collector_takes() {
     const SPANS: usize = 80;
     let text = "x".repeat(64 * 1024);
     for protocol in [OtlpProtocol::Grpc, OtlpProtocol::HttpProtobuf] {
-        let (endpoint, received) = match protocol {
-            OtlpProtocol::HttpProtobuf => http_receiver().await,
-            OtlpProtocol::Grpc => grpc_receiver().await,
-        };
+        let (endpoint, received) = receiver(protocol).await;
         let (dispatch, telemetry) = telemetry::build(options(&endpoint, protocol), std::io::sink).expect("build");
         tracing::dispatcher::with_default(&dispatch, || {
             for n in 0..SPANS {
