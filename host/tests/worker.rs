@@ -146,8 +146,23 @@ async fn poison_messages_go_straight_to_the_dead_letter_queue_while_other_jobs_c
     let corrupt = dir.path().join("corrupt.wasm");
     std::fs::write(&corrupt, b"\0asm\x0d\0\x01\0 this is not a component").expect("write");
     let missing = dir.path().join("missing.wasm");
+    // Reading a device grows without end, and opening a FIFO waits for a
+    // writer: neither may take the worker down or hold up its other jobs.
+    let fifo = dir.path().join("fifo.wasm");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo");
+    assert!(made.success(), "mkfifo: {made}");
     let running = start(config());
     let mailbox = running.mailbox.clone();
+    send(mailbox.as_ref(), &Envelope::new("device", "/dev/zero")).await;
+    send(mailbox.as_ref(), &Envelope::new("fifo", fifo.to_str().expect("path"))).await;
+    send(
+        mailbox.as_ref(),
+        &Envelope::new("directory", dir.path().to_str().expect("path")),
+    )
+    .await;
     send_raw(mailbox.as_ref(), "not-json", "{this is not json").await;
     send_raw(
         mailbox.as_ref(),
@@ -181,8 +196,11 @@ async fn poison_messages_go_straight_to_the_dead_letter_queue_while_other_jobs_c
         .await;
     }
 
-    let dead = dead_letters(mailbox.as_ref(), 7).await;
+    let dead = dead_letters(mailbox.as_ref(), 10).await;
     let expected = [
+        ("device", "component_unreadable", "/dev/zero: not a regular file"),
+        ("fifo", "component_unreadable", "fifo.wasm: not a regular file"),
+        ("directory", "component_unreadable", "not a regular file"),
         ("not-json", "malformed_envelope", "malformed job envelope"),
         ("wrong-version", "unsupported_envelope_version", "version 7"),
         ("typo", "malformed_envelope", "unknown field `inptu`"),
@@ -208,7 +226,7 @@ async fn poison_messages_go_straight_to_the_dead_letter_queue_while_other_jobs_c
     let summary = running.stop().await;
     assert_eq!(
         (summary.dead_lettered, summary.succeeded, summary.retried),
-        (7, 6, 0),
+        (10, 6, 0),
         "{summary:?}"
     );
 }

@@ -211,13 +211,45 @@ impl Runtime {
     }
 }
 
+/// The largest component read from a file or fetched from S3. Compiled
+/// components of real agents are a few MiB; this bounds what a job naming
+/// a hostile file or object can make the worker hold.
+pub(crate) const MAX_COMPONENT_BYTES: u64 = 256 << 20;
+
+fn too_large(bytes: u64) -> String {
+    format!("at least {bytes} bytes, over the limit of {MAX_COMPONENT_BYTES}")
+}
+
 impl Runtime {
-    /// Read a component file.
+    /// Read a component file: a regular file of at most
+    /// [`MAX_COMPONENT_BYTES`]. A job may name any path, and a device
+    /// (`/dev/zero`) or a FIFO would otherwise grow the buffer until the
+    /// worker is killed, or never return.
     pub(crate) async fn read_component(path: &std::path::Path) -> Result<Arc<[u8]>, LoadError> {
-        let bytes = tokio::fs::read(path).await.map_err(|source| LoadError::Read {
+        use tokio::io::AsyncReadExt as _;
+        let unreadable = |source| LoadError::Read {
             path: path.to_path_buf(),
             source,
-        })?;
+        };
+        let refused = |message: String| unreadable(std::io::Error::new(std::io::ErrorKind::InvalidInput, message));
+        // Checked before opening: opening a FIFO waits for a writer.
+        let metadata = tokio::fs::metadata(path).await.map_err(unreadable)?;
+        if !metadata.is_file() {
+            return Err(refused("not a regular file".to_owned()));
+        }
+        if metadata.len() > MAX_COMPONENT_BYTES {
+            return Err(refused(too_large(metadata.len())));
+        }
+        let file = tokio::fs::File::open(path).await.map_err(unreadable)?;
+        let mut bytes = Vec::with_capacity(usize::try_from(metadata.len()).unwrap_or(0));
+        // The file may have grown since: read one byte past the limit at most.
+        file.take(MAX_COMPONENT_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .await
+            .map_err(unreadable)?;
+        if bytes.len() as u64 > MAX_COMPONENT_BYTES {
+            return Err(refused(too_large(bytes.len() as u64)));
+        }
         Ok(bytes.into())
     }
 
@@ -332,5 +364,23 @@ impl EpochTicker {
                 tracing::error!(error = %err, "cannot start the epoch ticker thread");
                 Self
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_component_file_over_the_limit_is_refused_before_it_is_read() {
+        let file = tempfile::NamedTempFile::new().expect("temp file");
+        // Sparse: no disk space is taken, and reading it would take seconds.
+        file.as_file().set_len(MAX_COMPONENT_BYTES + 1).expect("set_len");
+        let err = Runtime::read_component(file.path()).await.expect_err("over the limit");
+        assert!(
+            err.to_string()
+                .ends_with(": at least 268435457 bytes, over the limit of 268435456"),
+            "{err}"
+        );
     }
 }

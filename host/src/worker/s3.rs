@@ -16,13 +16,12 @@ use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use tokio::sync::OnceCell;
 
+use crate::runtime::MAX_COMPONENT_BYTES;
+
 /// How long connecting to S3 may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long one request, retries included, may take.
 const OPERATION_TIMEOUT: Duration = Duration::from_secs(30);
-/// The largest agent component fetched (compiled components of real agents
-/// are a few MiB; this bounds what a hostile object can make the worker hold).
-pub(crate) const MAX_AGENT_BYTES: u64 = 256 << 20;
 
 /// Where agent objects are fetched from.
 #[derive(Debug, Clone, Default)]
@@ -82,7 +81,7 @@ impl S3Agents {
             .await
             .map_err(|err| classify(bucket, key, err))?;
         let length = output.content_length().and_then(|len| u64::try_from(len).ok());
-        if let Some(length) = length.filter(|len| *len > MAX_AGENT_BYTES) {
+        if let Some(length) = length.filter(|len| *len > MAX_COMPONENT_BYTES) {
             return Err(FetchError::Refused(too_large(bucket, key, length)));
         }
         let etag = output.e_tag().map(str::to_owned);
@@ -97,7 +96,7 @@ impl S3Agents {
             .map_err(|err| FetchError::Unavailable(format!("agent s3://{bucket}/{key}: reading the object: {err}")))?
         {
             let read = (bytes.len() + chunk.len()) as u64;
-            if read > MAX_AGENT_BYTES {
+            if read > MAX_COMPONENT_BYTES {
                 return Err(FetchError::Refused(too_large(bucket, key, read)));
             }
             bytes.extend_from_slice(&chunk);
@@ -145,7 +144,7 @@ async fn build_client(settings: &S3Settings) -> Client {
 }
 
 fn too_large(bucket: &str, key: &str, length: u64) -> String {
-    format!("agent s3://{bucket}/{key} is at least {length} bytes, over the limit of {MAX_AGENT_BYTES}")
+    format!("agent s3://{bucket}/{key} is at least {length} bytes, over the limit of {MAX_COMPONENT_BYTES}")
 }
 
 /// Sort an S3 error into refused (missing, denied) or worth a retry.
