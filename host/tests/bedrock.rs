@@ -257,6 +257,36 @@ async fn throttling_and_5xx_are_retried_until_bedrock_answers() {
 }
 
 #[tokio::test]
+async fn errors_without_an_error_type_are_sorted_by_their_http_status() {
+    // A gateway's 502 and 429 in front of Bedrock carry no error type: they
+    // are retried as Bedrock's own would be.
+    let fake = FakeBedrock::start(FakeReply::text("through", 3, 2))
+        .await
+        .expect("fake");
+    fake.push([Step::Unlabelled(502), Step::Unlabelled(429)]);
+    let provider = provider(options(&fake));
+    let context = context(Duration::from_secs(10));
+    let response = provider
+        .converse(&tool_round_trip_request(), &context)
+        .await
+        .expect("third attempt answers");
+    assert_eq!(message_text(&response.message), "through");
+    assert_eq!(fake.request_count(), 3);
+
+    // Any other status is the request's own fault: not retried.
+    fake.push([Step::Unlabelled(400)]);
+    let err = provider
+        .converse(&tool_round_trip_request(), &context)
+        .await
+        .expect_err("a 400");
+    assert!(
+        matches!(&err, ModelError::Provider(m) if m.starts_with("HTTP 400 without an error type")),
+        "{err:?}"
+    );
+    assert_eq!(fake.request_count(), 4, "no retry");
+}
+
+#[tokio::test]
 async fn a_throttle_storm_fails_with_a_clear_throttled_error_inside_the_deadline() {
     let runtime = runtime();
     let agent = load(&runtime, "adversary").await;

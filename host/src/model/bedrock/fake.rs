@@ -95,6 +95,9 @@ pub enum Step {
     Throttle,
     /// An HTTP 5xx with this status (500 `InternalServerException`, else `ServiceUnavailableException`).
     ServerError(u16),
+    /// This HTTP status without Bedrock's error type, as a proxy or load
+    /// balancer in front of it answers.
+    Unlabelled(u16),
     /// Wait, then do the inner step.
     Slow(Duration, Box<Step>),
     /// Stream: start the message, send the first text delta, then a
@@ -262,6 +265,7 @@ async fn serve_step(stream: &mut BufReader<TcpStream>, mut step: Step, stream_ca
         Step::Throttle => write_error(stream, 429, "ThrottlingException", "Too many requests, please wait.").await,
         Step::ServerError(500) => write_error(stream, 500, "InternalServerException", "internal failure").await,
         Step::ServerError(status) => write_error(stream, status, "ServiceUnavailableException", "unavailable").await,
+        Step::Unlabelled(status) => write_json(stream, status, &[], &json!({ "message": "upstream failure" })).await,
         Step::MidStreamError if stream_call => {
             let events = stream_events(&FakeReply::text("partial answer", 1, 1));
             write_stream(stream, &events[..2], Some("the model stream broke")).await
@@ -461,9 +465,11 @@ async fn write_json(
 fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
+        400 => "Bad Request",
         404 => "Not Found",
         429 => "Too Many Requests",
         500 => "Internal Server Error",
+        502 => "Bad Gateway",
         _ => "Service Unavailable",
     }
 }

@@ -16,6 +16,7 @@ use std::time::Instant;
 use async_trait::async_trait;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_bedrockruntime::Client;
+use aws_sdk_bedrockruntime::config::http::HttpResponse;
 use aws_sdk_bedrockruntime::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_bedrockruntime::types as sdk;
 use aws_sdk_bedrockruntime::types::error::ConverseStreamOutputError;
@@ -153,7 +154,7 @@ impl BedrockProvider {
         // which cost more than everything else the host does per call.
         let output = Box::pin(with_request!(self.client.converse(), model, request, guardrail).send())
             .await
-            .map_err(|err| classify(&err, None))?;
+            .map_err(|err| classify(&err, None, http_status(&err)))?;
         Ok(ConverseResponse {
             stop_reason: convert::stop_reason(&output.stop_reason),
             usage: convert::usage(output.usage.as_ref()),
@@ -172,11 +173,12 @@ impl BedrockProvider {
         // Boxed for the reason given in `converse`.
         let mut output = Box::pin(with_request!(self.client.converse_stream(), model, request, guardrail).send())
             .await
-            .map_err(|err| classify(&err, None))?;
+            .map_err(|err| classify(&err, None, http_status(&err)))?;
         let mut assembler = stream::Assembler::new();
         let stream_error = |err: SdkError<ConverseStreamOutputError, _>| {
             let code = err.as_service_error().map(stream_error_code);
-            classify(&err, code)
+            // A frame of the stream: no HTTP status of its own.
+            classify(&err, code, None)
         };
         while let Some(event) = output.stream.recv().await.map_err(stream_error)? {
             assembler.push(event);
@@ -297,10 +299,16 @@ fn stream_error_code(err: &ConverseStreamOutputError) -> &'static str {
     }
 }
 
+/// The HTTP status an SDK error was answered with, if it got an answer.
+fn http_status<E>(err: &SdkError<E, HttpResponse>) -> Option<u16> {
+    err.raw_response().map(|response| response.status().as_u16())
+}
+
 /// Sort an SDK error into retry-worthy or not, keeping only Bedrock's error
 /// code and message (never request details or credentials). `typed_code`
-/// stands in for errors whose metadata carries no code.
-fn classify<E, R>(err: &SdkError<E, R>, typed_code: Option<&'static str>) -> Failure
+/// stands in for errors whose metadata carries no code; without either,
+/// `status` (the answer's HTTP status) decides.
+fn classify<E, R>(err: &SdkError<E, R>, typed_code: Option<&'static str>, status: Option<u16>) -> Failure
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
     R: std::fmt::Debug,
@@ -317,7 +325,9 @@ where
             ))),
         };
     };
-    let code = service.code().or(typed_code).unwrap_or("UnknownError");
+    let Some(code) = service.code().or(typed_code) else {
+        return unlabelled(status, service.message());
+    };
     let message = format!("{code}: {}", service.message().unwrap_or("no message"));
     match code {
         "ThrottlingException" => Failure::Transient(ModelError::Throttled(message)),
@@ -327,6 +337,22 @@ where
         | "ModelTimeoutException"
         | "ModelStreamErrorException" => Failure::Transient(ModelError::Provider(message)),
         "ValidationException" => Failure::Permanent(ModelError::InvalidRequest(message)),
+        _ => Failure::Permanent(ModelError::Provider(message)),
+    }
+}
+
+/// An error answer without Bedrock's error type, as a proxy, VPC endpoint
+/// or load balancer in front of it gives: sorted by its HTTP status, as
+/// the SDK's own retry policy does, so that a gateway's 502 is retried.
+fn unlabelled(status: Option<u16>, message: Option<&str>) -> Failure {
+    let message = format!(
+        "HTTP {} without an error type: {}",
+        status.map_or_else(|| "error".to_owned(), |status| status.to_string()),
+        message.unwrap_or("no message")
+    );
+    match status {
+        Some(429) => Failure::Transient(ModelError::Throttled(message)),
+        Some(500..=599) => Failure::Transient(ModelError::Provider(message)),
         _ => Failure::Permanent(ModelError::Provider(message)),
     }
 }
