@@ -7,6 +7,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::logs::captured_logs;
 use common::*;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -375,39 +376,6 @@ async fn agents_get_no_wasi_http() {
     assert!(err.contains("wasi:http/"), "{err}");
 }
 
-/// Log lines written through a `tracing` subscriber, for inspection.
-#[derive(Clone, Default)]
-struct LogBuffer(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for LogBuffer {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("lock").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Every log line of this test binary. A process-wide subscriber, not a
-/// thread-scoped one: with a scoped one, a span first entered by a test on
-/// another thread gets its interest cached as "never" and vanishes from the
-/// lines of this thread too.
-fn captured_logs() -> &'static LogBuffer {
-    static LOGS: std::sync::OnceLock<LogBuffer> = std::sync::OnceLock::new();
-    LOGS.get_or_init(|| {
-        let logs = LogBuffer::default();
-        let writer = logs.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(move || writer.clone())
-            .with_ansi(false)
-            .finish();
-        tracing::subscriber::set_global_default(subscriber).expect("the only global subscriber");
-        logs
-    })
-}
-
 #[tokio::test]
 async fn an_agent_sees_the_denial_as_a_tool_error_and_it_is_logged_with_the_job_ids() {
     let logs = captured_logs();
@@ -432,7 +400,7 @@ async fn an_agent_sees_the_denial_as_a_tool_error_and_it_is_logged_with_the_job_
         "{out}"
     );
 
-    let logs = String::from_utf8(logs.0.lock().expect("lock").clone()).expect("utf-8");
+    let logs = logs.text();
     let line = logs
         .lines()
         .find(|l| l.contains("network request denied") && l.contains("request_id=req-net-1"))

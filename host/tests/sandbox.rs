@@ -226,3 +226,38 @@ async fn no_network_even_to_a_listening_loopback_port() {
     listener.set_nonblocking(true).expect("nonblocking");
     assert!(listener.accept().is_err(), "nothing may have connected");
 }
+
+#[tokio::test]
+async fn a_guest_flooding_the_logs_has_its_records_cut_short_and_capped() {
+    let logs = common::logs::captured_logs();
+    let runtime = runtime();
+    let agent = load(&runtime, "adversary").await;
+    let input = json!({"mode": "log", "records": 1200, "bytes": 20_000});
+    let report = runtime
+        .run_agent(
+            &agent,
+            wink_host::job::JobRequest::new("req-log-flood", input.to_string()),
+            env(),
+        )
+        .await;
+    assert_eq!(output(report), json!({"ok": true}));
+
+    let logs = logs.text();
+    let job_lines: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("request_id=req-log-flood"))
+        .collect();
+    let records: Vec<&str> = job_lines.iter().copied().filter(|l| l.contains("mmmmmmmm")).collect();
+    assert_eq!(records.len(), 1000, "records past the limit are dropped");
+    for record in &records {
+        // The message and the fields are each cut to 4 KiB (and marked);
+        // the rest of the line is the span's fields.
+        assert!(record.len() < 2 * 4096 + 1024, "{}", record.len());
+        assert_eq!(record.matches('…').count(), 2, "{record}");
+    }
+    let warnings = job_lines
+        .iter()
+        .filter(|l| l.contains("guest log records over the limit are dropped"))
+        .count();
+    assert_eq!(warnings, 1, "one warning, not one per dropped record");
+}

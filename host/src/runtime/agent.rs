@@ -193,10 +193,7 @@ impl Runtime {
             limiter: super::StoreLimiter::new(&limits),
             deadline,
             deadline_hit: false,
-            log: LogContext {
-                span,
-                component: agent.name.clone(),
-            },
+            log: LogContext::new(span, agent.name.clone()),
             host: AgentHost {
                 runtime: self.clone(),
                 request_id: request.request_id.as_str().into(),

@@ -196,6 +196,11 @@ impl Runtime {
         // Fuel is only unavailable when the engine lacks `consume_fuel`,
         // which `engine_config` always enables.
         let _ = store.set_fuel(limits.fuel);
+        // What one call into the host may carry. Wasmtime's default is
+        // 128 MiB whatever the guest's memory, and a list's items may all
+        // point at the same bytes: a guest could make each call cost the
+        // host far more than the memory it is granted.
+        store.set_hostcall_fuel(limits.memory_bytes);
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(|mut ctx| {
             let state = ctx.data_mut();

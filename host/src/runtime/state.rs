@@ -47,13 +47,25 @@ impl<H> SandboxState<H> {
     }
 }
 
+/// Guest log records kept per store (a job, or a tool call); later ones
+/// are dropped, with one warning. Until a span ends its records are held
+/// as its events, so a guest logging in a loop would otherwise grow the
+/// host's memory as much as the logs.
+const MAX_GUEST_RECORDS: u32 = 1000;
+
+/// The most bytes kept of a guest record's message, and of its fields
+/// rendered together.
+const MAX_GUEST_TEXT: usize = 4096;
+
 /// Where a guest's log records go.
 #[derive(Debug, Clone)]
 pub(crate) struct LogContext {
     /// The job's span: records are emitted as its children.
     pub(crate) span: tracing::Span,
     /// The component that logs.
-    pub(crate) component: Arc<str>,
+    component: Arc<str>,
+    /// Records emitted so far.
+    records: u32,
 }
 
 impl<H: Send> types::Host for SandboxState<H> {}
@@ -66,9 +78,30 @@ impl<H: Send> log::Host for SandboxState<H> {
 }
 
 impl LogContext {
-    fn emit(&self, level: log::Level, message: &str, fields: &[log::Field]) {
+    pub(crate) fn new(span: tracing::Span, component: Arc<str>) -> Self {
+        Self {
+            span,
+            component,
+            records: 0,
+        }
+    }
+
+    fn emit(&mut self, level: log::Level, message: &str, fields: &[log::Field]) {
         let component = &*self.component;
-        let fields = GuestFields(fields);
+        self.records = self.records.saturating_add(1);
+        if self.records > MAX_GUEST_RECORDS {
+            if self.records == MAX_GUEST_RECORDS + 1 {
+                tracing::warn!(
+                    parent: &self.span,
+                    component,
+                    limit = MAX_GUEST_RECORDS,
+                    "guest log records over the limit are dropped"
+                );
+            }
+            return;
+        }
+        let message = crate::telemetry::clipped(format_args!("{message}"), MAX_GUEST_TEXT);
+        let fields = crate::telemetry::clipped(format_args!("{}", GuestFields(fields)), MAX_GUEST_TEXT);
         macro_rules! guest_event {
             ($level:expr) => {
                 tracing::event!(target: "guest", parent: &self.span, $level, component, fields = %fields, "{message}")

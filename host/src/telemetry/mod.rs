@@ -262,3 +262,54 @@ impl std::io::Write for TestSink {
         Ok(())
     }
 }
+
+/// `args` formatted and cut to `limit` bytes (on a character boundary),
+/// with `…` added when cut. Formatting stops at the limit, so text a guest
+/// chose costs the host no more than `limit` bytes, however long it is.
+pub(crate) fn clipped(args: std::fmt::Arguments<'_>, limit: usize) -> String {
+    struct Bounded {
+        text: String,
+        limit: usize,
+        cut: bool,
+    }
+    impl std::fmt::Write for Bounded {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            let room = self.limit - self.text.len();
+            if s.len() <= room {
+                self.text.push_str(s);
+                return Ok(());
+            }
+            self.text.push_str(&s[..s.floor_char_boundary(room)]);
+            self.cut = true;
+            // Stops the formatting: nothing more would be kept.
+            Err(std::fmt::Error)
+        }
+    }
+    let mut bounded = Bounded {
+        text: String::new(),
+        limit,
+        cut: false,
+    };
+    // The only error is the one that stops at the limit.
+    let _ = std::fmt::write(&mut bounded, args);
+    if bounded.cut {
+        bounded.text.push('…');
+    }
+    bounded.text
+}
+
+#[cfg(test)]
+mod clipped_tests {
+    use super::clipped;
+
+    #[test]
+    fn text_is_cut_at_the_limit_on_a_character_boundary_and_marked() {
+        assert_eq!(clipped(format_args!("{}", "short"), 8), "short");
+        assert_eq!(clipped(format_args!("{}", "exactly8"), 8), "exactly8");
+        // "é" is two bytes: the cut falls before it.
+        assert_eq!(clipped(format_args!("{}{}", "abc", "dé"), 5), "abcd…");
+        assert_eq!(clipped(format_args!("{:?}", "a\nb"), 4), "\"a\\n…");
+        let long = "x".repeat(1 << 20);
+        assert_eq!(clipped(format_args!("{long}"), 10).len(), 10 + '…'.len_utf8());
+    }
+}

@@ -27,8 +27,8 @@ use crate::runtime::{
 use crate::sandbox::{self, Preopen, SandboxError, ToolCallFs, Workspace};
 
 pub use network::NetworkDenial;
-use network::NetworkGate;
 pub(crate) use network::ToolHost;
+use network::{Denials, NetworkGate};
 
 /// A compiled tool component and the spec it reported.
 #[derive(Clone)]
@@ -424,9 +424,9 @@ async fn run_instance_here(
 }
 
 /// The tool error for the requests the host denied during a call, if any.
-fn denied_requests(denials: &[NetworkDenial]) -> Option<ToolError> {
-    let (first, rest) = denials.split_first()?;
-    Some(ToolError::Denied(match rest.len() {
+fn denied_requests(denials: &Denials) -> Option<ToolError> {
+    let (first, more) = denials.first_and_more()?;
+    Some(ToolError::Denied(match more {
         0 => first.to_string(),
         more => format!("{first} (and {more} more denied requests)"),
     }))
@@ -449,7 +449,7 @@ fn tool_state(
         limiter: crate::runtime::StoreLimiter::new(limits),
         deadline,
         deadline_hit: false,
-        log: LogContext { span, component },
+        log: LogContext::new(span, component),
         host: ToolHost::new(gate),
     };
     Ok((state, stdio))

@@ -53,7 +53,7 @@ impl ToolHost {
     }
 
     /// The requests denied so far in this call.
-    pub(crate) fn denials(&self) -> &[NetworkDenial] {
+    pub(crate) fn denials(&self) -> &Denials {
         &self.gate.denials
     }
 }
@@ -83,6 +83,40 @@ impl fmt::Display for NetworkDenial {
     }
 }
 
+/// Denials logged per tool call: a tool looping on a denied request
+/// would otherwise fill the logs. Later ones are counted.
+const LOGGED_DENIALS: u64 = 8;
+
+/// The most bytes of a denied URL, or of the reason, kept and logged (a
+/// tool chooses the URL, and may make it as long as its memory).
+const MAX_DENIAL_TEXT: usize = 2048;
+
+/// The requests denied during one tool call: the first, which is reported,
+/// and how many there were. A tool looping on denied requests costs the
+/// host a counter, not memory.
+#[derive(Debug, Default)]
+pub(crate) struct Denials {
+    first: Option<NetworkDenial>,
+    count: u64,
+}
+
+impl Denials {
+    fn record(&mut self, denial: NetworkDenial) {
+        self.count += 1;
+        self.first.get_or_insert(denial);
+    }
+
+    /// The first denial and how many followed it, if any request was denied.
+    pub(crate) fn first_and_more(&self) -> Option<(&NetworkDenial, u64)> {
+        Some((self.first.as_ref()?, self.count - 1))
+    }
+}
+
+/// `text`, cut to [`MAX_DENIAL_TEXT`] bytes.
+fn shortened(text: &str) -> String {
+    crate::telemetry::clipped(format_args!("{text}"), MAX_DENIAL_TEXT)
+}
+
 /// Admits or denies a tool's outgoing HTTP requests.
 pub(crate) struct NetworkGate {
     allowlist: Arc<[NetworkRule]>,
@@ -92,7 +126,7 @@ pub(crate) struct NetworkGate {
     span: tracing::Span,
     /// No request outlives the tool call.
     deadline: Instant,
-    denials: Vec<NetworkDenial>,
+    denials: Denials,
 }
 
 impl NetworkGate {
@@ -102,7 +136,7 @@ impl NetworkGate {
             tool,
             span,
             deadline,
-            denials: Vec::new(),
+            denials: Denials::default(),
         }
     }
 
@@ -119,15 +153,20 @@ impl NetworkGate {
                 Ok(url)
             }
             Err(reason) => {
-                let denial = NetworkDenial { url: text, reason };
-                tracing::warn!(
-                    parent: &self.span,
-                    tool = &*self.tool,
-                    url = %denial.url,
-                    reason = %denial.reason,
-                    "network request denied"
-                );
-                self.denials.push(denial);
+                let denial = NetworkDenial {
+                    url: shortened(&text),
+                    reason: shortened(&reason),
+                };
+                if self.denials.count < LOGGED_DENIALS {
+                    tracing::warn!(
+                        parent: &self.span,
+                        tool = &*self.tool,
+                        url = %denial.url,
+                        reason = %denial.reason,
+                        "network request denied"
+                    );
+                }
+                self.denials.record(denial);
                 Err(())
             }
         }
@@ -263,6 +302,28 @@ mod tests {
 
     fn denied(allowlist: &[NetworkRule], url: &str) -> String {
         check(allowlist, &url::Url::parse(url).expect("url")).expect_err(url)
+    }
+
+    #[test]
+    fn a_call_keeps_its_first_denial_shortened_and_counts_the_rest() {
+        let long_url = format!("http://example.org/{}", "é".repeat(40_000));
+        let mut denials = Denials::default();
+        for _ in 0..10_000 {
+            denials.record(NetworkDenial {
+                url: shortened(&long_url),
+                reason: shortened("not allowed"),
+            });
+        }
+        let (first, more) = denials.first_and_more().expect("denied");
+        assert_eq!(more, 9_999);
+        assert!(
+            first.url.len() <= MAX_DENIAL_TEXT + '…'.len_utf8(),
+            "{}",
+            first.url.len()
+        );
+        assert!(first.url.starts_with("http://example.org/é") && first.url.ends_with('…'));
+        assert_eq!(first.reason, "not allowed");
+        assert!(Denials::default().first_and_more().is_none());
     }
 
     #[test]

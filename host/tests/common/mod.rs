@@ -3,6 +3,7 @@
 
 #![allow(dead_code, missing_docs)]
 
+pub mod logs;
 pub mod mailbox_model;
 pub mod moto;
 

@@ -25,7 +25,8 @@ struct Adversary;
 impl Agent for Adversary {
     /// Modes: `spin`, `alloc`, `recurse`, `trap` never return; `read`, `write`,
     /// `list`, `env`, `net`, `output`, `stdout`, `model`, `models`, `tool`,
-    /// `session` and `echo` probe one capability each.
+    /// `session` and `echo` probe one capability each; `log` floods the
+    /// host with log records.
     fn run(job: Job) -> Result<Value, AgentError> {
         let Some(mode) = job.input.get("mode").and_then(Value::as_str) else {
             return Err(AgentError::InvalidInput("expected a string field `mode`".into()));
@@ -47,6 +48,7 @@ impl Agent for Adversary {
             "tool" => Ok(call_tool(job.input_as()?)),
             "session" => round_trip_session(job.input_as()?),
             "echo" => Ok(job.input),
+            "log" => Ok(flood_log(job.input_as()?)),
             _ => Err(AgentError::InvalidInput(format!("unknown mode `{mode}`"))),
         }
     }
@@ -140,6 +142,22 @@ fn connect(params: NetParams) -> Value {
 #[derive(Deserialize)]
 struct SizeParams {
     bytes: usize,
+}
+
+#[derive(Deserialize)]
+struct LogParams {
+    records: usize,
+    bytes: usize,
+}
+
+/// `records` log records, each with a message and a field of `bytes` bytes.
+fn flood_log(params: LogParams) -> Value {
+    let message = "m".repeat(params.bytes);
+    let field = "f".repeat(params.bytes);
+    for _ in 0..params.records {
+        wink_guest::log::emit(wink_guest::log::Level::Info, &message, &[("field", &field)]);
+    }
+    json!({ "ok": true })
 }
 
 fn output(params: SizeParams) -> Value {
