@@ -162,25 +162,33 @@ impl Budget {
 }
 
 /// A rough prompt size, four bytes a token, used only to refuse calls that
-/// cannot fit; the provider's count is what gets recorded.
+/// cannot fit and to size the output's room; the provider's count is what
+/// gets recorded. Everything sent is counted: in an agent's loop most of
+/// the prompt is tool results, and the tools' specs are billed too.
 fn estimate_prompt_tokens(request: &ConverseRequest) -> u32 {
     let system: u32 = request.system.iter().map(|s| estimate_tokens(s)).sum();
-    // Each message's text counted as one text, without concatenating it.
-    let text_bytes = |blocks: &[ContentBlock]| -> usize {
+    // Each message's blocks counted together, without concatenating them.
+    let block_bytes = |blocks: &[ContentBlock]| -> usize {
         blocks
             .iter()
             .map(|block| match block {
                 ContentBlock::Text(text) => text.len(),
-                _ => 0,
+                ContentBlock::ToolUse(call) => call.id.len() + call.name.len() + call.input.len(),
+                ContentBlock::ToolResult(result) => result.tool_use_id.len() + result.content.len(),
             })
             .sum()
     };
     let messages: u32 = request
         .messages
         .iter()
-        .map(|m| tokens_for_bytes(text_bytes(&m.content)))
+        .map(|m| tokens_for_bytes(block_bytes(&m.content)))
         .sum();
-    system.saturating_add(messages)
+    let tools: u32 = request
+        .tools
+        .iter()
+        .map(|tool| tokens_for_bytes(tool.name.len() + tool.description.len() + tool.input_schema.len()))
+        .sum();
+    system.saturating_add(messages).saturating_add(tools)
 }
 
 /// A model's price in US dollars per million tokens (which is also
@@ -428,6 +436,47 @@ mod tests {
             ..Budget::default()
         };
         assert_eq!(usd.admit(&Spent::default(), &request(None), Some(price)), Ok(Some(249)));
+    }
+
+    #[test]
+    fn tool_results_tool_calls_and_tool_specs_count_toward_the_prompt() {
+        use crate::bindings::types::ToolSpec;
+        use crate::model::{ToolResult, ToolUse};
+        let budget = Budget {
+            max_input_tokens: Some(1_000),
+            ..Budget::default()
+        };
+        // A tool result of 8,000 bytes, about 2,000 tokens: it cannot fit.
+        let mut big_result = request(None);
+        big_result.messages[0]
+            .content
+            .push(ContentBlock::ToolResult(ToolResult {
+                tool_use_id: "t1".into(),
+                content: format!("\"{}\"", "x".repeat(8_000)),
+                is_error: false,
+            }));
+        let err = budget.admit(&Spent::default(), &big_result, None).unwrap_err();
+        assert_eq!(
+            err,
+            ModelError::BudgetExceeded("input_tokens: limit 1000, spent 0".into())
+        );
+
+        let mut big_call = request(None);
+        big_call.messages[0].content.push(ContentBlock::ToolUse(ToolUse {
+            id: "t1".into(),
+            name: "search".into(),
+            input: format!("{{\"q\": \"{}\"}}", "x".repeat(8_000)),
+        }));
+        assert!(budget.admit(&Spent::default(), &big_call, None).is_err());
+
+        let mut big_spec = request(None);
+        big_spec.tools.push(ToolSpec {
+            name: "search".into(),
+            description: "d".repeat(8_000),
+            input_schema: "{}".into(),
+        });
+        assert!(budget.admit(&Spent::default(), &big_spec, None).is_err());
+        assert!(budget.admit(&Spent::default(), &request(None), None).is_ok());
     }
 
     #[test]
