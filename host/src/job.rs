@@ -103,6 +103,10 @@ pub enum JobError {
     /// Instantiation failed (missing import, instance pool exhausted, ...).
     #[error("cannot instantiate agent: {0}")]
     Instantiate(String),
+    /// A host service failed while the agent called it (the usage ledger
+    /// unreachable); another attempt may succeed.
+    #[error("host service failed: {0}")]
+    Host(String),
     /// The agent went over a limit.
     #[error(transparent)]
     LimitExceeded(#[from] LimitExceeded),
@@ -131,6 +135,7 @@ impl JobError {
             Self::Load(_) => "load",
             Self::Sandbox(_) => "sandbox",
             Self::Instantiate(_) => "instantiate",
+            Self::Host(_) => "host",
             Self::LimitExceeded(_) => "limit_exceeded",
             Self::Trap(_) => "trap",
             Self::Agent { .. } => "agent",

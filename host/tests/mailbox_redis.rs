@@ -576,3 +576,28 @@ async fn a_redelivered_job_keeps_its_budget_on_another_worker() {
         "{err:?}"
     );
 }
+
+/// An agent asking for its budget while the shared ledger is down fails as
+/// the host's fault, and is retried, rather than as the agent's trap.
+#[tokio::test]
+async fn asking_for_the_budget_with_the_ledger_down_is_a_retryable_host_failure() {
+    let server = RedisServer::start();
+    let ledger = RedisUsageLedger::open(&server.url()).await.unwrap();
+    drop(server);
+    let runtime = common::runtime();
+    let agent = common::load(&runtime, "adversary").await;
+    let mut env = common::env();
+    env.model_policy = ModelPolicy {
+        ledger: Arc::new(ledger),
+        ..ModelPolicy::default()
+    };
+    let report = common::run(&runtime, &agent, r#"{"mode": "models", "count": 0}"#, env).await;
+    let err = report.outcome.expect_err("the ledger is down");
+    assert_eq!(err.kind(), "host", "{err}");
+    assert!(
+        err.to_string()
+            .starts_with("host service failed: cannot read the job's budget: usage ledger unavailable: Redis at"),
+        "{err}"
+    );
+    assert!(wink_host::worker::is_retryable(&err));
+}

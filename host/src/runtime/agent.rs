@@ -296,6 +296,7 @@ fn guest_error(step: GuestStep, err: &wasmtime::Error, recorded: Option<super::L
         (GuestFailure::Limit(limit), _) => LimitExceeded::of(limit, limits).into(),
         (GuestFailure::Trap(message), GuestStep::Instantiate) => JobError::Instantiate(message),
         (GuestFailure::Trap(message), GuestStep::Run) => JobError::Trap(message),
+        (GuestFailure::Host(message), _) => JobError::Host(message),
     }
 }
 
@@ -351,7 +352,13 @@ impl model::Host for SandboxState<AgentHost> {
     }
 
     async fn budget(&mut self) -> wasmtime::Result<model::BudgetStatus> {
-        let left = self.host.env.model_policy.remaining(&self.host.request_id).await?;
+        let left = self
+            .host
+            .env
+            .model_policy
+            .remaining(&self.host.request_id)
+            .await
+            .map_err(|err| super::HostFault(format!("cannot read the job's budget: {err}")))?;
         let deadline = self.deadline.saturating_duration_since(Instant::now());
         Ok(model::BudgetStatus {
             input_tokens: left.input_tokens,

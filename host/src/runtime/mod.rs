@@ -291,7 +291,17 @@ fn default_worker_id() -> String {
 pub(crate) enum GuestFailure {
     Limit(Limit),
     Trap(String),
+    /// A host service failed during one of the guest's calls.
+    Host(String),
 }
+
+/// A host service that failed while a guest called into the host (the
+/// usage ledger unreachable): not the guest's doing, and another attempt
+/// may succeed. Returned from host functions as their error, which ends
+/// the guest's call.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct HostFault(pub(crate) String);
 
 /// Attribute a failed guest call: a recorded limit hit wins (a memory-limit
 /// refusal usually surfaces as an `unreachable` trap from the guest's
@@ -299,6 +309,9 @@ pub(crate) enum GuestFailure {
 pub(crate) fn classify(err: &wasmtime::Error, recorded: Option<Limit>) -> GuestFailure {
     if let Some(limit) = recorded {
         return GuestFailure::Limit(limit);
+    }
+    if let Some(fault) = err.downcast_ref::<HostFault>() {
+        return GuestFailure::Host(fault.0.clone());
     }
     match err.downcast_ref::<Trap>() {
         Some(Trap::OutOfFuel) => GuestFailure::Limit(Limit::Fuel),

@@ -410,6 +410,7 @@ async fn run_instance_here(
         Ok(Err(err)) => Err(match classify(&err, store.data().limit_hit()) {
             GuestFailure::Limit(limit) => limit_error(limit),
             GuestFailure::Trap(message) => ToolError::Failed(format!("tool trapped: {message}")),
+            GuestFailure::Host(message) => ToolError::Failed(format!("the host failed: {message}")),
         }),
         // A request's own timeouts end at the call's deadline too (see
         // `network`): a tool failing at that moment failed because of it.

@@ -69,15 +69,16 @@ impl From<PolicyError> for Poison {
 /// and the dead-letter queue"). Retried: what another attempt, later or on
 /// another worker, can change: a model call that failed (throttling, an
 /// outage), the deadline (a slow model or a busy host; a checkpointed
-/// session lets the retry resume), and host-side setup (instance pool
-/// exhausted, sandbox setup). Not retried: what the same input and component
+/// session lets the retry resume), host-side setup (instance pool
+/// exhausted, sandbox setup) and host services that failed mid-job (the
+/// usage ledger). Not retried: what the same input and component
 /// would do again: traps, the other limits, invalid input or output, and
 /// the agent's own refusals.
 pub fn is_retryable(error: &JobError) -> bool {
     match error {
         JobError::LimitExceeded(hit) => hit.limit == Limit::Deadline,
         JobError::Agent { kind, .. } => *kind == AgentFailureKind::Model,
-        JobError::Instantiate(_) | JobError::Sandbox(_) => true,
+        JobError::Instantiate(_) | JobError::Sandbox(_) | JobError::Host(_) => true,
         JobError::Load(_) | JobError::InvalidInput(_) | JobError::Trap(_) | JobError::InvalidOutput(_) => false,
     }
 }
@@ -495,6 +496,7 @@ mod tests {
             JobError::LimitExceeded(LimitExceeded::of(Limit::Deadline, &limits)),
             agent(AgentFailureKind::Model),
             JobError::Instantiate("pool exhausted".into()),
+            JobError::Host("cannot read the job's budget: connection refused".into()),
         ];
         let final_ = [
             JobError::LimitExceeded(LimitExceeded::of(Limit::Fuel, &limits)),
