@@ -205,6 +205,37 @@ async fn converse_stream_is_assembled_into_the_same_response() {
 }
 
 #[tokio::test]
+async fn a_streamed_tool_request_cut_off_by_max_tokens_is_dropped_not_retried() {
+    let reply = FakeReply {
+        content: vec![
+            FakeBlock::Text("Let me look that up.".into()),
+            FakeBlock::CutToolUse {
+                id: "t1".into(),
+                name: "search".into(),
+                partial_input: r#"{"query": "weath"#.into(),
+            },
+        ],
+        stop_reason: "max_tokens".into(),
+        input_tokens: 10,
+        output_tokens: 16,
+    };
+    let fake = FakeBedrock::start(reply).await.expect("fake");
+    let provider = provider(BedrockOptions {
+        stream: true,
+        ..options(&fake)
+    });
+    let response = provider
+        .converse(&tool_round_trip_request(), &context(Duration::from_secs(10)))
+        .await
+        .expect("the cut-off answer is an answer");
+    assert_eq!(response.stop_reason, StopReason::MaxTokens);
+    assert_eq!(message_text(&response.message), "Let me look that up.");
+    assert_eq!(response.message.content.len(), 1, "{:?}", response.message.content);
+    assert_eq!(response.usage.output_tokens, 16, "its usage is recorded");
+    assert_eq!(fake.request_count(), 1, "not asked again");
+}
+
+#[tokio::test]
 async fn a_mid_stream_exception_is_a_clean_provider_error() {
     let fake = FakeBedrock::start(FakeReply::text("unused", 1, 1)).await.expect("fake");
     fake.set_default(Step::MidStreamError);

@@ -45,6 +45,17 @@ pub enum FakeBlock {
         /// The tool input.
         input: Value,
     },
+    /// A tool request cut off while its input streamed, as `max_tokens`
+    /// cuts one: ConverseStream sends `partial_input` as it is (not valid
+    /// JSON); Converse sends an empty input.
+    CutToolUse {
+        /// The tool-use id.
+        id: String,
+        /// The tool name.
+        name: String,
+        /// The start of the input's JSON.
+        partial_input: String,
+    },
 }
 
 /// A successful fake model answer.
@@ -313,6 +324,9 @@ fn wire_block(block: &FakeBlock) -> Value {
         FakeBlock::ToolUse { id, name, input } => {
             json!({ "toolUse": { "toolUseId": id, "name": name, "input": input } })
         }
+        FakeBlock::CutToolUse { id, name, .. } => {
+            json!({ "toolUse": { "toolUseId": id, "name": name, "input": {} } })
+        }
     }
 }
 
@@ -348,20 +362,12 @@ fn stream_events(reply: &FakeReply) -> Vec<(&'static str, Value)> {
                     ));
                 }
             }
-            FakeBlock::ToolUse { id, name, input } => {
-                events.push((
-                    "contentBlockStart",
-                    json!({ "contentBlockIndex": index, "start": { "toolUse": { "toolUseId": id, "name": name } } }),
-                ));
-                let input = input.to_string();
-                let (a, b) = input.split_at(input.floor_char_boundary(input.len() / 2));
-                for part in [a, b] {
-                    events.push((
-                        "contentBlockDelta",
-                        json!({ "contentBlockIndex": index, "delta": { "toolUse": { "input": part } } }),
-                    ));
-                }
-            }
+            FakeBlock::ToolUse { id, name, input } => push_tool_use(&mut events, index, id, name, &input.to_string()),
+            FakeBlock::CutToolUse {
+                id,
+                name,
+                partial_input,
+            } => push_tool_use(&mut events, index, id, name, partial_input),
         }
         events.push(("contentBlockStop", json!({ "contentBlockIndex": index })));
     }
@@ -371,6 +377,22 @@ fn stream_events(reply: &FakeReply) -> Vec<(&'static str, Value)> {
         json!({ "usage": wire_usage(reply), "metrics": { "latencyMs": 1 } }),
     ));
     events
+}
+
+/// The events of a tool request whose input JSON (whole or not) arrives in
+/// two deltas.
+fn push_tool_use(events: &mut Vec<(&'static str, Value)>, index: usize, id: &str, name: &str, input: &str) {
+    events.push((
+        "contentBlockStart",
+        json!({ "contentBlockIndex": index, "start": { "toolUse": { "toolUseId": id, "name": name } } }),
+    ));
+    let (a, b) = input.split_at(input.floor_char_boundary(input.len() / 2));
+    for part in [a, b] {
+        events.push((
+            "contentBlockDelta",
+            json!({ "contentBlockIndex": index, "delta": { "toolUse": { "input": part } } }),
+        ));
+    }
 }
 
 fn frame(headers: [(&'static str, &str); 3], payload: &Value) -> Vec<u8> {

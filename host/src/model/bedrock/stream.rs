@@ -101,7 +101,12 @@ impl Assembler {
             elapsed_ms = self.started.elapsed().as_millis() as u64,
             "model stream finished"
         );
-        let content = self.blocks.into_values().map(finish_block).collect::<Result<_, _>>()?;
+        let cut_off = stop_reason == StopReason::MaxTokens;
+        let content = self
+            .blocks
+            .into_values()
+            .filter_map(|block| finish_block(block, cut_off).transpose())
+            .collect::<Result<_, _>>()?;
         Ok(ConverseResponse {
             message: Message {
                 role: Role::Assistant,
@@ -116,16 +121,28 @@ impl Assembler {
     }
 }
 
-fn finish_block(block: Partial) -> Result<ContentBlock, ModelError> {
-    Ok(match block {
+/// The finished block; none for a tool request that `max_tokens` cut off
+/// (`cut_off`) before its input was whole. That answer was paid for and
+/// says why it stopped; asking again would be cut off the same way, and
+/// paid for again.
+fn finish_block(block: Partial, cut_off: bool) -> Result<Option<ContentBlock>, ModelError> {
+    Ok(Some(match block {
         Partial::Text(text) => ContentBlock::Text(text),
         Partial::ToolUse { id, name, input } => {
             // An empty input stream means a tool without parameters.
             let input = if input.is_empty() { "{}".to_owned() } else { input };
-            serde_json::from_str::<serde::de::IgnoredAny>(&input).map_err(|err| {
-                ModelError::Provider(format!("the model streamed invalid JSON for tool-use {id}: {err}"))
-            })?;
-            ContentBlock::ToolUse(ToolUse { id, name, input })
+            match serde_json::from_str::<serde::de::IgnoredAny>(&input) {
+                Ok(_) => ContentBlock::ToolUse(ToolUse { id, name, input }),
+                Err(_) if cut_off => {
+                    tracing::debug!(tool_use = %id, tool = %name, "a tool request cut off by max-tokens is dropped");
+                    return Ok(None);
+                }
+                Err(err) => {
+                    return Err(ModelError::Provider(format!(
+                        "the model streamed invalid JSON for tool-use {id}: {err}"
+                    )));
+                }
+            }
         }
-    })
+    }))
 }
