@@ -134,6 +134,61 @@ async fn an_s3_agent_runs_is_reloaded_when_its_etag_changes_and_outlives_an_s3_o
     assert_eq!((summary.succeeded, summary.retried, summary.dead_lettered), (3, 0, 0));
 }
 
+/// A loopback proxy to `upstream` (`http://host:port`) that holds each new
+/// connection for `delay` before passing bytes either way: a slow network
+/// in front of S3. Its endpoint URL.
+async fn slow_proxy(upstream: &str, delay: Duration) -> String {
+    let upstream = upstream.trim_start_matches("http://").to_owned();
+    let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let upstream = upstream.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    format!("http://127.0.0.1:{port}")
+}
+
+/// Fetching (and compiling) a cold agent may take longer than a lease: the
+/// lease is extended meanwhile, so the job is not handed to another worker
+/// and run twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lease_is_kept_while_a_slow_agent_is_fetched() {
+    let moto = Moto::start().await;
+    bucket_with(&moto, &[("slow/agent.wasm", guest_bytes("trivial"))]).await;
+    let endpoint = slow_proxy(&moto.endpoint(), Duration::from_millis(2_500)).await;
+    let resources = JobResources {
+        aws_config: Some(moto.sdk_config()),
+        ..JobResources::default()
+    };
+    let config = WorkerConfig {
+        lease: ms(1_000),
+        heartbeat: ms(250),
+        ..config(endpoint)
+    };
+    let running = Running::start(
+        runtime(),
+        Arc::new(MemoryMailbox::new("jobs")),
+        config,
+        resources,
+        ReplyRoutes::registered_only(),
+    );
+    job(&running, "slow", &format!("s3://{BUCKET}/slow/agent.wasm")).await;
+    let answer = reply(running.mailbox.as_ref(), "slow").await;
+    assert_eq!(answer.status, ReplyStatus::Succeeded, "{answer:?}");
+    assert_eq!(answer.attempts, 1, "{answer:?}");
+    let summary = running.stop().await;
+    assert_eq!((summary.lease_lost, summary.retried), (0, 0), "{summary:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_agents_that_cannot_be_fetched_or_run_are_dead_lettered_at_once() {
     let moto = Moto::start().await;

@@ -83,9 +83,8 @@ pub fn is_retryable(error: &JobError) -> bool {
     }
 }
 
-/// How running a job under its lease ended.
-enum Run {
-    Finished(JobReport),
+/// Why work under a job's lease stopped before it finished.
+enum Interrupted {
     /// Another worker holds the message now.
     LeaseLost,
     /// Shutdown gave the job back unfinished.
@@ -170,7 +169,13 @@ impl Shared {
                 )
                 .await;
         }
-        let agent = match self.agent(envelope).await {
+        // Under the lease: fetching and compiling a cold agent can take longer
+        // than a lease, and shutdown must not wait on it.
+        let agent = match self.run_leased(&delivery.lease, Box::pin(self.agent(envelope))).await {
+            Ok(agent) => agent,
+            Err(interrupted) => return self.interrupted(delivery, interrupted).await,
+        };
+        let agent = match agent {
             Ok(agent) => agent,
             Err(AgentError::Poison(poison)) => return self.dead_letter(delivery, Some(envelope), &poison).await,
             Err(AgentError::Unavailable(message)) => {
@@ -199,14 +204,20 @@ impl Shared {
         // otherwise copy it each time the task future moves (spawn included).
         let job = Box::pin(self.runtime.run_agent(&agent.component, request, env));
         match self.run_leased(&delivery.lease, job).await {
-            Run::Finished(report) => {
-                self.conclude(delivery, envelope, &job_id, started_at_ms, report).await;
-            }
-            Run::LeaseLost => {
+            Ok(report) => self.conclude(delivery, envelope, &job_id, started_at_ms, report).await,
+            Err(interrupted) => self.interrupted(delivery, interrupted).await,
+        }
+    }
+
+    async fn interrupted(&self, delivery: &Delivery, interrupted: Interrupted) {
+        match interrupted {
+            Interrupted::LeaseLost => {
                 self.counters.lease_lost.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!("lease lost while the job ran; stopped it without a reply (the lease holder answers)");
+                tracing::warn!(
+                    "lease lost before the job finished; stopped it without a reply (the lease holder answers)"
+                );
             }
-            Run::Released => self.release(delivery).await,
+            Interrupted::Released => self.release(delivery).await,
         }
     }
 
@@ -215,22 +226,23 @@ impl Shared {
         self.agents.get(&envelope.agent, &source).await
     }
 
-    /// Run `job`, extending the lease every heartbeat from this same task:
-    /// a task that stops being scheduled stops extending, so a stuck job's
-    /// lease lapses and another worker takes it over.
-    async fn run_leased(&self, lease: &Lease, mut job: impl Future<Output = JobReport> + Unpin) -> Run {
+    /// Run `work` (loading the agent, running the job), extending the lease
+    /// every heartbeat from this same task: a task that stops being
+    /// scheduled stops extending, so a stuck job's lease lapses and another
+    /// worker takes it over.
+    async fn run_leased<T>(&self, lease: &Lease, mut work: impl Future<Output = T> + Unpin) -> Result<T, Interrupted> {
         let heartbeat = self.config.heartbeat.0;
         let beat = tokio::time::sleep(heartbeat);
         tokio::pin!(beat);
         loop {
             tokio::select! {
                 biased;
-                report = &mut job => return Run::Finished(report),
-                () = self.release.cancelled() => return Run::Released,
+                done = &mut work => return Ok(done),
+                () = self.release.cancelled() => return Err(Interrupted::Released),
                 () = &mut beat => {
                     match self.mailbox.extend(lease, self.config.lease.0).await {
                         Ok(()) => {}
-                        Err(MailboxError::LeaseLost { .. }) => return Run::LeaseLost,
+                        Err(MailboxError::LeaseLost { .. }) => return Err(Interrupted::LeaseLost),
                         Err(err) => tracing::warn!(error = %err, "cannot extend the lease; trying again next heartbeat"),
                     }
                     beat.as_mut().reset(tokio::time::Instant::now() + heartbeat);
