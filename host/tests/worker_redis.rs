@@ -382,3 +382,47 @@ fn a_worker_process_stopped_with_sigterm_exits_0_and_loses_no_job() {
     let ids: Vec<&str> = attempts.iter().map(|(id, _)| id.as_str()).collect();
     assert_eq!(ids, parked_ids, "{attempts:?}");
 }
+
+/// Callers that each name their own reply queue get their replies there
+/// over the worker's own connection: the worker does not open one per queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_to_many_reply_queues_share_the_workers_connection() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let mailbox = mailbox::open(&url, QUEUE).await.expect("redis mailbox");
+    let config = WorkerConfig {
+        concurrency: 4,
+        ..in_process_config("replier", ms(50))
+    };
+    let routes = ReplyRoutes::beside(mailbox.clone(), url.clone());
+    let worker = Worker::new(runtime(), mailbox.clone(), config, JobResources::default(), routes).expect("worker");
+    tokio::spawn({
+        let worker = worker.clone();
+        async move { worker.run().await }
+    });
+    let clients = |server: &RedisServer| server.cli(&["CLIENT", "LIST"]).lines().count();
+    // The worker's connections, opened as it starts claiming.
+    let first = envelope("warm-up", "trivial", json!({}));
+    send(mailbox.as_ref(), &first).await;
+    reply(mailbox.as_ref(), "warm-up").await;
+    let before = clients(&server);
+
+    for i in 0..40 {
+        let mut job = envelope(&format!("caller-{i}"), "trivial", json!({}));
+        job.reply_to = Some(format!("replies-{i}"));
+        send(mailbox.as_ref(), &job).await;
+    }
+    for i in 0..40 {
+        reply(mailbox.as_ref(), &format!("caller-{i}")).await;
+    }
+    let replies = mailbox::open(&url, "replies-39").await.expect("reply queue");
+    eventually("the reply on its queue", Duration::from_secs(5), || async {
+        (replies.depth().await.expect("depth").ready == 1).then_some(())
+    })
+    .await;
+    // The `replies` handle above is one more, and a claimer may have opened
+    // another blocking connection; a connection per reply queue would be 40.
+    let after = clients(&server);
+    assert!(after <= before + 3, "{before} connections before, {after} after");
+    worker.shutdown();
+}

@@ -209,7 +209,7 @@ impl WorkerArgs {
             tracing::warn!("mailbox memory:// lives inside this process: nothing outside it can enqueue jobs");
         }
         let resources = self.resources(&runtime, engine).await?;
-        let routes = ReplyRoutes::new(self.mailbox.clone()).register(mailbox.clone());
+        let routes = ReplyRoutes::beside(mailbox.clone(), self.mailbox.clone());
         let worker = Worker::new(runtime.clone(), mailbox, config.clone(), resources, routes)?;
         let addr = SocketAddr::new(config.health_host, config.health_port);
         let health = HealthServer::start(addr, worker.health(), runtime.metrics().clone())

@@ -422,6 +422,18 @@ impl Mailbox for RedisMailbox {
         &self.queue
     }
 
+    fn sibling(&self, queue: &str) -> Option<std::sync::Arc<dyn Mailbox>> {
+        validate_queue_name(queue).ok()?;
+        Some(std::sync::Arc::new(Self {
+            queue: queue.to_owned(),
+            keys: QueueKeys::new(queue),
+            url: self.url.clone(),
+            conn: self.conn.clone(),
+            reply_ttl: self.reply_ttl,
+            blockers: Mutex::new(Vec::new()),
+        }))
+    }
+
     async fn send(&self, request_id: &str, payload: Bytes) -> Result<Sent, MailboxError> {
         let mut results = self.send_batch(&[(request_id.to_owned(), payload)]).await?;
         results

@@ -8,12 +8,20 @@ use bytes::Bytes;
 
 use crate::mailbox::{self, Mailbox, MailboxError, Sent};
 
-/// Opens (once) and remembers the reply queues. Opening through the URL
-/// works for every shared backend; an in-process (`memory://`) queue must be
-/// registered to be reachable, since each open of `memory://` is a new queue.
+/// Reply queues remembered at most; past this one is forgotten for each
+/// new one (and its connection, if it has its own, closed), so that callers
+/// each naming their own queue cannot grow the worker without bound.
+const MAX_REMEMBERED: usize = 1024;
+
+/// Opens (once) and remembers the reply queues: beside the worker's own
+/// mailbox, on its connection, where the backend allows (Redis), else
+/// through the URL, which works for every shared backend. An in-process
+/// (`memory://`) queue must be registered to be reachable, since each open
+/// of `memory://` is a new queue.
 #[derive(Debug, Default)]
 pub struct ReplyRoutes {
     url: Option<String>,
+    home: Option<Arc<dyn Mailbox>>,
     opened: Mutex<HashMap<String, Arc<dyn Mailbox>>>,
     opening: tokio::sync::Mutex<()>,
 }
@@ -25,6 +33,17 @@ impl ReplyRoutes {
             url: Some(url.into()),
             ..Self::default()
         }
+    }
+
+    /// Reply queues beside `home` (the worker's own mailbox, at `url`),
+    /// sharing its connection where its backend can, else opened on `url`;
+    /// `home`'s own queue is registered.
+    pub fn beside(home: Arc<dyn Mailbox>, url: impl Into<String>) -> Self {
+        Self {
+            home: Some(home.clone()),
+            ..Self::new(url)
+        }
+        .register(home)
     }
 
     /// Only registered reply queues; any other `reply_to` is logged and skipped.
@@ -54,6 +73,10 @@ impl ReplyRoutes {
         if let Some(mailbox) = self.get(queue) {
             return Ok(mailbox);
         }
+        if let Some(sibling) = self.home.as_ref().and_then(|home| home.sibling(queue)) {
+            self.remember(queue, sibling.clone());
+            return Ok(sibling);
+        }
         let Some(url) = &self.url else {
             return Err(MailboxError::Invalid(format!(
                 "reply queue `{queue}` is not reachable from this worker"
@@ -64,16 +87,43 @@ impl ReplyRoutes {
             return Ok(mailbox);
         }
         let mailbox = mailbox::open(url, queue).await?;
-        self.opened
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(queue.to_owned(), mailbox.clone());
+        self.remember(queue, mailbox.clone());
         Ok(mailbox)
+    }
+
+    fn remember(&self, queue: &str, mailbox: Arc<dyn Mailbox>) {
+        let mut opened = self.opened.lock().unwrap_or_else(PoisonError::into_inner);
+        if opened.len() >= MAX_REMEMBERED {
+            let home = self.home.as_ref().map(|home| home.queue());
+            if let Some(forgotten) = opened.keys().find(|name| Some(name.as_str()) != home).cloned() {
+                opened.remove(&forgotten);
+            }
+        }
+        opened.insert(queue.to_owned(), mailbox);
     }
 
     /// Send `reply` to `queue` under `request_id` (idempotent: a second send
     /// of the same request is a [`Sent::Duplicate`]).
     pub(crate) async fn send(&self, queue: &str, request_id: &str, reply: Bytes) -> Result<Sent, MailboxError> {
         self.mailbox(queue).await?.send(request_id, reply).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mailbox::MemoryMailbox;
+
+    #[test]
+    fn it_remembers_a_bounded_number_of_reply_queues_and_always_its_home() {
+        let home: Arc<dyn Mailbox> = Arc::new(MemoryMailbox::new("jobs"));
+        let routes = ReplyRoutes::beside(home, "memory://");
+        for i in 0..MAX_REMEMBERED + 100 {
+            let queue = format!("replies-{i}");
+            routes.remember(&queue, Arc::new(MemoryMailbox::new(&queue)));
+        }
+        assert_eq!(routes.opened.lock().expect("lock").len(), MAX_REMEMBERED);
+        assert!(routes.get("jobs").is_some(), "the worker's own queue stays");
+        assert!(routes.get(&format!("replies-{}", MAX_REMEMBERED + 99)).is_some());
     }
 }
