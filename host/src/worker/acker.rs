@@ -3,14 +3,16 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
 use super::{MAILBOX_RETRY, Shared};
 use crate::mailbox::{Acked, Lease, MailboxError, Reply};
 
-/// Attempts at one batch while the mailbox is unreachable; after them the
-/// leases lapse and the jobs run again (their replies are deduplicated).
+/// Attempts at acking a job while the mailbox is unreachable; after them
+/// the lease lapses and the job runs again (its reply is deduplicated where
+/// the backend stores replies; a queue a reply was sent to gets it twice).
 const ACK_TRIES: u32 = 5;
 
 /// What the job tasks hand the acker.
@@ -64,9 +66,7 @@ pub(crate) async fn run(shared: Arc<Shared>, mut queue: mpsc::Receiver<AckItem>)
 }
 
 async fn ack(shared: &Shared, batch: &[(Lease, Reply)], succeeded: &[bool]) {
-    let Some(results) = ack_with_retries(shared, batch).await else {
-        return;
-    };
+    let results = ack_with_retries(shared, batch).await;
     let mut acked = 0;
     for (((lease, reply), ok), result) in batch.iter().zip(succeeded).zip(results) {
         match result {
@@ -91,6 +91,8 @@ async fn ack(shared: &Shared, batch: &[(Lease, Reply)], succeeded: &[bool]) {
                     "lease lost before the ack; this reply was dropped (the lease holder answers)"
                 );
             }
+            // Already reported when the retries gave up.
+            Err(MailboxError::Unavailable(_)) => {}
             Err(err) => tracing::warn!(request_id = %reply.request_id, error = %err, "ack failed"),
         }
     }
@@ -99,28 +101,172 @@ async fn ack(shared: &Shared, batch: &[(Lease, Reply)], succeeded: &[bool]) {
     }
 }
 
-/// The per-item results, retrying the whole batch while the mailbox is unreachable.
-async fn ack_with_retries(shared: &Shared, batch: &[(Lease, Reply)]) -> Option<Vec<Result<Acked, MailboxError>>> {
-    let mut pause = MAILBOX_RETRY;
+/// The per-item results of acking `batch`, reporting the mailbox's health.
+async fn ack_with_retries(shared: &Shared, batch: &[(Lease, Reply)]) -> Vec<Result<Acked, MailboxError>> {
+    retrying_unreachable(batch, MAILBOX_RETRY, &mut WorkerAcks(shared)).await
+}
+
+/// The per-item results of one `ack_batch` call, or why it failed as a whole.
+type BatchAnswer = Result<Vec<Result<Acked, MailboxError>>, MailboxError>;
+
+/// Where acks go: the worker's mailbox (or, in tests, a script).
+trait AckBatch {
+    fn ack_batch(&mut self, items: &[(Lease, Reply)]) -> impl Future<Output = BatchAnswer> + Send;
+}
+
+/// The worker's mailbox, its health told of each answer.
+struct WorkerAcks<'a>(&'a Shared);
+
+impl AckBatch for WorkerAcks<'_> {
+    async fn ack_batch(&mut self, items: &[(Lease, Reply)]) -> BatchAnswer {
+        let answer = self.0.mailbox.ack_batch(items).await;
+        match &answer {
+            Ok(_) => self.0.health.mailbox_answered(),
+            Err(_) => self.0.health.mailbox_failed(),
+        }
+        answer
+    }
+}
+
+/// The per-item results of acking `batch` through `ack_batch`, retried while
+/// the mailbox is unreachable: the whole batch when the call fails, then the
+/// items it could not reach (SQS, say, throttling some deletes). Pauses
+/// start at `pause` and double.
+async fn retrying_unreachable(
+    batch: &[(Lease, Reply)],
+    mut pause: Duration,
+    mailbox: &mut impl AckBatch,
+) -> Vec<Result<Acked, MailboxError>> {
+    let mut results: Vec<Result<Acked, MailboxError>> = batch
+        .iter()
+        .map(|_| Err(MailboxError::Unavailable("no answer for this ack".into())))
+        .collect();
+    let mut pending: Vec<usize> = (0..batch.len()).collect();
     for attempt in 1..=ACK_TRIES {
-        match shared.mailbox.ack_batch(batch).await {
-            Ok(results) => {
-                shared.health.mailbox_answered();
-                return Some(results);
+        let retried: Vec<(Lease, Reply)>;
+        let items = if pending.len() == batch.len() {
+            batch
+        } else {
+            retried = pending.iter().map(|&index| batch[index].clone()).collect();
+            &retried
+        };
+        match mailbox.ack_batch(items).await {
+            Ok(answers) => {
+                let mut unreached = Vec::new();
+                for (&index, answer) in pending.iter().zip(answers) {
+                    if matches!(answer, Err(MailboxError::Unavailable(_))) {
+                        unreached.push(index);
+                    }
+                    results[index] = answer;
+                }
+                pending = unreached;
             }
             Err(err) => {
-                shared.health.mailbox_failed();
-                tracing::warn!(jobs = batch.len(), attempt, error = %err, "batch ack failed");
-                if attempt < ACK_TRIES {
-                    tokio::time::sleep(pause).await;
-                    pause *= 2;
+                tracing::warn!(jobs = pending.len(), attempt, error = %err, "batch ack failed");
+                let message = err.to_string();
+                for &index in &pending {
+                    results[index] = Err(MailboxError::Unavailable(message.clone()));
                 }
             }
         }
+        if pending.is_empty() {
+            return results;
+        }
+        if attempt < ACK_TRIES {
+            tokio::time::sleep(pause).await;
+            pause *= 2;
+        }
     }
     tracing::error!(
-        jobs = batch.len(),
-        "giving up on a batch ack; the jobs run again when their leases lapse"
+        jobs = pending.len(),
+        "giving up on acking; these jobs run again when their leases lapse"
     );
-    None
+    results
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+
+    fn item(n: u32) -> (Lease, Reply) {
+        let id = format!("request-{n}");
+        let lease = Lease {
+            message_id: id.clone(),
+            token: "t".into(),
+        };
+        (
+            lease,
+            Reply {
+                request_id: id,
+                body: Bytes::from_static(b"{}"),
+            },
+        )
+    }
+
+    /// Answers each call with what `answer` says for (call number, message id),
+    /// or fails the call as a whole where it says so for message id "".
+    struct Scripted<F> {
+        calls: Vec<Vec<String>>,
+        answer: F,
+    }
+
+    impl<F> AckBatch for Scripted<F>
+    where
+        F: FnMut(usize, &str) -> Result<Acked, MailboxError> + Send,
+    {
+        async fn ack_batch(&mut self, items: &[(Lease, Reply)]) -> BatchAnswer {
+            self.calls
+                .push(items.iter().map(|(lease, _)| lease.message_id.clone()).collect());
+            let call = self.calls.len();
+            (self.answer)(call, "")?;
+            Ok(items
+                .iter()
+                .map(|(lease, _)| (self.answer)(call, &lease.message_id))
+                .collect())
+        }
+    }
+
+    #[tokio::test]
+    async fn items_the_mailbox_could_not_reach_are_retried_alone_until_acked() {
+        let batch: Vec<_> = (0..3).map(item).collect();
+        let mut mailbox = Scripted {
+            calls: Vec::new(),
+            // The second delete is throttled the first time.
+            answer: |call, id: &str| match (call, id) {
+                (1, "request-1") => Err(MailboxError::Unavailable("throttled".into())),
+                _ => Ok(Acked::Replied),
+            },
+        };
+        let results = retrying_unreachable(&batch, Duration::ZERO, &mut mailbox).await;
+        assert!(
+            results.iter().all(|result| matches!(result, Ok(Acked::Replied))),
+            "{results:?}"
+        );
+        assert_eq!(
+            mailbox.calls,
+            [vec!["request-0", "request-1", "request-2"], vec!["request-1"]]
+        );
+    }
+
+    #[tokio::test]
+    async fn an_item_never_reached_is_given_up_after_the_tries_and_the_rest_kept() {
+        let batch: Vec<_> = (0..2).map(item).collect();
+        let mut mailbox = Scripted {
+            calls: Vec::new(),
+            answer: |call, id: &str| match (call, id) {
+                (2, "") => Err(MailboxError::Unavailable("connection reset".into())),
+                (_, "request-1") => Err(MailboxError::Unavailable("throttled".into())),
+                _ => Ok(Acked::Replied),
+            },
+        };
+        let results = retrying_unreachable(&batch, Duration::ZERO, &mut mailbox).await;
+        assert_eq!(mailbox.calls.len(), ACK_TRIES as usize);
+        assert!(matches!(results[0], Ok(Acked::Replied)), "{results:?}");
+        assert!(
+            matches!(&results[1], Err(MailboxError::Unavailable(m)) if m == "throttled"),
+            "{results:?}"
+        );
+    }
 }
