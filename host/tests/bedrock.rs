@@ -14,8 +14,8 @@ use wink_host::bindings::types::ToolSpec;
 use wink_host::model::bedrock::fake::{FakeBedrock, FakeBlock, FakeReply, Step, sdk_config};
 use wink_host::model::bedrock::{BedrockOptions, BedrockProvider, BreakerConfig, Guardrail, RetryPolicy};
 use wink_host::model::{
-    CallContext, ContentBlock, ConverseRequest, Message, ModelError, ModelProvider, Role, StopReason, ToolResult,
-    ToolUse, message_text,
+    CallContext, ContentBlock, ConverseRequest, ConverseResponse, Message, ModelError, ModelProvider, Role, StopReason,
+    ToolResult, ToolUse, message_text,
 };
 
 const MODEL: &str = "us.anthropic.claude-3-5-haiku-20241022-v1:0";
@@ -166,6 +166,20 @@ async fn tool_use_round_trips_through_the_sdk_with_every_request_field() {
     assert!(auth.1.contains(ACCESS_KEY), "SigV4-signed with the host's credentials");
 }
 
+/// The tool round trip's request sent over ConverseStream to a fake
+/// server answering `reply`, and what came of it.
+async fn streamed(reply: FakeReply) -> (FakeBedrock, Result<ConverseResponse, ModelError>) {
+    let fake = FakeBedrock::start(reply).await.expect("fake");
+    let provider = provider(BedrockOptions {
+        stream: true,
+        ..options(&fake)
+    });
+    let response = provider
+        .converse(&tool_round_trip_request(), &context(Duration::from_secs(10)))
+        .await;
+    (fake, response)
+}
+
 #[tokio::test]
 async fn converse_stream_is_assembled_into_the_same_response() {
     let reply = FakeReply {
@@ -181,15 +195,8 @@ async fn converse_stream_is_assembled_into_the_same_response() {
         input_tokens: 31,
         output_tokens: 17,
     };
-    let fake = FakeBedrock::start(reply).await.expect("fake");
-    let provider = provider(BedrockOptions {
-        stream: true,
-        ..options(&fake)
-    });
-    let response = provider
-        .converse(&tool_round_trip_request(), &context(Duration::from_secs(10)))
-        .await
-        .expect("converse stream");
+    let (fake, response) = streamed(reply).await;
+    let response = response.expect("converse stream");
     assert!(fake.requests()[0].stream, "went through /converse-stream");
     assert_eq!(response.stop_reason, StopReason::ToolUse);
     assert_eq!((response.usage.input_tokens, response.usage.output_tokens), (31, 17));
@@ -219,15 +226,8 @@ async fn a_streamed_tool_request_cut_off_by_max_tokens_is_dropped_not_retried() 
         input_tokens: 10,
         output_tokens: 16,
     };
-    let fake = FakeBedrock::start(reply).await.expect("fake");
-    let provider = provider(BedrockOptions {
-        stream: true,
-        ..options(&fake)
-    });
-    let response = provider
-        .converse(&tool_round_trip_request(), &context(Duration::from_secs(10)))
-        .await
-        .expect("the cut-off answer is an answer");
+    let (fake, response) = streamed(reply).await;
+    let response = response.expect("the cut-off answer is an answer");
     assert_eq!(response.stop_reason, StopReason::MaxTokens);
     assert_eq!(message_text(&response.message), "Let me look that up.");
     assert_eq!(response.message.content.len(), 1, "{:?}", response.message.content);
