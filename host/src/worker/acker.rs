@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{MAILBOX_RETRY, Shared};
@@ -112,6 +113,10 @@ type BatchAnswer = Result<Vec<Result<Acked, MailboxError>>, MailboxError>;
 /// Where acks go: the worker's mailbox (or, in tests, a script).
 trait AckBatch {
     fn ack_batch(&mut self, items: &[(Lease, Reply)]) -> impl Future<Output = BatchAnswer> + Send;
+
+    /// The reply stored for `request_id`, if the backend stores replies and
+    /// answers.
+    fn stored_reply(&mut self, request_id: &str) -> impl Future<Output = Option<Bytes>> + Send;
 }
 
 /// The worker's mailbox, its health told of each answer.
@@ -125,6 +130,10 @@ impl AckBatch for WorkerAcks<'_> {
             Err(_) => self.0.health.mailbox_failed(),
         }
         answer
+    }
+
+    async fn stored_reply(&mut self, request_id: &str) -> Option<Bytes> {
+        self.0.mailbox.reply(request_id).await.ok().flatten()
     }
 }
 
@@ -142,6 +151,9 @@ async fn retrying_unreachable(
         .map(|_| Err(MailboxError::Unavailable("no answer for this ack".into())))
         .collect();
     let mut pending: Vec<usize> = (0..batch.len()).collect();
+    // Items sent in a call that failed as a whole: it may have acked them
+    // before its answer was lost.
+    let mut in_doubt = vec![false; batch.len()];
     for attempt in 1..=ACK_TRIES {
         let retried: Vec<(Lease, Reply)>;
         let items = if pending.len() == batch.len() {
@@ -166,28 +178,40 @@ async fn retrying_unreachable(
                 let message = err.to_string();
                 for &index in &pending {
                     results[index] = Err(MailboxError::Unavailable(message.clone()));
+                    in_doubt[index] = true;
                 }
             }
         }
         if pending.is_empty() {
-            return results;
+            break;
         }
         if attempt < ACK_TRIES {
             tokio::time::sleep(pause).await;
             pause *= 2;
         }
     }
-    tracing::error!(
-        jobs = pending.len(),
-        "giving up on acking; these jobs run again when their leases lapse"
-    );
+    if !pending.is_empty() {
+        tracing::error!(
+            jobs = pending.len(),
+            "giving up on acking; these jobs run again when their leases lapse"
+        );
+    }
+    for (index, (_, reply)) in batch.iter().enumerate() {
+        // A lease "lost" on a retry of a call whose answer was lost is most
+        // likely this reply's own ack: when the stored reply is this one,
+        // the job is done (and its session and spend can be forgotten).
+        if in_doubt[index]
+            && matches!(results[index], Err(MailboxError::LeaseLost { .. }))
+            && mailbox.stored_reply(&reply.request_id).await.as_ref() == Some(&reply.body)
+        {
+            results[index] = Ok(Acked::Replied);
+        }
+    }
     results
 }
 
 #[cfg(test)]
 mod tests {
-    use bytes::Bytes;
-
     use super::*;
 
     fn item(n: u32) -> (Lease, Reply) {
@@ -210,6 +234,7 @@ mod tests {
     struct Scripted<F> {
         calls: Vec<Vec<String>>,
         answer: F,
+        stored: Vec<Reply>,
     }
 
     impl<F> AckBatch for Scripted<F>
@@ -226,6 +251,11 @@ mod tests {
                 .map(|(lease, _)| (self.answer)(call, &lease.message_id))
                 .collect())
         }
+
+        async fn stored_reply(&mut self, request_id: &str) -> Option<Bytes> {
+            let stored = self.stored.iter().find(|reply| reply.request_id == request_id)?;
+            Some(stored.body.clone())
+        }
     }
 
     #[tokio::test]
@@ -233,6 +263,7 @@ mod tests {
         let batch: Vec<_> = (0..3).map(item).collect();
         let mut mailbox = Scripted {
             calls: Vec::new(),
+            stored: Vec::new(),
             // The second delete is throttled the first time.
             answer: |call, id: &str| match (call, id) {
                 (1, "request-1") => Err(MailboxError::Unavailable("throttled".into())),
@@ -255,6 +286,7 @@ mod tests {
         let batch: Vec<_> = (0..2).map(item).collect();
         let mut mailbox = Scripted {
             calls: Vec::new(),
+            stored: Vec::new(),
             answer: |call, id: &str| match (call, id) {
                 (2, "") => Err(MailboxError::Unavailable("connection reset".into())),
                 (_, "request-1") => Err(MailboxError::Unavailable("throttled".into())),
@@ -268,5 +300,32 @@ mod tests {
             matches!(&results[1], Err(MailboxError::Unavailable(m)) if m == "throttled"),
             "{results:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_lease_lost_after_a_call_whose_answer_was_lost_is_acked_if_its_reply_is_stored() {
+        let batch: Vec<_> = (0..3).map(item).collect();
+        let mut mailbox = Scripted {
+            calls: Vec::new(),
+            // The first call acked everything, but its answer was lost.
+            answer: |call, id: &str| match (call, id) {
+                (1, "") => Err(MailboxError::Unavailable("connection reset".into())),
+                (_, "") => Ok(Acked::Replied),
+                (_, id) => Err(MailboxError::LeaseLost { message_id: id.into() }),
+            },
+            // Another worker answered request-2 with a reply of its own.
+            stored: vec![
+                batch[0].1.clone(),
+                batch[1].1.clone(),
+                Reply {
+                    request_id: "request-2".into(),
+                    body: Bytes::from_static(b"{\"theirs\": true}"),
+                },
+            ],
+        };
+        let results = retrying_unreachable(&batch, Duration::ZERO, &mut mailbox).await;
+        assert!(matches!(results[0], Ok(Acked::Replied)), "{results:?}");
+        assert!(matches!(results[1], Ok(Acked::Replied)), "{results:?}");
+        assert!(matches!(results[2], Err(MailboxError::LeaseLost { .. })), "{results:?}");
     }
 }
