@@ -157,6 +157,12 @@ impl Budget {
                 max_tokens = Some(room);
             }
         }
+        if request.config.max_tokens.is_none() {
+            // Set by the host, not asked for: within what the model takes and
+            // what Bedrock's field (an i32) carries, or every call is refused.
+            let ceiling = price.and_then(|price| price.max_tokens).unwrap_or(i32::MAX as u32);
+            max_tokens = max_tokens.map(|room| room.min(ceiling));
+        }
         Ok(max_tokens)
     }
 }
@@ -192,7 +198,7 @@ fn estimate_prompt_tokens(request: &ConverseRequest) -> u32 {
 }
 
 /// A model's price in US dollars per million tokens (which is also
-/// micro-dollars per token).
+/// micro-dollars per token), and what it can generate.
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Price {
@@ -200,6 +206,11 @@ pub struct Price {
     pub input_usd_per_mtok: f64,
     /// Generated tokens.
     pub output_usd_per_mtok: f64,
+    /// The largest `max_tokens` the model takes, where known. When a call
+    /// sets none and a budget makes the host set one, it stays within this:
+    /// Bedrock refuses a larger one.
+    #[serde(default)]
+    pub max_tokens: Option<u32>,
 }
 
 impl Price {
@@ -231,30 +242,32 @@ pub struct PriceTable {
     prices: HashMap<String, Price>,
 }
 
-/// On-demand Bedrock list prices (USD per million tokens) of the Anthropic
-/// Claude models; override them with [`PriceTable::with_overrides`].
-const CLAUDE_PRICES: &[(&str, f64, f64)] = &[
-    ("anthropic.claude-3-haiku", 0.25, 1.25),
-    ("anthropic.claude-3-5-haiku", 0.80, 4.0),
-    ("anthropic.claude-haiku-4-5", 1.0, 5.0),
-    ("anthropic.claude-3-sonnet", 3.0, 15.0),
-    ("anthropic.claude-3-5-sonnet", 3.0, 15.0),
-    ("anthropic.claude-3-7-sonnet", 3.0, 15.0),
-    ("anthropic.claude-sonnet-4", 3.0, 15.0),
-    ("anthropic.claude-sonnet-4-5", 3.0, 15.0),
-    ("anthropic.claude-3-opus", 15.0, 75.0),
-    ("anthropic.claude-opus-4", 15.0, 75.0),
-    ("anthropic.claude-opus-4-1", 15.0, 75.0),
+/// On-demand Bedrock list prices (USD per million tokens, input and
+/// output) of the Anthropic Claude models, and their largest `max_tokens`;
+/// override them with [`PriceTable::with_overrides`].
+const CLAUDE_PRICES: &[(&str, f64, f64, u32)] = &[
+    ("anthropic.claude-3-haiku", 0.25, 1.25, 4_096),
+    ("anthropic.claude-3-5-haiku", 0.80, 4.0, 8_192),
+    ("anthropic.claude-haiku-4-5", 1.0, 5.0, 64_000),
+    ("anthropic.claude-3-sonnet", 3.0, 15.0, 4_096),
+    ("anthropic.claude-3-5-sonnet", 3.0, 15.0, 8_192),
+    ("anthropic.claude-3-7-sonnet", 3.0, 15.0, 64_000),
+    ("anthropic.claude-sonnet-4", 3.0, 15.0, 64_000),
+    ("anthropic.claude-sonnet-4-5", 3.0, 15.0, 64_000),
+    ("anthropic.claude-3-opus", 15.0, 75.0, 4_096),
+    ("anthropic.claude-opus-4", 15.0, 75.0, 32_000),
+    ("anthropic.claude-opus-4-1", 15.0, 75.0, 32_000),
 ];
 
 impl Default for PriceTable {
     fn default() -> Self {
         let prices = CLAUDE_PRICES
             .iter()
-            .map(|&(id, input, output)| {
+            .map(|&(id, input, output, max_output)| {
                 let price = Price {
                     input_usd_per_mtok: input,
                     output_usd_per_mtok: output,
+                    max_tokens: Some(max_output),
                 };
                 (id.to_owned(), price)
             })
@@ -477,6 +490,36 @@ mod tests {
         });
         assert!(budget.admit(&Spent::default(), &big_spec, None).is_err());
         assert!(budget.admit(&Spent::default(), &request(None), None).is_ok());
+    }
+
+    #[test]
+    fn a_max_tokens_the_host_sets_stays_within_what_the_model_takes() {
+        let haiku = PriceTable::default()
+            .price("us.anthropic.claude-3-5-haiku-20241022-v1:0")
+            .expect("priced");
+        // $1 at $4/Mtok output leaves room for about 250,000 tokens.
+        let dollar = Budget {
+            max_micro_usd: Some(1_000_000),
+            ..Budget::default()
+        };
+        assert_eq!(
+            dollar.admit(&Spent::default(), &request(None), Some(haiku)),
+            Ok(Some(8_192))
+        );
+        // What the call asks for is its own to ask.
+        assert_eq!(
+            dollar.admit(&Spent::default(), &request(Some(20_000)), Some(haiku)),
+            Ok(Some(20_000))
+        );
+        // A model without a known ceiling: within what Bedrock's field carries.
+        let tokens = Budget {
+            max_output_tokens: Some(u64::MAX),
+            ..Budget::default()
+        };
+        assert_eq!(
+            tokens.admit(&Spent::default(), &request(None), None),
+            Ok(Some(i32::MAX as u32))
+        );
     }
 
     #[test]
