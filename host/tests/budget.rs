@@ -8,7 +8,7 @@ use std::sync::Arc;
 use common::*;
 use serde_json::{Value, json};
 use wink_host::job::JobRequest;
-use wink_host::model::bedrock::fake::{FakeBedrock, FakeReply, sdk_config};
+use wink_host::model::bedrock::fake::{FakeBedrock, FakeReply, Step, sdk_config};
 use wink_host::model::bedrock::{BedrockOptions, BedrockProvider};
 use wink_host::model::{Budget, ModelPolicy};
 use wink_host::runtime::JobEnv;
@@ -226,4 +226,41 @@ async fn a_model_outside_the_allowlist_is_not_allowed() {
         "the default model is granted: {default}"
     );
     assert_eq!(fake.requests()[0].model_id, MODEL);
+}
+
+/// A model call the job's deadline cuts short may still be billed: the
+/// ledger is charged its worst case, so a retry of the job cannot spend the
+/// budget as if it had never been made.
+#[tokio::test]
+async fn a_call_cut_short_by_the_deadline_is_charged_its_worst_case() {
+    let fake = fake().await;
+    fake.set_default(Step::Slow(
+        std::time::Duration::from_secs(5),
+        Box::new(Step::Reply(FakeReply::text("too late", 10, 5))),
+    ));
+    let policy = budget_policy(Budget {
+        max_output_tokens: Some(1_000),
+        ..Budget::default()
+    });
+    let ledger = policy.ledger.clone();
+    let mut env = env_for(&fake, policy);
+    env.limits.deadline = std::time::Duration::from_millis(500);
+    let runtime = runtime();
+    let agent = load(&runtime, "adversary").await;
+    let report = runtime.run_agent(&agent, JobRequest::new("cut", many(1)), env).await;
+    let err = report.outcome.expect_err("the deadline cut the call short");
+    assert!(err.to_string().contains("deadline"), "{err}");
+
+    let started = std::time::Instant::now();
+    let spent = loop {
+        let spent = ledger.spent("cut").await.expect("spent");
+        if spent.turns > 0 || started.elapsed() > std::time::Duration::from_secs(5) {
+            break spent;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!((spent.turns, spent.output_tokens), (1, 1_000), "{spent:?}");
+    assert!(spent.input_tokens >= 1, "{spent:?}");
+    // $4 per million output tokens, $0.80 per million input tokens.
+    assert!(spent.micro_usd >= 4_000, "{spent:?}");
 }

@@ -171,7 +171,7 @@ impl Budget {
 /// cannot fit and to size the output's room; the provider's count is what
 /// gets recorded. Everything sent is counted: in an agent's loop most of
 /// the prompt is tool results, and the tools' specs are billed too.
-fn estimate_prompt_tokens(request: &ConverseRequest) -> u32 {
+pub(super) fn estimate_prompt_tokens(request: &ConverseRequest) -> u32 {
     let system: u32 = request.system.iter().map(|s| estimate_tokens(s)).sum();
     // Each message's blocks counted together, without concatenating them.
     let block_bytes = |blocks: &[ContentBlock]| -> usize {

@@ -4,7 +4,9 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::budget::{Budget, LedgerError, MemoryUsageLedger, PriceTable, Remaining, Spent, UsageLedger};
+use super::budget::{
+    Budget, LedgerError, MemoryUsageLedger, Price, PriceTable, Remaining, Spent, UsageLedger, estimate_prompt_tokens,
+};
 use super::{CallContext, ConverseRequest, ConverseResponse, ModelError, ModelProvider};
 
 /// A job's model allowlist, default model, budget and accounting.
@@ -92,7 +94,15 @@ impl ModelPolicy {
         let spent = self.ledger.spent(&context.request_id).await.map_err(ledger_failed)?;
         request.config.max_tokens = self.budget.admit(&spent, &request, price)?;
         account.max_tokens = request.config.max_tokens;
-        let response = provider.converse(&request, context).await?;
+        let in_flight = InFlight {
+            ledger: self.ledger.clone(),
+            request_id: context.request_id.clone(),
+            worst_case: Some(worst_case(&request, price)),
+        };
+        let response = provider.converse(&request, context).await;
+        // Answered, or failed with an answer (not billed): accounted below.
+        in_flight.answered();
+        let response = response?;
         let (input_tokens, output_tokens) = (
             u64::from(response.usage.input_tokens),
             u64::from(response.usage.output_tokens),
@@ -151,6 +161,71 @@ impl ModelPolicy {
     /// What is left of the budget for `request_id`.
     pub async fn remaining(&self, request_id: &str) -> Result<Remaining, LedgerError> {
         Ok(self.budget.remaining(&self.ledger.spent(request_id).await?))
+    }
+}
+
+/// What a call to `request` could cost at most: its prompt (estimated) and
+/// every token its `max_tokens` allows (none known without one).
+fn worst_case(request: &ConverseRequest, price: Option<Price>) -> Spent {
+    let input_tokens = u64::from(estimate_prompt_tokens(request));
+    let output_tokens = u64::from(
+        request
+            .config
+            .max_tokens
+            .or_else(|| price.and_then(|price| price.max_tokens))
+            .unwrap_or(0),
+    );
+    Spent {
+        input_tokens,
+        output_tokens,
+        micro_usd: price.map_or(0, |price| price.cost(input_tokens, output_tokens)),
+        turns: 1,
+    }
+}
+
+/// A model call on its way. Dropped before it answered (the job's deadline,
+/// shutdown or a lost lease cut it short), it charges the ledger the call's
+/// worst case: Bedrock may well finish and bill it, and a retry of the job
+/// must find that spend rather than a budget that never saw it.
+struct InFlight {
+    ledger: Arc<dyn UsageLedger>,
+    request_id: Arc<str>,
+    /// None once answered.
+    worst_case: Option<Spent>,
+}
+
+impl InFlight {
+    fn answered(mut self) {
+        self.worst_case = None;
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let Some(worst_case) = self.worst_case.take() else {
+            return;
+        };
+        // Drop cannot wait; outside a runtime (never, in the host) the charge is lost.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (ledger, request_id) = (self.ledger.clone(), self.request_id.clone());
+        runtime.spawn(async move {
+            match ledger.add(&request_id, worst_case).await {
+                Ok(_) => tracing::info!(
+                    request_id = &*request_id,
+                    input_tokens = worst_case.input_tokens,
+                    output_tokens = worst_case.output_tokens,
+                    micro_usd = worst_case.micro_usd,
+                    "a model call cut short was charged its worst case"
+                ),
+                Err(err) => tracing::warn!(
+                    request_id = &*request_id,
+                    error = %err,
+                    "cannot charge a model call cut short"
+                ),
+            }
+        });
     }
 }
 
