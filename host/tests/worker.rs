@@ -433,7 +433,9 @@ async fn a_redelivered_request_continues_its_budget_instead_of_starting_over() {
     assert_budget_carried_over(&answer);
     assert_eq!(
         (answer.spent.turns, answer.spent.input_tokens),
-        (2, 20),
+        // Two answered turns of 10 input tokens, and the call the first
+        // attempt's deadline cut short, charged its prompt (one token).
+        (2, 21),
         "{:?}",
         answer.spent
     );

@@ -165,7 +165,8 @@ impl ModelPolicy {
 }
 
 /// What a call to `request` could cost at most: its prompt (estimated) and
-/// every token its `max_tokens` allows (none known without one).
+/// every token its `max_tokens` allows (none known without one); not a
+/// turn, which counts answers.
 fn worst_case(request: &ConverseRequest, price: Option<Price>) -> Spent {
     let input_tokens = u64::from(estimate_prompt_tokens(request));
     let output_tokens = u64::from(
@@ -179,7 +180,8 @@ fn worst_case(request: &ConverseRequest, price: Option<Price>) -> Spent {
         input_tokens,
         output_tokens,
         micro_usd: price.map_or(0, |price| price.cost(input_tokens, output_tokens)),
-        turns: 1,
+        // Turns count the calls that got an answer.
+        turns: 0,
     }
 }
 
