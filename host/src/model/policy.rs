@@ -95,9 +95,11 @@ impl ModelPolicy {
         request.config.max_tokens = self.budget.admit(&spent, &request, price)?;
         account.max_tokens = request.config.max_tokens;
         let in_flight = InFlight {
-            ledger: self.ledger.clone(),
-            request_id: context.request_id.clone(),
-            worst_case: Some(worst_case(&request, price)),
+            ledger: &self.ledger,
+            request_id: &context.request_id,
+            request: &request,
+            price,
+            answered: false,
         };
         let response = provider.converse(&request, context).await;
         // Answered, or failed with an answer (not billed): accounted below.
@@ -188,29 +190,32 @@ fn worst_case(request: &ConverseRequest, price: Option<Price>) -> Spent {
 /// A model call on its way. Dropped before it answered (the job's deadline,
 /// shutdown or a lost lease cut it short), it charges the ledger the call's
 /// worst case: Bedrock may well finish and bill it, and a retry of the job
-/// must find that spend rather than a budget that never saw it.
-struct InFlight {
-    ledger: Arc<dyn UsageLedger>,
-    request_id: Arc<str>,
-    /// None once answered.
-    worst_case: Option<Spent>,
+/// must find that spend rather than a budget that never saw it. Only
+/// borrows until then: a call that answers costs nothing more.
+struct InFlight<'a> {
+    ledger: &'a Arc<dyn UsageLedger>,
+    request_id: &'a Arc<str>,
+    request: &'a ConverseRequest,
+    price: Option<Price>,
+    answered: bool,
 }
 
-impl InFlight {
+impl InFlight<'_> {
     fn answered(mut self) {
-        self.worst_case = None;
+        self.answered = true;
     }
 }
 
-impl Drop for InFlight {
+impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        let Some(worst_case) = self.worst_case.take() else {
+        if self.answered {
             return;
-        };
+        }
         // Drop cannot wait; outside a runtime (never, in the host) the charge is lost.
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
+        let worst_case = worst_case(self.request, self.price);
         let (ledger, request_id) = (self.ledger.clone(), self.request_id.clone());
         runtime.spawn(async move {
             match ledger.add(&request_id, worst_case).await {
