@@ -8,9 +8,10 @@ use bytes::Bytes;
 
 use crate::mailbox::{self, Mailbox, MailboxError, Sent};
 
-/// Reply queues remembered at most; past this one is forgotten for each
-/// new one (and its connection, if it has its own, closed), so that callers
-/// each naming their own queue cannot grow the worker without bound.
+/// Reply queues opened on first use remembered at most; past this one is
+/// forgotten for each new one (and its connection, if it has its own,
+/// closed), so that callers each naming their own queue cannot grow the
+/// worker without bound. Registered queues are always kept.
 const MAX_REMEMBERED: usize = 1024;
 
 /// Opens (once) and remembers the reply queues: beside the worker's own
@@ -22,6 +23,9 @@ const MAX_REMEMBERED: usize = 1024;
 pub struct ReplyRoutes {
     url: Option<String>,
     home: Option<Arc<dyn Mailbox>>,
+    /// Given by [`Self::register`]: the only way to reach an in-process queue.
+    registered: HashMap<String, Arc<dyn Mailbox>>,
+    /// Opened on first use, at most [`MAX_REMEMBERED`].
     opened: Mutex<HashMap<String, Arc<dyn Mailbox>>>,
     opening: tokio::sync::Mutex<()>,
 }
@@ -52,15 +56,15 @@ impl ReplyRoutes {
     }
 
     /// Send replies for `mailbox.queue()` to `mailbox`.
-    pub fn register(self, mailbox: Arc<dyn Mailbox>) -> Self {
-        self.opened
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(mailbox.queue().to_owned(), mailbox);
+    pub fn register(mut self, mailbox: Arc<dyn Mailbox>) -> Self {
+        self.registered.insert(mailbox.queue().to_owned(), mailbox);
         self
     }
 
     fn get(&self, queue: &str) -> Option<Arc<dyn Mailbox>> {
+        if let Some(mailbox) = self.registered.get(queue) {
+            return Some(mailbox.clone());
+        }
         self.opened
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -93,11 +97,10 @@ impl ReplyRoutes {
 
     fn remember(&self, queue: &str, mailbox: Arc<dyn Mailbox>) {
         let mut opened = self.opened.lock().unwrap_or_else(PoisonError::into_inner);
-        if opened.len() >= MAX_REMEMBERED {
-            let home = self.home.as_ref().map(|home| home.queue());
-            if let Some(forgotten) = opened.keys().find(|name| Some(name.as_str()) != home).cloned() {
-                opened.remove(&forgotten);
-            }
+        if opened.len() >= MAX_REMEMBERED
+            && let Some(forgotten) = opened.keys().next().cloned()
+        {
+            opened.remove(&forgotten);
         }
         opened.insert(queue.to_owned(), mailbox);
     }
