@@ -196,18 +196,28 @@ async fn retrying_unreachable(
             "giving up on acking; these jobs run again when their leases lapse"
         );
     }
-    for (index, (_, reply)) in batch.iter().enumerate() {
-        // A lease "lost" on a retry of a call whose answer was lost is most
-        // likely this reply's own ack: when the stored reply is this one,
-        // the job is done (and its session and spend can be forgotten).
-        if in_doubt[index]
-            && matches!(results[index], Err(MailboxError::LeaseLost { .. }))
+    resolve_doubts(batch, &mut results, &in_doubt, mailbox).await;
+    results
+}
+
+/// A lease "lost" on the retry of a call whose answer was lost is most
+/// likely that call's own ack: where the stored reply is the item's, it
+/// counts as acked (the job is done, and its session and spend can be
+/// forgotten).
+async fn resolve_doubts(
+    batch: &[(Lease, Reply)],
+    results: &mut [Result<Acked, MailboxError>],
+    in_doubt: &[bool],
+    mailbox: &mut impl AckBatch,
+) {
+    for (((_, reply), result), &doubt) in batch.iter().zip(results).zip(in_doubt) {
+        if doubt
+            && matches!(result, Err(MailboxError::LeaseLost { .. }))
             && mailbox.stored_reply(&reply.request_id).await.as_ref() == Some(&reply.body)
         {
-            results[index] = Ok(Acked::Replied);
+            *result = Ok(Acked::Replied);
         }
     }
-    results
 }
 
 #[cfg(test)]
