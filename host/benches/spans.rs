@@ -3,13 +3,13 @@
 //! way.
 //!
 //! One thread records, in a loop, what `wink-host` records per job: the
-//! worker's delivery span and the runtime's job span inside it, with their
-//! real fields, and the `job succeeded` line. It runs with JSON logs alone
-//! (to a sink), then with OTLP trace export too, in alternating rounds,
-//! and reports the host's CPU time per job for each: the recording thread's
-//! and the exporter's threads', that is the process's less the endpoint's
-//! (an in-process endpoint on a thread of its own that reads and drops each
-//! request). The difference is what export adds to each job.
+//! worker's job span, with its real fields, and the `job succeeded` line.
+//! It runs with JSON logs alone (to a sink), then with OTLP trace export
+//! too, in alternating rounds, and reports the host's CPU time per job for
+//! each: the recording thread's and the exporter's threads', that is the
+//! process's less the endpoint's (an in-process endpoint on a thread of its
+//! own that reads and drops each request). The difference is what export
+//! adds to each job.
 //!
 //! `WINK_BENCH_JOBS` (default 200,000 per run) and `WINK_BENCH_ROUNDS`
 //! (default 7) size the run. The export reads the `OTEL_*` variables as
@@ -80,7 +80,7 @@ fn main() {
         "spans",
         json!({
             "scenario": "spans",
-            "what": "per job: the delivery and job spans with their fields and the `job succeeded` line, recorded on one thread",
+            "what": "per job: the job span with its fields and the `job succeeded` line, recorded on one thread",
             "protocol": export_protocol,
             "jobs_per_run": jobs,
             "rounds": rounds,
@@ -116,16 +116,16 @@ fn per_job_ns(time: Duration, jobs: usize) -> f64 {
     common::round(time.as_secs_f64() * 1e9 / jobs as f64)
 }
 
-/// The spans and the line of `jobs` trivial jobs, as the worker
+/// The span and the line of `jobs` trivial jobs, as the worker
 /// (`worker/process.rs`) and the runtime (`runtime/agent.rs`) record them.
 fn record_jobs(jobs: usize) {
     for n in 0..jobs {
         let request_id = format!("job-8-{n}");
         let job_id = format!("bench-{n}");
-        let delivery = tracing::info_span!(
+        let job = tracing::info_span!(
             target: "wink_host::worker::process",
-            "worker_job",
-            otel.name = %format_args!("process {}", "bench-8-1"),
+            "job",
+            otel.name = %format_args!("invoke_agent {}", "trivial"),
             otel.kind = "consumer",
             messaging.operation.type = "process",
             messaging.destination.name = %"bench-8-1",
@@ -134,33 +134,19 @@ fn record_jobs(jobs: usize) {
             job_id = %job_id,
             attempt = 1_i64,
             worker_id = %"bench",
+            gen_ai.operation.name = "invoke_agent",
+            gen_ai.agent.name = %"trivial",
             otel.status_code = tracing::field::Empty,
             error.type = tracing::field::Empty,
         );
-        delivery.in_scope(|| {
-            let job = tracing::info_span!(
+        job.in_scope(|| {
+            tracing::info!(
                 target: "wink_host::runtime::agent",
-                "job",
-                otel.name = %format_args!("invoke_agent {}", "trivial"),
-                otel.status_code = tracing::field::Empty,
-                request_id = %request_id,
-                job_id = %job_id,
-                attempt = 1_i64,
-                worker_id = %"bench",
-                component = %"trivial",
-                gen_ai.operation.name = "invoke_agent",
-                gen_ai.agent.name = %"trivial",
-                error.type = tracing::field::Empty,
+                elapsed_us = 12_u64,
+                fuel = 4_242_u64,
+                output_bytes = 9_usize,
+                "job succeeded"
             );
-            job.in_scope(|| {
-                tracing::info!(
-                    target: "wink_host::runtime::agent",
-                    elapsed_us = 12_u64,
-                    fuel = 4_242_u64,
-                    output_bytes = 9_usize,
-                    "job succeeded"
-                );
-            });
         });
     }
 }

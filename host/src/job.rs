@@ -17,7 +17,9 @@ pub struct JobRequest {
     pub attempt: u32,
     /// The input, as JSON text.
     pub input: String,
-    /// The caller's W3C `traceparent`, continued by the job's trace.
+    /// The caller's W3C `traceparent`, continued by the span
+    /// [`Runtime::run_agent`](crate::runtime::Runtime::run_agent) opens for
+    /// the job.
     pub traceparent: Option<String>,
 }
 

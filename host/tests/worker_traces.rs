@@ -1,6 +1,6 @@
 //! The worker's traces, exported over OTLP/HTTP to an in-process receiver
-//! that decodes the protobuf: a delivery continues the envelope's
-//! `traceparent`, and the job runs inside it.
+//! that decodes the protobuf: a delivery's span continues the envelope's
+//! `traceparent` and is the job's span too.
 //!
 //! Its own test binary, so its global subscriber is alone.
 
@@ -47,7 +47,7 @@ fn one<'a>(spans: &'a [Span], name: &str) -> &'a Span {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_delivery_continues_the_producers_trace_and_the_job_runs_inside_it() {
+async fn a_delivery_continues_the_producers_trace_in_one_span_that_the_job_runs_in() {
     let (endpoint, received) = http_receiver().await;
     let telemetry = telemetry::install(
         TelemetryOptions {
@@ -111,58 +111,97 @@ async fn a_delivery_continues_the_producers_trace_and_the_job_runs_inside_it() {
 
     let spans = received.spans();
     let trace: Vec<Span> = spans.iter().filter(|s| hex(&s.trace_id) == TRACE_ID).cloned().collect();
-    let process = one(&trace, "process jobs");
+    let job = one(&trace, "invoke_agent hello");
     assert_eq!(
-        hex(&process.parent_span_id),
+        hex(&job.parent_span_id),
         CALLER_SPAN_ID,
         "continues the producer's span"
     );
-    assert_eq!(process.kind, SpanKind::Consumer as i32);
+    assert_eq!(job.kind, SpanKind::Consumer as i32);
     for (key, value) in [
         ("request_id", "traced-1"),
         ("attempt", "1"),
         ("worker_id", "traced"),
         ("messaging.destination.name", "jobs"),
         ("messaging.operation.type", "process"),
+        ("gen_ai.operation.name", "invoke_agent"),
+        ("gen_ai.agent.name", "hello"),
     ] {
-        assert_eq!(text(process, key).as_deref(), Some(value), "{key}: {process:#?}");
+        assert_eq!(text(job, key).as_deref(), Some(value), "{key}: {job:#?}");
     }
-    let job = one(&trace, "invoke_agent hello");
-    assert_eq!(
-        job.parent_span_id, process.span_id,
-        "the job is a child of its delivery"
-    );
-    assert_eq!(text(job, "job_id"), text(process, "job_id"));
-    assert_eq!(
-        text(job, "worker_id").as_deref(),
-        Some("traced"),
-        "the job span names the worker's own id, not the runtime's default"
+    assert!(text(job, "job_id").is_some(), "{job:#?}");
+    assert!(
+        trace
+            .iter()
+            .all(|s| s.span_id == job.span_id || s.parent_span_id == job.span_id),
+        "the job is one span, its calls its children: {trace:#?}"
     );
     let chat = trace.iter().find(|s| s.name.starts_with("chat")).expect("chat span");
     assert_eq!(chat.parent_span_id, job.span_id);
+
+    // The claim and the ack serve many jobs at once: spans of their own,
+    // linked to the jobs.
+    let claims: Vec<&Span> = spans.iter().filter(|s| s.name == "claim jobs").collect();
+    let [claim] = job.links.as_slice() else {
+        panic!("the job links to the claim that delivered it: {job:#?}")
+    };
+    let claim = claims
+        .iter()
+        .find(|s| s.span_id == claim.span_id && s.trace_id == claim.trace_id)
+        .unwrap_or_else(|| panic!("the claim span the job links to: {claims:#?}"));
+    assert_eq!(claim.kind, SpanKind::Client as i32);
+    for (key, value) in [
+        ("messaging.operation.type", "receive"),
+        ("messaging.operation.name", "claim"),
+        ("messaging.destination.name", "jobs"),
+    ] {
+        assert_eq!(text(claim, key).as_deref(), Some(value), "{key}: {claim:#?}");
+    }
+    assert!(claim.start_time_unix_nano <= job.start_time_unix_nano, "{claim:#?}");
+    let ack = spans
+        .iter()
+        .find(|s| {
+            s.name == "ack jobs"
+                && s.links
+                    .iter()
+                    .any(|l| l.span_id == job.span_id && l.trace_id == job.trace_id)
+        })
+        .unwrap_or_else(|| panic!("an ack span links to the job: {spans:#?}"));
+    assert_eq!(ack.kind, SpanKind::Client as i32);
+    assert_eq!(text(ack, "messaging.operation.type").as_deref(), Some("settle"));
+    assert!(
+        text(ack, "messaging.batch.message_count").is_some_and(|n| n.parse::<u32>().is_ok_and(|n| n >= 1)),
+        "{ack:#?}"
+    );
+    assert!(
+        !spans
+            .iter()
+            .any(|s| s.name == "claim jobs" && text(s, "messaging.batch.message_count").as_deref() == Some("0")),
+        "empty claims leave no span"
+    );
 
     let poisoned: Vec<Span> = spans
         .iter()
         .filter(|s| hex(&s.trace_id) == POISON_TRACE_ID)
         .cloned()
         .collect();
-    let process = one(&poisoned, "process jobs");
-    assert_eq!(text(process, "error.type").as_deref(), Some("component_unreadable"));
+    let unreadable = one(&poisoned, "invoke_agent agent");
+    assert_eq!(text(unreadable, "error.type").as_deref(), Some("component_unreadable"));
     assert!(
-        process.events.iter().any(|e| e.name == "message dead-lettered"),
-        "{process:#?}"
+        unreadable.events.iter().any(|e| e.name == "message dead-lettered"),
+        "{unreadable:#?}"
     );
 
     let started = spans
         .iter()
-        .find(|s| s.name == "process jobs" && text(s, "request_id").as_deref() == Some("untraced-1"))
-        .expect("the delivery of a job without a traceparent is exported");
+        .find(|s| s.name == "invoke_agent hello" && text(s, "request_id").as_deref() == Some("untraced-1"))
+        .expect("the job of a delivery without a traceparent is exported");
     assert!(started.parent_span_id.is_empty(), "a new trace: {started:#?}");
     assert!(
         spans
             .iter()
-            .any(|s| s.name == "invoke_agent hello" && s.trace_id == started.trace_id),
-        "its job is in its trace"
+            .any(|s| s.name.starts_with("chat") && s.parent_span_id == started.span_id),
+        "its model call is its child"
     );
     telemetry.shutdown().expect("shutdown");
 }

@@ -30,7 +30,8 @@ Logging and tracing (environment; see docs/observability.md):
   OTEL_EXPORTER_OTLP_HEADERS          key=value,... sent with every export (e.g. an API key)
   OTEL_EXPORTER_OTLP_TIMEOUT          export timeout in ms [default: 10000]
   OTEL_SERVICE_NAME                   service.name [default: wink-host]
-  OTEL_RESOURCE_ATTRIBUTES            more resource attributes, key=value,...";
+  OTEL_RESOURCE_ATTRIBUTES            more resource attributes, key=value,...
+  WINK_TRACE_MAILBOX_SPANS            false: no claim and ack spans from workers [default: true]";
 
 /// Runs AI agents and the tools they call as sandboxed WebAssembly components.
 #[derive(Debug, Parser)]

@@ -123,8 +123,9 @@ impl Runtime {
         })
     }
 
-    /// Run one job to completion. Never panics on guest behaviour: every
-    /// failure is reported in [`JobReport::outcome`].
+    /// Run one job to completion in a span of its own, `invoke_agent
+    /// {agent}`, which continues [`JobRequest::traceparent`]. Never panics on
+    /// guest behaviour: every failure is reported in [`JobReport::outcome`].
     pub async fn run_agent(&self, agent: &AgentComponent, request: JobRequest, env: JobEnv) -> JobReport {
         let span = tracing::info_span!(
             "job",
@@ -136,12 +137,28 @@ impl Runtime {
             // bridge would export a u32 as a string.
             attempt = i64::from(request.attempt),
             worker_id = %self.worker_id(),
-            component = %agent.name,
             gen_ai.operation.name = "invoke_agent",
             gen_ai.agent.name = %agent.name,
             error.type = Empty,
         );
         crate::telemetry::continue_trace(&span, request.traceparent.as_deref());
+        self.run_agent_in(agent, request, env, span).await
+    }
+
+    /// Run one job to completion inside `span`, a span of the caller's that
+    /// stands for the job (the mailbox worker's delivery span, for one), so
+    /// that a job is one span, not two. The job's model and tool calls
+    /// become its children and its log lines carry its fields; a failed job
+    /// records `otel.status_code` and `error.type` on it, which it should
+    /// declare. [`JobRequest::traceparent`] is not read: the span carries
+    /// the trace already.
+    pub async fn run_agent_in(
+        &self,
+        agent: &AgentComponent,
+        request: JobRequest,
+        env: JobEnv,
+        span: tracing::Span,
+    ) -> JobReport {
         let report = self
             .run_agent_in_span(agent, request, env, span.clone())
             .instrument(span.clone())

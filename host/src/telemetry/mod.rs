@@ -9,6 +9,7 @@
 //! Spans are exported over OTLP when `OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT`
 //! is set (see [`TraceConfig`] and docs/observability.md).
 
+mod batch_calls;
 mod json_lines;
 mod metrics;
 mod otlp;
@@ -25,6 +26,7 @@ use tracing_subscriber::fmt::format::FmtSpan;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::{Layer, Registry};
 
+pub use batch_calls::{BatchCall, BatchOperation, BatchSpans, SpanLink};
 pub(crate) use metrics::ModelCallRecord;
 pub use metrics::{CircuitState, Metrics, PROMETHEUS_TEXT_CONTENT_TYPE};
 pub use redact::{REDACTED, RedactError, RedactingMakeWriter, RedactingWriter, Redactor};
@@ -173,7 +175,12 @@ where
         // and a detach each time a job's future is polled.
         .with_context_activation(false)
         .with_filter(trace_targets());
-    let dispatch = tracing::Dispatch::new(Registry::default().with(log_layer).with(trace_layer));
+    let batch_tracer = options
+        .traces
+        .as_ref()
+        .is_some_and(|traces| traces.mailbox_spans)
+        .then(|| batch_calls::BatchTracer(traces::tracer(&provider)));
+    let dispatch = tracing::Dispatch::new(Registry::default().with(log_layer).with(trace_layer).with(batch_tracer));
     let _ = dispatch_slot.set(dispatch.downgrade());
     let telemetry = Telemetry {
         provider,

@@ -100,6 +100,11 @@ pub struct TraceConfig {
     pub resource_attributes: Vec<(String, String)>,
     /// How spans wait and leave in batches.
     pub batch: BatchSettings,
+    /// Whether a worker's claims and batches of acks are spans of their own
+    /// (`WINK_TRACE_MAILBOX_SPANS`, default true), linked to the job spans
+    /// they served. About two more spans per job when jobs are few at a
+    /// time: trivial high-rate jobs may do without them.
+    pub mailbox_spans: bool,
 }
 
 /// How spans are batched for export, from the standard `OTEL_BSP_*`
@@ -154,6 +159,14 @@ impl BatchSettings {
             max_export_batch_size,
             schedule_delay,
         })
+    }
+}
+
+fn boolean(value: &str) -> Result<bool, String> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err("expected true or false".into()),
     }
 }
 
@@ -228,6 +241,7 @@ impl TraceConfig {
             service_name: DEFAULT_SERVICE_NAME.into(),
             resource_attributes: Vec::new(),
             batch: BatchSettings::default(),
+            mailbox_spans: true,
         }
     }
 
@@ -289,6 +303,7 @@ impl TraceConfig {
             service_name,
             resource_attributes,
             batch: BatchSettings::from_vars(var)?,
+            mailbox_spans: first_parsed(var, &["WINK_TRACE_MAILBOX_SPANS"], boolean)?.unwrap_or(true),
         }))
     }
 }
@@ -575,9 +590,11 @@ mod tests {
             ),
             ("OTEL_BSP_MAX_QUEUE_SIZE", "4096"),
             ("OTEL_BSP_SCHEDULE_DELAY", " 250 "),
+            ("WINK_TRACE_MAILBOX_SPANS", "False"),
         ]))
         .expect("valid")
         .expect("on");
+        assert!(!config.mailbox_spans);
         assert_eq!(config.endpoint, "https://api.example.test/otel/v1/traces");
         assert_eq!(config.protocol, OtlpProtocol::HttpProtobuf);
         assert_eq!(
@@ -622,6 +639,7 @@ mod tests {
         assert_eq!(grpc.timeout, DEFAULT_EXPORT_TIMEOUT);
         assert_eq!(grpc.compression, OtlpCompression::None);
         assert_eq!(grpc.batch, BatchSettings::default());
+        assert!(grpc.mailbox_spans, "claims and acks are spans unless turned off");
     }
 
     #[test]
@@ -703,6 +721,10 @@ mod tests {
             (
                 vec![endpoint, ("OTEL_BSP_SCHEDULE_DELAY", "0")],
                 r#"invalid OTEL_BSP_SCHEDULE_DELAY="0": expected milliseconds, above 0"#,
+            ),
+            (
+                vec![endpoint, ("WINK_TRACE_MAILBOX_SPANS", "off")],
+                r#"invalid WINK_TRACE_MAILBOX_SPANS="off": expected true or false"#,
             ),
         ] {
             let err = TraceConfig::from_vars(vars(&pairs)).expect_err("invalid").to_string();

@@ -10,6 +10,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{MAILBOX_RETRY, Shared};
 use crate::mailbox::{Acked, Lease, MailboxError, Reply};
+use crate::telemetry::{BatchOperation, BatchSpans, SpanLink};
 
 /// Attempts at acking a job while the mailbox is unreachable; after them
 /// the lease lapses and the job runs again (its reply is deduplicated where
@@ -25,6 +26,8 @@ pub(crate) enum AckItem {
         reply: Reply,
         /// Whether the reply says `succeeded` (for the counters).
         succeeded: bool,
+        /// The job's span, for the ack's span to link to.
+        job_span: Option<SpanLink>,
     },
     /// Everything sent before this is acked: answer and stop.
     Stop(oneshot::Sender<()>),
@@ -36,6 +39,7 @@ pub(crate) async fn run(shared: Arc<Shared>, mut queue: mpsc::Receiver<AckItem>)
     let mut items = Vec::with_capacity(limit);
     let mut batch = Vec::with_capacity(limit);
     let mut succeeded = Vec::with_capacity(limit);
+    let mut job_spans = Vec::new();
     loop {
         if queue.recv_many(&mut items, limit).await == 0 {
             return;
@@ -47,15 +51,17 @@ pub(crate) async fn run(shared: Arc<Shared>, mut queue: mpsc::Receiver<AckItem>)
                     lease,
                     reply,
                     succeeded: ok,
+                    job_span,
                 } => {
                     batch.push((lease, reply));
                     succeeded.push(ok);
+                    job_spans.extend(job_span);
                 }
                 AckItem::Stop(done) => stop = Some(done),
             }
         }
         if !batch.is_empty() {
-            ack(&shared, &batch, &succeeded).await;
+            ack(&shared, &batch, &succeeded, job_spans.drain(..)).await;
             batch.clear();
             succeeded.clear();
         }
@@ -66,8 +72,18 @@ pub(crate) async fn run(shared: Arc<Shared>, mut queue: mpsc::Receiver<AckItem>)
     }
 }
 
-async fn ack(shared: &Shared, batch: &[(Lease, Reply)], succeeded: &[bool]) {
+async fn ack(
+    shared: &Shared,
+    batch: &[(Lease, Reply)],
+    succeeded: &[bool],
+    job_spans: impl IntoIterator<Item = SpanLink>,
+) {
+    let call = shared.batch_spans.as_ref().map(BatchSpans::start);
     let results = ack_with_retries(shared, batch).await;
+    if let Some(call) = call {
+        let failed = results.iter().filter(|result| result.is_err()).count();
+        call.end(BatchOperation::Ack, shared.queue(), batch.len(), failed, job_spans);
+    }
     let mut acked = 0;
     for (((lease, reply), ok), result) in batch.iter().zip(succeeded).zip(results) {
         match result {

@@ -17,6 +17,15 @@ use crate::policy::{Budget, EffectivePolicy, PolicyNarrowing};
 use crate::runtime::{AgentComponent, JobEnv, Limits, LoadError, Runtime, agent_name};
 use crate::tools::ToolSet;
 
+/// The name the agent at `source` goes by once loaded (its component's name
+/// in logs, spans, metrics and policy sections).
+pub(crate) fn source_name(source: &AgentRef) -> String {
+    match source {
+        AgentRef::File(path) => agent_name(path),
+        AgentRef::S3 { key, .. } => agent_name(Path::new(key)),
+    }
+}
+
 /// Loaded agents, keyed by the envelope's `agent` text.
 pub(crate) struct Agents {
     runtime: Runtime,
@@ -206,8 +215,10 @@ impl Agents {
             }
             AgentRef::S3 { bucket, key } => {
                 let object = self.s3.fetch(bucket, key).await?;
-                let name = agent_name(Path::new(key));
-                let component = self.runtime.load_agent_bytes(&name, object.bytes).await?;
+                let component = self
+                    .runtime
+                    .load_agent_bytes(&source_name(source), object.bytes)
+                    .await?;
                 (component, Version::S3 { etag: object.etag })
             }
         };

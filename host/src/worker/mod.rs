@@ -29,6 +29,7 @@ use crate::model::{ModelPolicy, ModelProvider, ScriptedProvider};
 use crate::policy::Policy;
 use crate::runtime::{Limits, Runtime};
 use crate::session::{MemorySessionStore, SessionStore};
+use crate::telemetry::{BatchOperation, BatchSpans, SpanLink};
 use crate::tools::ToolComponent;
 
 pub use config::WorkerConfig;
@@ -184,6 +185,8 @@ struct Shared {
     job_seq: AtomicU64,
     acks: mpsc::Sender<AckItem>,
     ack_queue: Mutex<Option<mpsc::Receiver<AckItem>>>,
+    /// Records claims and acks as spans, when they are exported.
+    batch_spans: Option<BatchSpans>,
     /// Stop claiming and drain.
     shutdown: CancellationToken,
     /// Give every job in flight back now.
@@ -201,6 +204,8 @@ impl Worker {
     /// envelopes' `reply_to`. Without a `worker_id` in `config` the worker
     /// takes the runtime's; with one, the jobs it runs name it in their
     /// spans too, so job spans and worker logs always name the same one.
+    /// Its claims and acks are spans when the tracing subscriber current
+    /// here exports them ([`BatchSpans::current`]).
     pub fn new(
         runtime: Runtime,
         mailbox: Arc<dyn Mailbox>,
@@ -243,6 +248,7 @@ impl Worker {
                 job_seq: AtomicU64::new(0),
                 acks,
                 ack_queue: Mutex::new(Some(ack_queue)),
+                batch_spans: BatchSpans::current(),
                 shutdown: CancellationToken::new(),
                 release: CancellationToken::new(),
             }),
@@ -347,10 +353,16 @@ impl Shared {
                 tokio::task::yield_now().await;
             }
             let free = concurrency.saturating_sub(self.in_flight.load(Ordering::Acquire));
+            let call = self.batch_spans.as_ref().map(BatchSpans::start);
             match self.mailbox.claim(free, self.config.lease.0, poll_wait).await {
                 Ok(batch) => {
                     self.health.mailbox_answered();
-                    self.dispatch(batch);
+                    // A claim that found nothing leaves no span: idle
+                    // workers poll all the time.
+                    let claim = call
+                        .filter(|_| !batch.is_empty())
+                        .map(|call| call.end(BatchOperation::Claim, self.queue(), batch.len(), 0, []));
+                    self.dispatch(batch, claim);
                 }
                 Err(err) => {
                     self.health.mailbox_failed();
@@ -364,7 +376,9 @@ impl Shared {
         }
     }
 
-    fn dispatch(self: &Arc<Self>, batch: Vec<Delivery>) {
+    /// Run each delivery of a claim in a task of its own; `claim` links
+    /// their spans to the claim's.
+    fn dispatch(self: &Arc<Self>, batch: Vec<Delivery>, claim: Option<SpanLink>) {
         if batch.is_empty() {
             return;
         }
@@ -374,9 +388,10 @@ impl Shared {
         for delivery in batch {
             self.in_flight.fetch_add(1, Ordering::AcqRel);
             let shared = self.clone();
+            let claim = claim.clone();
             tokio::spawn(async move {
                 let _slot = Slot(&shared);
-                shared.process(delivery).await;
+                shared.process(delivery, claim).await;
             });
         }
     }

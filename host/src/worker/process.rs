@@ -10,12 +10,13 @@ use tracing::Instrument;
 
 use super::Shared;
 use super::acker::AckItem;
-use super::agents::{AgentError, CachedAgent};
+use super::agents::{AgentError, source_name};
 use super::reply::{REPLY_VERSION, ReplyError, ReplyHead, ReplySpent, ReplyStatus, ReplyTimings, ReplyUsage};
 use crate::job::{AgentFailureKind, JobError, JobReport, JobRequest, JobStats};
-use crate::mailbox::{DeadLetterReason, Delivery, Envelope, EnvelopeError, Lease, MailboxError, Reply};
+use crate::mailbox::{AgentRef, DeadLetterReason, Delivery, Envelope, EnvelopeError, Lease, MailboxError, Reply};
 use crate::policy::PolicyError;
 use crate::runtime::{Limit, LoadError};
+use crate::telemetry::SpanLink;
 
 /// The error kind of a job whose deadline passed before or while it ran.
 pub const DEADLINE_EXCEEDED: &str = "deadline_exceeded";
@@ -102,20 +103,26 @@ fn unix_ms_now() -> u64 {
 }
 
 impl Shared {
-    pub(super) async fn process(&self, delivery: Delivery) {
-        let envelope = match Envelope::parse(&delivery.payload) {
-            Ok(envelope) => envelope,
+    pub(super) async fn process(&self, delivery: Delivery, claim: Option<SpanLink>) {
+        let parsed = Envelope::parse(&delivery.payload).and_then(|envelope| {
+            let source = envelope.agent_ref()?;
+            Ok((envelope, source))
+        });
+        let (envelope, source) = match parsed {
+            Ok(parsed) => parsed,
             Err(err) => return self.dead_letter(&delivery, None, &err.into()).await,
         };
         let job_id = self.next_job_id();
-        // The delivery's span (an OpenTelemetry consumer span) continues the
-        // producer's trace; the runtime's job span becomes its child, so the
-        // caller, the delivery, the job and its model and tool calls are one
-        // trace, and the worker's own lines (retries, dead letters) carry the
-        // job's ids.
+        // One span per delivery, an OpenTelemetry consumer span that
+        // continues the producer's trace and stands for the job too: the
+        // runtime runs the agent in it, so the caller, the job and its model
+        // and tool calls are one trace, and the worker's own lines (retries,
+        // dead letters) carry the job's ids. It is named for the agent, as
+        // the GenAI conventions name an `invoke_agent` span.
+        let agent = source_name(&source);
         let span = tracing::info_span!(
-            "worker_job",
-            otel.name = %format_args!("process {}", self.queue()),
+            "job",
+            otel.name = %format_args!("invoke_agent {agent}"),
             otel.kind = "consumer",
             messaging.operation.type = "process",
             messaging.destination.name = %self.queue(),
@@ -125,16 +132,28 @@ impl Shared {
             // Signed: OpenTelemetry has no unsigned integers.
             attempt = i64::from(delivery.attempt),
             worker_id = %self.id,
+            gen_ai.operation.name = "invoke_agent",
+            gen_ai.agent.name = %agent,
             otel.status_code = tracing::field::Empty,
             error.type = tracing::field::Empty,
         );
         crate::telemetry::continue_trace(&span, envelope.traceparent.as_deref());
-        self.run_job(&delivery, &envelope, job_id, &span)
+        if let Some(claim) = claim {
+            claim.add_to(&span);
+        }
+        self.run_job(&delivery, &envelope, source, job_id, &span)
             .instrument(span.clone())
             .await;
     }
 
-    async fn run_job(&self, delivery: &Delivery, envelope: &Envelope, job_id: String, span: &tracing::Span) {
+    async fn run_job(
+        &self,
+        delivery: &Delivery,
+        envelope: &Envelope,
+        source: AgentRef,
+        job_id: String,
+        span: &tracing::Span,
+    ) {
         let max = self.config.max_attempts;
         if delivery.attempt > max {
             let poison = Poison::new(
@@ -171,7 +190,10 @@ impl Shared {
         }
         // Under the lease: fetching and compiling a cold agent can take longer
         // than a lease, and shutdown must not wait on it.
-        let agent = match self.run_leased(&delivery.lease, Box::pin(self.agent(envelope))).await {
+        let agent = match self
+            .run_leased(&delivery.lease, Box::pin(self.agents.get(&envelope.agent, &source)))
+            .await
+        {
             Ok(agent) => agent,
             Err(interrupted) => return self.interrupted(delivery, interrupted).await,
         };
@@ -197,12 +219,12 @@ impl Shared {
             job_id: job_id.clone(),
             attempt: delivery.attempt,
             input: envelope.input.to_string(),
-            // This delivery's span when traces are recorded, else the caller's.
-            traceparent: crate::telemetry::traceparent(span).or_else(|| envelope.traceparent.clone()),
+            // The span carries the trace.
+            traceparent: None,
         };
         // Boxed: the sandbox's future is kilobytes, and every job task would
         // otherwise copy it each time the task future moves (spawn included).
-        let job = Box::pin(self.runtime.run_agent(&agent.component, request, env));
+        let job = Box::pin(self.runtime.run_agent_in(&agent.component, request, env, span.clone()));
         match self.run_leased(&delivery.lease, job).await {
             Ok(report) => self.conclude(delivery, envelope, &job_id, started_at_ms, report).await,
             Err(interrupted) => self.interrupted(delivery, interrupted).await,
@@ -219,11 +241,6 @@ impl Shared {
             }
             Interrupted::Released => self.release(delivery).await,
         }
-    }
-
-    async fn agent(&self, envelope: &Envelope) -> Result<std::sync::Arc<CachedAgent>, AgentError> {
-        let source = envelope.agent_ref().map_err(Poison::from)?;
-        self.agents.get(&envelope.agent, &source).await
     }
 
     /// Run `work` (loading the agent, running the job), extending the lease
@@ -363,6 +380,10 @@ impl Shared {
                 body,
             },
             succeeded: status == ReplyStatus::Succeeded,
+            job_span: self
+                .batch_spans
+                .as_ref()
+                .and_then(|spans| spans.link_to(&tracing::Span::current())),
         };
         // The acker outlives every job task: it stops only after they end.
         let _ = self.acks.send(item).await;

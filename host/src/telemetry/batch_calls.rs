@@ -1,0 +1,187 @@
+//! Spans of mailbox calls that serve several jobs at once: a worker's claim
+//! of a batch of messages, the acker's batch of acks. Such a call cannot be
+//! a child of every job it serves, so, as the OpenTelemetry messaging
+//! conventions record batch operations, it is a client span of its own,
+//! linked to the jobs' spans: each job span links to the claim that
+//! delivered it, and an ack span links to each job span it settled.
+//!
+//! They are made with the OpenTelemetry tracer itself rather than as
+//! tracing spans: whether a claim leaves a span is only known once it
+//! returns (an idle worker's long polls find nothing and must leave
+//! nothing), and its start is then in the past. Nor are they log lines:
+//! the mailbox's failures are logged where they happen.
+
+use std::time::SystemTime;
+
+use opentelemetry::KeyValue;
+use opentelemetry::trace::{Link, Span as _, SpanContext, SpanKind, Status, TraceContextExt, Tracer as _};
+use opentelemetry_sdk::trace::SdkTracer;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+/// Carries the exporting tracer in the subscriber, where
+/// [`BatchSpans::current`] finds it. A layer in the subscriber only when spans are exported; it
+/// observes nothing.
+pub(super) struct BatchTracer(pub(super) SdkTracer);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for BatchTracer {}
+
+/// What a batch call does, in the messaging conventions' terms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchOperation {
+    /// Claiming messages: `messaging.operation.type=receive`.
+    Claim,
+    /// Acking finished jobs: `messaging.operation.type=settle`.
+    Ack,
+}
+
+impl BatchOperation {
+    /// `messaging.operation.name`, and the first word of the span's name.
+    fn name(self) -> &'static str {
+        match self {
+            Self::Claim => "claim",
+            Self::Ack => "ack",
+        }
+    }
+
+    /// `messaging.operation.type`.
+    fn kind(self) -> &'static str {
+        match self {
+            Self::Claim => "receive",
+            Self::Ack => "settle",
+        }
+    }
+}
+
+/// Records batch calls' spans, with the tracer of the subscriber that was
+/// current when it was found: a worker looks it up once, not per call.
+#[derive(Debug, Clone)]
+pub struct BatchSpans(SdkTracer);
+
+impl BatchSpans {
+    /// The current subscriber's, when it exports spans and wants mailbox
+    /// spans (`WINK_TRACE_MAILBOX_SPANS`).
+    pub fn current() -> Option<Self> {
+        tracing::dispatcher::get_default(|dispatch| dispatch.downcast_ref::<BatchTracer>().map(|t| Self(t.0.clone())))
+    }
+
+    /// Start timing a call.
+    pub fn start(&self) -> BatchCall<'_> {
+        BatchCall {
+            tracer: &self.0,
+            started: SystemTime::now(),
+        }
+    }
+
+    /// The link to `span`, when it is recorded.
+    pub fn link_to(&self, span: &tracing::Span) -> Option<SpanLink> {
+        let context = span.context().span().span_context().clone();
+        context.is_valid().then_some(SpanLink(context))
+    }
+}
+
+/// A mailbox call serving several jobs, timed from its start, recorded as a
+/// span by [`BatchCall::end`].
+pub struct BatchCall<'a> {
+    tracer: &'a SdkTracer,
+    started: SystemTime,
+}
+
+impl BatchCall<'_> {
+    /// Record the call, which just returned, as the span `{operation}
+    /// {queue}` over `messages` messages, linked to `jobs`. `failed` of them
+    /// were not done (it is then marked an error). The link to the span, for
+    /// the jobs it delivered.
+    pub fn end(
+        self,
+        operation: BatchOperation,
+        queue: &str,
+        messages: usize,
+        failed: usize,
+        jobs: impl IntoIterator<Item = SpanLink>,
+    ) -> SpanLink {
+        let attributes = vec![
+            KeyValue::new("messaging.operation.type", operation.kind()),
+            KeyValue::new("messaging.operation.name", operation.name()),
+            KeyValue::new("messaging.destination.name", queue.to_owned()),
+            KeyValue::new(
+                "messaging.batch.message_count",
+                i64::try_from(messages).unwrap_or(i64::MAX),
+            ),
+        ];
+        let links = jobs.into_iter().map(|job| Link::with_context(job.0)).collect();
+        let mut span = self
+            .tracer
+            .span_builder(format!("{} {queue}", operation.name()))
+            .with_kind(SpanKind::Client)
+            .with_start_time(self.started)
+            .with_attributes(attributes)
+            .with_links(links)
+            .start_with_context(self.tracer, &opentelemetry::Context::new());
+        if failed > 0 {
+            span.set_status(Status::error(format!("{failed} of {messages} failed")));
+        }
+        let link = SpanLink(span.span_context().clone());
+        span.end();
+        link
+    }
+}
+
+/// A link between a job's span and a batch call's.
+#[derive(Debug, Clone)]
+pub struct SpanLink(SpanContext);
+
+impl SpanLink {
+    /// Link `span` to the span this link names.
+    pub fn add_to(self, span: &tracing::Span) {
+        span.add_link(self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::telemetry::{LogFormat, OtlpProtocol, Redactor, TelemetryOptions, TraceConfig, build};
+
+    fn subscriber(traces: Option<TraceConfig>) -> tracing::Dispatch {
+        let options = TelemetryOptions {
+            format: LogFormat::Json,
+            redactor: Redactor::new([], []).expect("redactor"),
+            traces,
+        };
+        build(options, std::io::sink).expect("telemetry").0
+    }
+
+    fn exporting(mailbox_spans: bool) -> TraceConfig {
+        // Nothing listens there; nothing is flushed either.
+        let mut config = TraceConfig::new("http://127.0.0.1:9/v1/traces", OtlpProtocol::HttpProtobuf);
+        config.mailbox_spans = mailbox_spans;
+        config
+    }
+
+    #[test]
+    fn batch_calls_are_recorded_only_when_spans_are_exported_and_mailbox_spans_wanted() {
+        for (traces, recorded) in [
+            (None, false),
+            (Some(exporting(false)), false),
+            (Some(exporting(true)), true),
+        ] {
+            let dispatch = subscriber(traces);
+            tracing::dispatcher::with_default(&dispatch, || {
+                assert_eq!(BatchSpans::current().is_some(), recorded);
+            });
+        }
+    }
+
+    #[test]
+    fn a_batch_call_links_to_its_jobs_and_its_context_is_valid() {
+        let dispatch = subscriber(Some(exporting(true)));
+        tracing::dispatcher::with_default(&dispatch, || {
+            let spans = BatchSpans::current().expect("exported");
+            let job = tracing::info_span!(target: "wink_host::worker", "job");
+            let link = spans.link_to(&job).expect("recorded");
+            let claim = spans.start().end(BatchOperation::Claim, "jobs", 1, 0, [link.clone()]);
+            assert!(claim.0.is_valid());
+            assert_ne!(claim.0.trace_id(), link.0.trace_id(), "a trace of its own");
+        });
+    }
+}
