@@ -90,6 +90,14 @@ async fn a_delivery_continues_the_producers_trace_in_one_span_that_the_job_runs_
         .await
         .expect("send");
 
+    // A job that fails as it runs: its span says so once.
+    let mut trap = Envelope::new("trap-1", guest("adversary").to_str().expect("path"));
+    trap.input = serde_json::json!({"mode": "trap"});
+    mailbox
+        .send(&trap.request_id, Bytes::from(trap.to_bytes()))
+        .await
+        .expect("send");
+
     // Most producers send no traceparent: the delivery starts a trace.
     let untraced = Envelope::new("untraced-1", guest("hello").to_str().expect("path"));
     mailbox
@@ -100,6 +108,7 @@ async fn a_delivery_continues_the_producers_trace_in_one_span_that_the_job_runs_
     let give_up = Instant::now() + Duration::from_secs(30);
     while mailbox.reply("traced-1").await.expect("reply").is_none()
         || mailbox.reply("untraced-1").await.expect("reply").is_none()
+        || mailbox.reply("trap-1").await.expect("reply").is_none()
         || mailbox.depth().await.expect("depth").dead < 1
     {
         assert!(Instant::now() < give_up, "the jobs were not finished");
@@ -191,6 +200,19 @@ async fn a_delivery_continues_the_producers_trace_in_one_span_that_the_job_runs_
         unreadable.events.iter().any(|e| e.name == "message dead-lettered"),
         "{unreadable:#?}"
     );
+
+    let trapped = spans
+        .iter()
+        .find(|s| text(s, "request_id").as_deref() == Some("trap-1"))
+        .expect("the failed job's span");
+    assert_eq!(text(trapped, "error.type").as_deref(), Some("trap"), "{trapped:#?}");
+    for span in &spans {
+        let mut keys: Vec<&str> = span.attributes.iter().map(|kv| kv.key.as_str()).collect();
+        keys.sort_unstable();
+        let count = keys.len();
+        keys.dedup();
+        assert_eq!(keys.len(), count, "each attribute once: {span:#?}");
+    }
 
     let started = spans
         .iter()

@@ -142,16 +142,21 @@ impl Runtime {
             error.type = Empty,
         );
         crate::telemetry::continue_trace(&span, request.traceparent.as_deref());
-        self.run_agent_in(agent, request, env, span).await
+        let report = self.run_agent_in(agent, request, env, span.clone()).await;
+        if let Err(err) = &report.outcome {
+            span.record("otel.status_code", "error");
+            span.record("error.type", err.kind());
+        }
+        report
     }
 
     /// Run one job to completion inside `span`, a span of the caller's that
     /// stands for the job (the mailbox worker's delivery span, for one), so
     /// that a job is one span, not two. The job's model and tool calls
-    /// become its children and its log lines carry its fields; a failed job
-    /// records `otel.status_code` and `error.type` on it, which it should
-    /// declare. [`JobRequest::traceparent`] is not read: the span carries
-    /// the trace already.
+    /// become its children and its log lines carry its fields. The caller
+    /// records the job's outcome on it (an OpenTelemetry span keeps every
+    /// value recorded for an attribute, so only one of them may), and
+    /// [`JobRequest::traceparent`] is not read: the span carries the trace.
     pub async fn run_agent_in(
         &self,
         agent: &AgentComponent,
@@ -159,15 +164,9 @@ impl Runtime {
         env: JobEnv,
         span: tracing::Span,
     ) -> JobReport {
-        let report = self
-            .run_agent_in_span(agent, request, env, span.clone())
-            .instrument(span.clone())
-            .await;
-        if let Err(err) = &report.outcome {
-            span.record("otel.status_code", "error");
-            span.record("error.type", err.kind());
-        }
-        report
+        self.run_agent_in_span(agent, request, env, span.clone())
+            .instrument(span)
+            .await
     }
 
     async fn run_agent_in_span(

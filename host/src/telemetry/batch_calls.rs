@@ -19,8 +19,10 @@ use opentelemetry_sdk::trace::SdkTracer;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// Carries the exporting tracer in the subscriber, where
-/// [`BatchSpans::current`] finds it. A layer in the subscriber only when spans are exported; it
-/// observes nothing.
+/// [`BatchSpans::current`] finds it. In the subscriber only when spans are
+/// exported, behind a filter that enables nothing: it observes nothing, and
+/// must not make tracing ask the other layers' filters again about
+/// callsites they disabled for good.
 pub(super) struct BatchTracer(pub(super) SdkTracer);
 
 impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for BatchTracer {}
@@ -44,7 +46,7 @@ impl BatchOperation {
     }
 
     /// `messaging.operation.type`.
-    fn kind(self) -> &'static str {
+    fn operation_type(self) -> &'static str {
         match self {
             Self::Claim => "receive",
             Self::Ack => "settle",
@@ -72,15 +74,16 @@ impl BatchSpans {
         }
     }
 
-    /// The link to `span`, when it is recorded.
+    /// The link to `span`, when it is exported (valid and sampled).
     pub fn link_to(&self, span: &tracing::Span) -> Option<SpanLink> {
         let context = span.context().span().span_context().clone();
-        context.is_valid().then_some(SpanLink(context))
+        (context.is_valid() && context.is_sampled()).then_some(SpanLink(context))
     }
 }
 
 /// A mailbox call serving several jobs, timed from its start, recorded as a
 /// span by [`BatchCall::end`].
+#[derive(Debug)]
 pub struct BatchCall<'a> {
     tracer: &'a SdkTracer,
     started: SystemTime,
@@ -88,9 +91,9 @@ pub struct BatchCall<'a> {
 
 impl BatchCall<'_> {
     /// Record the call, which just returned, as the span `{operation}
-    /// {queue}` over `messages` messages, linked to `jobs`. `failed` of them
-    /// were not done (it is then marked an error). The link to the span, for
-    /// the jobs it delivered.
+    /// {queue}` over `messages` messages, linked to `jobs`; `failed` of the
+    /// messages were not done (the span is then marked an error). Returns a
+    /// link to the new span, for the spans of the jobs a claim delivered.
     pub fn end(
         self,
         operation: BatchOperation,
@@ -100,7 +103,7 @@ impl BatchCall<'_> {
         jobs: impl IntoIterator<Item = SpanLink>,
     ) -> SpanLink {
         let attributes = vec![
-            KeyValue::new("messaging.operation.type", operation.kind()),
+            KeyValue::new("messaging.operation.type", operation.operation_type()),
             KeyValue::new("messaging.operation.name", operation.name()),
             KeyValue::new("messaging.destination.name", queue.to_owned()),
             KeyValue::new(

@@ -26,7 +26,7 @@ use tracing_subscriber::fmt::format::FmtSpan;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::{Layer, Registry};
 
-pub use batch_calls::{BatchCall, BatchOperation, BatchSpans, SpanLink};
+pub(crate) use batch_calls::{BatchOperation, BatchSpans, SpanLink};
 pub(crate) use metrics::ModelCallRecord;
 pub use metrics::{CircuitState, Metrics, PROMETHEUS_TEXT_CONTENT_TYPE};
 pub use redact::{REDACTED, RedactError, RedactingMakeWriter, RedactingWriter, Redactor};
@@ -179,7 +179,7 @@ where
         .traces
         .as_ref()
         .is_some_and(|traces| traces.mailbox_spans)
-        .then(|| batch_calls::BatchTracer(traces::tracer(&provider)));
+        .then(|| batch_calls::BatchTracer(traces::tracer(&provider)).with_filter(filter_fn(|_| false)));
     let dispatch = tracing::Dispatch::new(Registry::default().with(log_layer).with(trace_layer).with(batch_tracer));
     let _ = dispatch_slot.set(dispatch.downgrade());
     let telemetry = Telemetry {

@@ -205,7 +205,7 @@ impl Worker {
     /// takes the runtime's; with one, the jobs it runs name it in their
     /// spans too, so job spans and worker logs always name the same one.
     /// Its claims and acks are spans when the tracing subscriber current
-    /// here exports them ([`BatchSpans::current`]).
+    /// here exports spans (and `WINK_TRACE_MAILBOX_SPANS` is not false).
     pub fn new(
         runtime: Runtime,
         mailbox: Arc<dyn Mailbox>,

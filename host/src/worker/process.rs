@@ -424,6 +424,7 @@ impl Shared {
             let poison = Poison::new(kind, format!("{err} (attempt {attempt} of {max})"));
             return self.dead_letter(delivery, Some(envelope), &poison).await;
         }
+        mark_failed(kind);
         let delay = self.config.backoff(attempt);
         match self.mailbox.nack(&delivery.lease, delay).await {
             Ok(()) => {
@@ -492,7 +493,8 @@ impl Shared {
     }
 }
 
-/// Mark the delivery's span failed with `kind` (an OpenTelemetry error status).
+/// Mark the delivery's span failed with `kind` (an OpenTelemetry error
+/// status): once per delivery, as the span keeps every value recorded.
 fn mark_failed(kind: &str) {
     let span = tracing::Span::current();
     span.record("otel.status_code", "error");
