@@ -175,6 +175,71 @@ mod tests {
         }
     }
 
+    /// Keeps the spans that end, as a collector would receive them.
+    #[derive(Debug, Clone, Default)]
+    struct Ended(std::sync::Arc<std::sync::Mutex<Vec<opentelemetry_sdk::trace::SpanData>>>);
+
+    impl opentelemetry_sdk::trace::SpanProcessor for Ended {
+        fn on_start(&self, _span: &mut opentelemetry_sdk::trace::Span, _cx: &opentelemetry::Context) {}
+
+        fn on_end(&self, span: opentelemetry_sdk::trace::SpanData) {
+            self.0.lock().expect("spans").push(span);
+        }
+
+        fn force_flush(&self) -> opentelemetry_sdk::error::OTelSdkResult {
+            Ok(())
+        }
+
+        fn shutdown_with_timeout(&self, _timeout: std::time::Duration) -> opentelemetry_sdk::error::OTelSdkResult {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn an_ack_that_failed_for_some_jobs_is_an_error_span_naming_how_many() {
+        let ended = Ended::default();
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+            .with_span_processor(ended.clone())
+            .build();
+        let spans = BatchSpans(crate::telemetry::traces::tracer(&provider));
+        let job = SpanLink(SpanContext::new(
+            opentelemetry::trace::TraceId::from(7),
+            opentelemetry::trace::SpanId::from(9),
+            opentelemetry::trace::TraceFlags::SAMPLED,
+            false,
+            Default::default(),
+        ));
+        spans.start().end(BatchOperation::Ack, "jobs", 3, 1, [job.clone()]);
+        spans.start().end(BatchOperation::Claim, "jobs", 2, 0, []);
+
+        let ended = ended.0.lock().expect("spans");
+        let [ack, claim] = ended.as_slice() else {
+            panic!("two spans: {ended:#?}")
+        };
+        assert_eq!(ack.name, "ack jobs");
+        assert_eq!(ack.span_kind, SpanKind::Client);
+        assert_eq!(ack.status, Status::error("1 of 3 failed"));
+        let attribute = |span: &opentelemetry_sdk::trace::SpanData, key: &str| {
+            span.attributes
+                .iter()
+                .find(|kv| kv.key.as_str() == key)
+                .map(|kv| kv.value.to_string())
+        };
+        for (key, value) in [
+            ("messaging.operation.type", "settle"),
+            ("messaging.operation.name", "ack"),
+            ("messaging.destination.name", "jobs"),
+            ("messaging.batch.message_count", "3"),
+        ] {
+            assert_eq!(attribute(ack, key).as_deref(), Some(value), "{key}");
+        }
+        let linked: Vec<&SpanContext> = ack.links.iter().map(|link| &link.span_context).collect();
+        assert_eq!(linked, [&job.0]);
+        assert_eq!(claim.name, "claim jobs");
+        assert_eq!(claim.status, Status::Unset, "a claim that delivered is no error");
+        assert_eq!(attribute(claim, "messaging.operation.type").as_deref(), Some("receive"));
+    }
+
     #[test]
     fn a_batch_call_links_to_its_jobs_and_its_context_is_valid() {
         let dispatch = subscriber(Some(exporting(true)));
