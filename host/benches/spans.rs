@@ -3,7 +3,11 @@
 //! way.
 //!
 //! One thread records, in a loop, what `wink-host` records per job: the
-//! worker's job span, with its real fields, and the `job succeeded` line.
+//! worker's job span, with its real fields, and the `job succeeded` line;
+//! and, when spans are exported and `WINK_TRACE_MAILBOX_SPANS` does not
+//! turn them off, a claim span and an ack span linked to the job's, as
+//! when each claim and each ack batch serves one job (a worker's steady
+//! state once its jobs end one at a time).
 //! It runs with JSON logs alone (to a sink), then with OTLP trace export
 //! too, in alternating rounds, and reports the host's CPU time per job for
 //! each: the recording thread's and the exporter's threads', that is the
@@ -24,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use collector::CountingCollector;
 use serde_json::json;
-use wink_host::telemetry::{self, LogFormat, Redactor, TelemetryOptions};
+use wink_host::telemetry::{self, BatchOperation, BatchSpans, LogFormat, Redactor, TelemetryOptions};
 
 fn main() {
     wink_host::allocator::tune();
@@ -42,6 +46,7 @@ fn main() {
     let (logs, logs_telemetry) = build(None);
     let export_config = collector.trace_config();
     let export_protocol = export_config.protocol.as_str();
+    let mailbox_spans = export_config.mailbox_spans;
     let (export, export_telemetry) = build(Some(export_config));
     let host_cpu = || common::process_cpu_time().saturating_sub(collector.cpu_time());
     let run = |dispatch: &tracing::Dispatch, flush: &dyn Fn()| {
@@ -80,8 +85,9 @@ fn main() {
         "spans",
         json!({
             "scenario": "spans",
-            "what": "per job: the job span with its fields and the `job succeeded` line, recorded on one thread",
+            "what": "per job: the job span with its fields and the `job succeeded` line, recorded on one thread; with mailbox spans, a claim span and an ack span linked to it",
             "protocol": export_protocol,
+            "mailbox_spans": mailbox_spans,
             "jobs_per_run": jobs,
             "rounds": rounds,
             "logs_cpu_ns_per_job": median(|r| r.logs.cpu_ns),
@@ -116,10 +122,16 @@ fn per_job_ns(time: Duration, jobs: usize) -> f64 {
     common::round(time.as_secs_f64() * 1e9 / jobs as f64)
 }
 
-/// The span and the line of `jobs` trivial jobs, as the worker
-/// (`worker/process.rs`) and the runtime (`runtime/agent.rs`) record them.
+/// The spans and the line of `jobs` trivial jobs, as the worker
+/// (`worker/process.rs`, `worker/acker.rs`) and the runtime
+/// (`runtime/agent.rs`) record them.
 fn record_jobs(jobs: usize) {
+    // Looked up once, as a worker does.
+    let mailbox = BatchSpans::current();
     for n in 0..jobs {
+        let claim = mailbox
+            .as_ref()
+            .map(|spans| spans.start().end(BatchOperation::Claim, "bench-8-1", 1, 0, []));
         let request_id = format!("job-8-{n}");
         let job_id = format!("bench-{n}");
         let job = tracing::info_span!(
@@ -139,6 +151,9 @@ fn record_jobs(jobs: usize) {
             otel.status_code = tracing::field::Empty,
             error.type = tracing::field::Empty,
         );
+        if let Some(claim) = claim {
+            claim.add_to(&job);
+        }
         job.in_scope(|| {
             tracing::info!(
                 target: "wink_host::runtime::agent",
@@ -148,5 +163,10 @@ fn record_jobs(jobs: usize) {
                 "job succeeded"
             );
         });
+        if let Some(spans) = &mailbox {
+            let link = spans.link_to(&job);
+            drop(job);
+            spans.start().end(BatchOperation::Ack, "bench-8-1", 1, 0, link);
+        }
     }
 }

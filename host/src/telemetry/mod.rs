@@ -26,7 +26,7 @@ use tracing_subscriber::fmt::format::FmtSpan;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::{Layer, Registry};
 
-pub(crate) use batch_calls::{BatchOperation, BatchSpans, SpanLink};
+pub use batch_calls::{BatchCall, BatchOperation, BatchSpans, SpanLink};
 pub(crate) use metrics::ModelCallRecord;
 pub use metrics::{CircuitState, Metrics, PROMETHEUS_TEXT_CONTENT_TYPE};
 pub use redact::{REDACTED, RedactError, RedactingMakeWriter, RedactingWriter, Redactor};
