@@ -418,3 +418,66 @@ async fn opening_refuses_bad_names_and_missing_queues_by_name() {
         .to_string();
     assert!(scheme.contains("unknown parameter `colour`"), "{scheme}");
 }
+
+/// Queues `jobs` and `jobs-dlq`, made here rather than by the mailbox, that
+/// take messages of up to `main` and `dead` bytes.
+async fn create_sized_queues(sqs: &Sqs, main: usize, dead: usize) {
+    let client = aws_sdk_sqs::Client::new(&sqs.moto.sdk_config());
+    for (name, max) in [("jobs", main), ("jobs-dlq", dead)] {
+        client
+            .create_queue()
+            .queue_name(name)
+            .attributes(
+                aws_sdk_sqs::types::QueueAttributeName::MaximumMessageSize,
+                max.to_string(),
+            )
+            .send()
+            .await
+            .unwrap_or_else(|err| panic!("creating {name}: {err:?}"));
+    }
+}
+
+#[tokio::test]
+async fn opening_refuses_a_dead_letter_queue_that_takes_smaller_messages() {
+    let sqs = Sqs::start().await;
+    create_sized_queues(&sqs, 2048, 1024).await;
+    let err = sqs.try_open("jobs", "").await.unwrap_err().to_string();
+    assert!(
+        err.contains("up to 1024 bytes") && err.contains("raise its MaximumMessageSize to 2048"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn every_message_sent_can_be_dead_lettered_with_its_reason_clipped_to_fit() {
+    let sqs = Sqs::start().await;
+    create_sized_queues(&sqs, 1024, 1024).await;
+    let mailbox = sqs.try_open("jobs", "").await.expect("open");
+
+    // A payload that fits the queue but would leave no room for a dead
+    // letter's attributes is refused up front, naming the sizes.
+    let refused = mailbox
+        .send("big", Bytes::from(vec![b'x'; 1000]))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("`big`") && refused.contains("MaximumMessageSize, 1024"),
+        "{refused}"
+    );
+
+    let largest = vec![b'x'; 400];
+    mailbox.send("fits", Bytes::from(largest.clone())).await.expect("send");
+    let delivery = claim_one(&mailbox, LEASE, PATIENCE).await;
+    let why = reason("malformed_envelope", &"y".repeat(4000));
+    mailbox
+        .dead_letter(&delivery.lease, &why)
+        .await
+        .expect("the dead letter fits");
+    let dead = mailbox.dead_letters(10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].payload, Bytes::from(largest));
+    assert_eq!(dead[0].reason.kind, "malformed_envelope");
+    let kept = dead[0].reason.message.len();
+    assert!(kept > 0 && kept < 1024 - 400, "{kept} bytes of the reason kept");
+}

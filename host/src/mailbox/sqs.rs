@@ -22,6 +22,7 @@
 
 mod leases;
 mod options;
+mod size;
 
 use std::collections::{HashMap, VecDeque};
 use std::error::Error as StdError;
@@ -45,6 +46,7 @@ use tokio::time::Instant;
 use self::leases::{Known, LocalLeases, Received, lost};
 pub use self::options::SqsOptions;
 use self::options::{checked_queue_name, default_dlq_name, is_fifo, queue_name_from_arn};
+use self::size::{DEAD_LETTER_ROOM, message_size, text_room};
 use super::{
     Acked, DeadLetter, DeadLetterReason, DeadSelection, Delivery, Depth, Lease, Mailbox, MailboxError, PurgeScope,
     Reply, Sent, unix_ms, validate_request_id,
@@ -96,6 +98,10 @@ pub struct SqsMailbox {
     client: Client,
     queue_url: String,
     dlq_url: String,
+    /// The queue's `MaximumMessageSize` at open, when SQS said.
+    max_message_bytes: Option<usize>,
+    /// The dead-letter queue's, at least the queue's.
+    dlq_max_message_bytes: Option<usize>,
     replies_url: Option<String>,
     fifo: bool,
     /// The redrive policy's maxReceiveCount: how many deliveries a message
@@ -143,6 +149,17 @@ impl SqsMailbox {
         };
         let fifo = is_fifo(queue);
         let (queue_url, dlq_url, redrive_receives) = admin.main_and_dead(queue, options).await?;
+        let (max_message_bytes, dlq_max_message_bytes) =
+            tokio::try_join!(admin.max_message_size(&queue_url), admin.max_message_size(&dlq_url))?;
+        if let (Some(main), Some(dead)) = (max_message_bytes, dlq_max_message_bytes)
+            && dead < main
+        {
+            return Err(MailboxError::Invalid(format!(
+                "the dead-letter queue of `{queue}` takes messages of up to {dead} bytes, fewer than \
+                 `{queue}`'s {main}: a larger job could not be dead-lettered and would come back forever; \
+                 raise its MaximumMessageSize to {main}"
+            )));
+        }
         let replies_url = match &options.replies {
             Some(name) => Some(admin.queue_url(name, options.create, None).await?),
             None => None,
@@ -152,12 +169,38 @@ impl SqsMailbox {
             client: admin.client,
             queue_url,
             dlq_url,
+            max_message_bytes,
+            dlq_max_message_bytes,
             replies_url,
             fifo,
             redrive_receives,
             leases: LocalLeases::default(),
             recent_sends: Mutex::new(RecentSends::default()),
         })
+    }
+
+    /// Refuse a message that would leave no room for a dead-letter copy's
+    /// attributes under the queue's `MaximumMessageSize`: SQS would take it,
+    /// but not its dead letter.
+    fn check_dead_letter_room(
+        &self,
+        request_id: &str,
+        body: &str,
+        attributes: &HashMap<String, MessageAttributeValue>,
+    ) -> Result<(), MailboxError> {
+        let Some(max) = self.max_message_bytes else {
+            return Ok(());
+        };
+        let size = message_size(body, attributes);
+        if size + DEAD_LETTER_ROOM > max {
+            return Err(MailboxError::Invalid(format!(
+                "request `{request_id}` is {size} bytes as an SQS message; queue `{}` takes {} \
+                 (its MaximumMessageSize, {max}, less {DEAD_LETTER_ROOM} kept for a dead letter's attributes)",
+                self.queue,
+                max.saturating_sub(DEAD_LETTER_ROOM)
+            )));
+        }
+        Ok(())
     }
 
     fn sends(&self) -> MutexGuard<'_, RecentSends> {
@@ -477,21 +520,25 @@ impl Mailbox for SqsMailbox {
 
     async fn send(&self, request_id: &str, payload: Bytes) -> Result<Sent, MailboxError> {
         validate_request_id(request_id).map_err(|err| MailboxError::Invalid(err.to_string()))?;
+        let (body, encoding) = encode_body(&payload);
+        let mut attributes = HashMap::from([
+            (attr::REQUEST_ID.to_owned(), text_attr(request_id)?),
+            (attr::ENQUEUED_AT.to_owned(), number_attr(unix_ms(SystemTime::now()))?),
+        ]);
+        if let Some(encoding) = encoding {
+            attributes.insert(attr::BODY.to_owned(), text_attr(encoding)?);
+        }
+        self.check_dead_letter_room(request_id, &body, &attributes)?;
         let sent_at = Instant::now();
         if self.fifo && !self.sends().reserve(request_id, sent_at) {
             return Ok(Sent::Duplicate);
         }
-        let (body, encoding) = encode_body(&payload);
         let mut request = self
             .client
             .send_message()
             .queue_url(&self.queue_url)
             .message_body(body)
-            .message_attributes(attr::REQUEST_ID, text_attr(request_id)?)
-            .message_attributes(attr::ENQUEUED_AT, number_attr(unix_ms(SystemTime::now()))?);
-        if let Some(encoding) = encoding {
-            request = request.message_attributes(attr::BODY, text_attr(encoding)?);
-        }
+            .set_message_attributes(Some(attributes));
         if self.fifo {
             // One message group per request: no head-of-line blocking between jobs.
             let id = fifo_id(request_id);
@@ -571,17 +618,13 @@ impl Mailbox for SqsMailbox {
                 lease.message_id
             )));
         };
-        let mut attributes = kept_attributes(&received.attributes);
-        attributes.insert(attr::MESSAGE_ID.into(), text_attr(&lease.message_id)?);
-        attributes.insert(attr::ENQUEUED_AT.into(), number_attr(received.enqueued_at_ms)?);
-        attributes.insert(attr::ATTEMPTS.into(), number_attr(u64::from(received.attempt))?);
-        attributes.insert(attr::DEAD_AT.into(), number_attr(unix_ms(SystemTime::now()))?);
-        for (name, value) in [(attr::DEAD_KIND, &reason.kind), (attr::DEAD_MESSAGE, &reason.message)] {
-            let value = sqs_text(value, MAX_REASON_BYTES);
-            if !value.is_empty() {
-                attributes.insert(name.into(), text_attr(&value)?);
-            }
-        }
+        let attributes = dead_letter_attributes(
+            &received,
+            &lease.message_id,
+            reason,
+            unix_ms(SystemTime::now()),
+            self.dlq_max_message_bytes,
+        )?;
         let mut request = self
             .client
             .send_message()
@@ -820,6 +863,12 @@ impl Admin {
         Ok(output.attributes.and_then(|mut attributes| attributes.remove(&name)))
     }
 
+    /// The queue's `MaximumMessageSize`, when SQS reports one it can read.
+    async fn max_message_size(&self, url: &str) -> Result<Option<usize>, MailboxError> {
+        let value = self.attribute(url, QueueAttributeName::MaximumMessageSize).await?;
+        Ok(value.and_then(|bytes| bytes.parse().ok()))
+    }
+
     async fn arn(&self, url: &str) -> Result<String, MailboxError> {
         self.attribute(url, QueueAttributeName::QueueArn)
             .await?
@@ -980,6 +1029,43 @@ fn attr_str<'a>(attributes: &'a HashMap<String, MessageAttributeValue>, name: &s
     attributes.get(name).and_then(MessageAttributeValue::string_value)
 }
 
+/// The attributes of `received`'s dead-letter copy: those that travel
+/// with it, where it died, how often it ran, when and why it died. The
+/// reason is clipped to what room the dead-letter queue's
+/// `MaximumMessageSize` (`max`) leaves; a copy too large even without it
+/// (a message sent without [`DEAD_LETTER_ROOM`], by another producer) is
+/// refused.
+fn dead_letter_attributes(
+    received: &Received,
+    message_id: &str,
+    reason: &DeadLetterReason,
+    dead_at_ms: u64,
+    max: Option<usize>,
+) -> Result<HashMap<String, MessageAttributeValue>, MailboxError> {
+    let mut attributes = kept_attributes(&received.attributes);
+    attributes.insert(attr::MESSAGE_ID.into(), text_attr(message_id)?);
+    attributes.insert(attr::ENQUEUED_AT.into(), number_attr(received.enqueued_at_ms)?);
+    attributes.insert(attr::ATTEMPTS.into(), number_attr(u64::from(received.attempt))?);
+    attributes.insert(attr::DEAD_AT.into(), number_attr(dead_at_ms)?);
+    for (name, value) in [(attr::DEAD_KIND, &reason.kind), (attr::DEAD_MESSAGE, &reason.message)] {
+        let room = max.map_or(MAX_REASON_BYTES, |max| {
+            text_room(name, message_size(&received.body, &attributes), max).min(MAX_REASON_BYTES)
+        });
+        let value = sqs_text(value, room);
+        if !value.is_empty() {
+            attributes.insert(name.into(), text_attr(&value)?);
+        }
+    }
+    let size = message_size(&received.body, &attributes);
+    match max {
+        Some(max) if size > max => Err(MailboxError::Invalid(format!(
+            "the dead letter of SQS message `{message_id}` would be {size} bytes, more than the {max} \
+             its dead-letter queue takes (MaximumMessageSize)"
+        ))),
+        _ => Ok(attributes),
+    }
+}
+
 /// The attributes that travel with a message between its queues.
 fn kept_attributes(attributes: &HashMap<String, MessageAttributeValue>) -> HashMap<String, MessageAttributeValue> {
     attributes
@@ -1018,6 +1104,63 @@ fn enqueued_at_ms(message: &Message) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A message as received from a queue, as this backend sends them.
+    fn received(body: &str) -> Received {
+        Received {
+            body: body.to_owned(),
+            attributes: HashMap::from([
+                (attr::REQUEST_ID.to_owned(), text_attr("request-1").expect("attribute")),
+                (attr::ENQUEUED_AT.to_owned(), number_attr(u64::MAX).expect("attribute")),
+            ]),
+            attempt: u32::MAX,
+            enqueued_at_ms: u64::MAX,
+        }
+    }
+
+    fn reason(kind: &str, message: &str) -> DeadLetterReason {
+        DeadLetterReason {
+            kind: kind.to_owned(),
+            message: message.to_owned(),
+        }
+    }
+
+    #[test]
+    fn what_a_dead_letter_adds_fits_in_the_room_sends_keep_for_it() {
+        let message = received("job");
+        let sent = message_size(&message.body, &message.attributes);
+        // Longer than any id, count, time or kind the worker writes.
+        let why = reason(&"k".repeat(64), "");
+        let dead = dead_letter_attributes(&message, &"m".repeat(100), &why, u64::MAX, None).expect("attributes");
+        let added = message_size(&message.body, &dead) - sent;
+        assert!(added <= DEAD_LETTER_ROOM, "{added} bytes added");
+    }
+
+    #[test]
+    fn a_dead_letters_reason_is_clipped_to_the_room_its_queue_leaves() {
+        let max = 1024;
+        let message = received(&"b".repeat(max - DEAD_LETTER_ROOM - 100));
+        assert!(message_size(&message.body, &message.attributes) + DEAD_LETTER_ROOM <= max);
+        let why = reason("malformed_envelope", &"x".repeat(4000));
+
+        let dead = dead_letter_attributes(&message, "m-1", &why, 1, Some(max)).expect("attributes");
+        assert!(message_size(&message.body, &dead) <= max);
+        assert_eq!(attr_str(&dead, attr::DEAD_KIND), Some("malformed_envelope"));
+        let clipped = attr_str(&dead, attr::DEAD_MESSAGE).expect("some of the reason fits");
+        assert!(clipped.len() > 100 && clipped.len() < 4000, "{} bytes", clipped.len());
+
+        let unbounded = dead_letter_attributes(&message, "m-1", &why, 1, None).expect("attributes");
+        assert_eq!(attr_str(&unbounded, attr::DEAD_MESSAGE).map(str::len), Some(4000));
+    }
+
+    #[test]
+    fn a_dead_letter_too_large_even_without_its_reason_is_refused_naming_its_size() {
+        let message = received(&"b".repeat(1020));
+        let err = dead_letter_attributes(&message, "m-1", &reason("poison", "why"), 1, Some(1024))
+            .expect_err("too large")
+            .to_string();
+        assert!(err.contains("`m-1`") && err.contains("more than the 1024"), "{err}");
+    }
 
     #[test]
     fn bodies_round_trip_whatever_the_bytes() {
