@@ -98,9 +98,10 @@ pub struct SqsMailbox {
     client: Client,
     queue_url: String,
     dlq_url: String,
-    /// The queue's `MaximumMessageSize` at open, when SQS said.
+    /// The queue's `MaximumMessageSize` at open, when SQS reported it.
     max_message_bytes: Option<usize>,
-    /// The dead-letter queue's, at least the queue's.
+    /// The dead-letter queue's (at least the queue's), or the queue's when
+    /// the dead-letter queue's could not be read.
     dlq_max_message_bytes: Option<usize>,
     replies_url: Option<String>,
     fifo: bool,
@@ -149,17 +150,7 @@ impl SqsMailbox {
         };
         let fifo = is_fifo(queue);
         let (queue_url, dlq_url, redrive_receives) = admin.main_and_dead(queue, options).await?;
-        let (max_message_bytes, dlq_max_message_bytes) =
-            tokio::try_join!(admin.max_message_size(&queue_url), admin.max_message_size(&dlq_url))?;
-        if let (Some(main), Some(dead)) = (max_message_bytes, dlq_max_message_bytes)
-            && dead < main
-        {
-            return Err(MailboxError::Invalid(format!(
-                "the dead-letter queue of `{queue}` takes messages of up to {dead} bytes, fewer than \
-                 `{queue}`'s {main}: a larger job could not be dead-lettered and would come back forever; \
-                 raise its MaximumMessageSize to {main}"
-            )));
-        }
+        let (max_message_bytes, dlq_max_message_bytes) = admin.max_message_sizes(&queue_url, &dlq_url).await?;
         let replies_url = match &options.replies {
             Some(name) => Some(admin.queue_url(name, options.create, None).await?),
             None => None,
@@ -863,10 +854,47 @@ impl Admin {
         Ok(output.attributes.and_then(|mut attributes| attributes.remove(&name)))
     }
 
-    /// The queue's `MaximumMessageSize`, when SQS reports one it can read.
+    /// The `MaximumMessageSize` of the queue and of its dead-letter queue,
+    /// refusing a dead-letter queue that takes smaller messages: a job it
+    /// cannot hold could never be dead-lettered, and would come back
+    /// forever. A dead-letter queue whose size cannot be read (one in
+    /// another account may grant only sending and receiving) is taken to
+    /// be the queue's.
+    async fn max_message_sizes(
+        &self,
+        queue_url: &str,
+        dlq_url: &str,
+    ) -> Result<(Option<usize>, Option<usize>), MailboxError> {
+        let main = self.max_message_size(queue_url).await?;
+        let dead = match self.max_message_size(dlq_url).await {
+            Ok(dead) => dead,
+            Err(err) => {
+                tracing::warn!(dlq_url, error = %err, "cannot read the dead-letter queue's MaximumMessageSize; assuming the queue's");
+                None
+            }
+        };
+        if let (Some(main), Some(dead)) = (main, dead)
+            && dead < main
+        {
+            return Err(MailboxError::Invalid(format!(
+                "dead-letter queue {dlq_url} takes messages of up to {dead} bytes, fewer than the {main} \
+                 of queue {queue_url}: a larger job could not be dead-lettered and would come back forever; \
+                 raise its MaximumMessageSize to {main}"
+            )));
+        }
+        Ok((main, dead.or(main)))
+    }
+
+    /// The queue's `MaximumMessageSize`, when SQS reports one.
     async fn max_message_size(&self, url: &str) -> Result<Option<usize>, MailboxError> {
         let value = self.attribute(url, QueueAttributeName::MaximumMessageSize).await?;
-        Ok(value.and_then(|bytes| bytes.parse().ok()))
+        Ok(value.and_then(|bytes| match bytes.parse() {
+            Ok(bytes) => Some(bytes),
+            Err(_) => {
+                tracing::warn!(url, value = %bytes, "SQS reported a MaximumMessageSize that is not a number; ignoring it");
+                None
+            }
+        }))
     }
 
     async fn arn(&self, url: &str) -> Result<String, MailboxError> {
@@ -1031,10 +1059,10 @@ fn attr_str<'a>(attributes: &'a HashMap<String, MessageAttributeValue>, name: &s
 
 /// The attributes of `received`'s dead-letter copy: those that travel
 /// with it, where it died, how often it ran, when and why it died. The
-/// reason is clipped to what room the dead-letter queue's
+/// reason's message is clipped to what room the dead-letter queue's
 /// `MaximumMessageSize` (`max`) leaves; a copy too large even without it
 /// (a message sent without [`DEAD_LETTER_ROOM`], by another producer) is
-/// refused.
+/// refused rather than sent with its kind clipped, which would misname it.
 fn dead_letter_attributes(
     received: &Received,
     message_id: &str,
@@ -1047,14 +1075,16 @@ fn dead_letter_attributes(
     attributes.insert(attr::ENQUEUED_AT.into(), number_attr(received.enqueued_at_ms)?);
     attributes.insert(attr::ATTEMPTS.into(), number_attr(u64::from(received.attempt))?);
     attributes.insert(attr::DEAD_AT.into(), number_attr(dead_at_ms)?);
-    for (name, value) in [(attr::DEAD_KIND, &reason.kind), (attr::DEAD_MESSAGE, &reason.message)] {
-        let room = max.map_or(MAX_REASON_BYTES, |max| {
-            text_room(name, message_size(&received.body, &attributes), max).min(MAX_REASON_BYTES)
-        });
-        let value = sqs_text(value, room);
-        if !value.is_empty() {
-            attributes.insert(name.into(), text_attr(&value)?);
-        }
+    let kind = sqs_text(&reason.kind, MAX_REASON_BYTES);
+    if !kind.is_empty() {
+        attributes.insert(attr::DEAD_KIND.into(), text_attr(&kind)?);
+    }
+    let room = max.map_or(MAX_REASON_BYTES, |max| {
+        text_room(attr::DEAD_MESSAGE, message_size(&received.body, &attributes), max).min(MAX_REASON_BYTES)
+    });
+    let message = sqs_text(&reason.message, room);
+    if !message.is_empty() {
+        attributes.insert(attr::DEAD_MESSAGE.into(), text_attr(&message)?);
     }
     let size = message_size(&received.body, &attributes);
     match max {
@@ -1126,14 +1156,22 @@ mod tests {
     }
 
     #[test]
-    fn what_a_dead_letter_adds_fits_in_the_room_sends_keep_for_it() {
-        let message = received("job");
-        let sent = message_size(&message.body, &message.attributes);
-        // Longer than any id, count, time or kind the worker writes.
-        let why = reason(&"k".repeat(64), "");
-        let dead = dead_letter_attributes(&message, &"m".repeat(100), &why, u64::MAX, None).expect("attributes");
-        let added = message_size(&message.body, &dead) - sent;
-        assert!(added <= DEAD_LETTER_ROOM, "{added} bytes added");
+    fn a_message_sent_at_the_limit_can_still_be_dead_lettered_with_some_of_its_reason() {
+        let max = 4096;
+        let mut message = received("");
+        let attributes = message_size("", &message.attributes);
+        // As large as `send` lets through: the limit less the room kept.
+        message.body = "b".repeat(max - DEAD_LETTER_ROOM - attributes);
+        // Longer than any SQS message id (a UUID) or kind the worker writes.
+        let why = reason(&"k".repeat(64), &"x".repeat(4000));
+        let dead = dead_letter_attributes(&message, &"m".repeat(64), &why, u64::MAX, Some(max)).expect("fits");
+        assert_eq!(
+            message_size(&message.body, &dead),
+            max,
+            "the reason fills the room exactly"
+        );
+        assert_eq!(attr_str(&dead, attr::DEAD_KIND), Some("k".repeat(64).as_str()));
+        assert!(attr_str(&dead, attr::DEAD_MESSAGE).is_some_and(|kept| kept.len() > 100));
     }
 
     #[test]
@@ -1144,7 +1182,7 @@ mod tests {
         let why = reason("malformed_envelope", &"x".repeat(4000));
 
         let dead = dead_letter_attributes(&message, "m-1", &why, 1, Some(max)).expect("attributes");
-        assert!(message_size(&message.body, &dead) <= max);
+        assert_eq!(message_size(&message.body, &dead), max);
         assert_eq!(attr_str(&dead, attr::DEAD_KIND), Some("malformed_envelope"));
         let clipped = attr_str(&dead, attr::DEAD_MESSAGE).expect("some of the reason fits");
         assert!(clipped.len() > 100 && clipped.len() < 4000, "{} bytes", clipped.len());
@@ -1160,6 +1198,10 @@ mod tests {
             .expect_err("too large")
             .to_string();
         assert!(err.contains("`m-1`") && err.contains("more than the 1024"), "{err}");
+        // Its kind is not clipped to fit: a clipped or missing kind would misname it.
+        let at_the_edge = received(&"b".repeat(1024 - 250));
+        let err = dead_letter_attributes(&at_the_edge, "m-1", &reason(&"k".repeat(200), ""), 1, Some(1024));
+        assert!(err.is_err(), "{err:?}");
     }
 
     #[test]

@@ -9,9 +9,11 @@ use std::collections::HashMap;
 use aws_sdk_sqs::types::MessageAttributeValue;
 
 /// Bytes a send keeps free below its queue's `MaximumMessageSize` for the
-/// attributes a dead-letter copy adds: its message id, attempts, time of
-/// death and reason kind, about 200 bytes at most. The reason's message
-/// takes what room is left.
+/// attributes a dead-letter copy adds, each counted as name + type + value:
+/// its message id (15 + 6 + 36, a UUID), attempts (13 + 6 + at most 10
+/// digits), time of death (12 + 6 + 13) and reason kind (14 + 6 + at most
+/// 28, `unsupported_envelope_version`), about 175 bytes. The reason's
+/// message takes what room is left.
 pub(super) const DEAD_LETTER_ROOM: usize = 512;
 
 /// The size SQS counts: the body and each attribute's name, data type and
