@@ -487,3 +487,100 @@ async fn every_message_sent_can_be_dead_lettered_with_its_reason_clipped_to_fit(
     let kept = dead[0].reason.message.len();
     assert!(kept > 0 && kept < 512, "{kept} bytes of the reason kept");
 }
+
+#[tokio::test]
+async fn a_reply_larger_than_the_replies_queue_takes_dead_letters_the_job_instead_of_failing_the_ack() {
+    let sqs = Sqs::start().await;
+    let client = aws_sdk_sqs::Client::new(&sqs.moto.sdk_config());
+    client
+        .create_queue()
+        .queue_name("answers")
+        .attributes(aws_sdk_sqs::types::QueueAttributeName::MaximumMessageSize, "1024")
+        .send()
+        .await
+        .expect("create the replies queue");
+    let mailbox = sqs.mailbox("jobs", "&replies=answers").await;
+    for id in ["small", "large"] {
+        mailbox.send(id, Bytes::from(id)).await.expect("send");
+    }
+    for _ in 0..2 {
+        let delivery = claim_one(&mailbox, LEASE, PATIENCE).await;
+        let id = String::from_utf8(delivery.payload.to_vec()).expect("utf-8");
+        let body = if id == "large" {
+            "r".repeat(2000)
+        } else {
+            "ok".to_owned()
+        };
+        let acked = mailbox.ack(&delivery.lease, &reply(&id, &body)).await.expect("ack");
+        let expected = if id == "large" {
+            Acked::DeadLettered {
+                kind: "reply_too_large",
+            }
+        } else {
+            Acked::Replied
+        };
+        assert_eq!(acked, expected, "{id}");
+    }
+    let depth = mailbox.depth().await.unwrap();
+    assert_eq!(
+        (depth.ready, depth.in_flight, depth.dead),
+        (0, 0, 1),
+        "nothing to run again"
+    );
+    let dead = mailbox.dead_letters(10).await.unwrap();
+    assert_eq!(dead[0].payload, Bytes::from("large"));
+    assert_eq!(dead[0].reason.kind, "reply_too_large");
+    assert!(
+        dead[0].reason.message.contains("more than the 1024"),
+        "{}",
+        dead[0].reason.message
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_dead_letters_a_job_whose_reply_its_replies_queue_cannot_take() {
+    use common::worker_jobs::{dead_letters, envelope, send};
+    use wink_host::worker::{JobResources, ReplyRoutes, Worker, WorkerConfig};
+
+    let sqs = Sqs::start().await;
+    aws_sdk_sqs::Client::new(&sqs.moto.sdk_config())
+        .create_queue()
+        .queue_name("answers")
+        .attributes(aws_sdk_sqs::types::QueueAttributeName::MaximumMessageSize, "1024")
+        .send()
+        .await
+        .expect("create the replies queue");
+    let mailbox = std::sync::Arc::new(sqs.mailbox("jobs", "&replies=answers").await);
+    let config = WorkerConfig {
+        worker_id: Some("sqs-worker".into()),
+        poll_wait: common::worker_jobs::ms(200),
+        ..WorkerConfig::default()
+    };
+    let worker = Worker::new(
+        common::runtime(),
+        mailbox.clone(),
+        config,
+        JobResources::default(),
+        ReplyRoutes::registered_only(),
+    )
+    .expect("worker");
+    let task = tokio::spawn({
+        let worker = worker.clone();
+        async move { worker.run().await }
+    });
+    // The trivial agent echoes its input: this one's reply is over 2 KB.
+    let large = envelope("large", "trivial", serde_json::json!({"text": "t".repeat(2000)}));
+    send(mailbox.as_ref(), &large).await;
+    send(mailbox.as_ref(), &envelope("small", "trivial", serde_json::json!({}))).await;
+
+    let dead = dead_letters(mailbox.as_ref(), 1).await;
+    assert_eq!(dead[0].reason.kind, "reply_too_large", "{dead:?}");
+    worker.shutdown();
+    let summary = task.await.expect("task").expect("run");
+    assert_eq!(
+        (summary.dead_lettered, summary.succeeded, summary.claimed),
+        (1, 1, 2),
+        "the large job ran once and was not claimed again: {summary:?}"
+    );
+    assert_eq!(mailbox.depth().await.expect("depth").dead, 1);
+}

@@ -84,6 +84,14 @@ pub enum Acked {
     /// An earlier run already answered this request; its reply stands and
     /// this one was dropped. The message was removed.
     AlreadyReplied,
+    /// The reply could not be kept (larger than the backend's replies queue
+    /// takes, say), so the message went to the dead-letter queue with a
+    /// reason of this kind instead of being removed: the job does not run
+    /// again, and its message is not lost.
+    DeadLettered {
+        /// The dead-letter reason's kind.
+        kind: &'static str,
+    },
 }
 
 /// Why a message went to the dead-letter queue.

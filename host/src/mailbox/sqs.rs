@@ -74,6 +74,9 @@ const FIFO_DEDUP_WINDOW: Duration = Duration::from_secs(5 * 60);
 /// Sends older than the window minus this are no longer reported as duplicates,
 /// since SQS measures the window from when it accepted the first send.
 const DEDUP_MARGIN: Duration = Duration::from_secs(10);
+/// The dead-letter reason kind of a job whose reply its replies queue
+/// cannot take.
+const REPLY_TOO_LARGE: &str = "reply_too_large";
 /// Longest dead-letter reason message kept, in bytes.
 const MAX_REASON_BYTES: usize = 4096;
 
@@ -103,7 +106,7 @@ pub struct SqsMailbox {
     /// The dead-letter queue's (at least the queue's), or the queue's when
     /// the dead-letter queue's could not be read.
     dlq_max_message_bytes: Option<usize>,
-    replies_url: Option<String>,
+    replies: Option<RepliesQueue>,
     fifo: bool,
     /// The redrive policy's maxReceiveCount: how many deliveries a message
     /// moved by SQS itself had.
@@ -113,12 +116,20 @@ pub struct SqsMailbox {
     recent_sends: Mutex<RecentSends>,
 }
 
+/// The queue replies are forwarded to.
+#[derive(Debug)]
+struct RepliesQueue {
+    url: String,
+    /// Its `MaximumMessageSize` at open, when SQS reported it.
+    max: Option<usize>,
+}
+
 impl fmt::Debug for SqsMailbox {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SqsMailbox")
             .field("queue_url", &self.queue_url)
             .field("dlq_url", &self.dlq_url)
-            .field("replies_url", &self.replies_url)
+            .field("replies", &self.replies)
             .finish_non_exhaustive()
     }
 }
@@ -151,8 +162,14 @@ impl SqsMailbox {
         let fifo = is_fifo(queue);
         let (queue_url, dlq_url, redrive_receives) = admin.main_and_dead(queue, options).await?;
         let (max_message_bytes, dlq_max_message_bytes) = admin.max_message_sizes(&queue_url, &dlq_url).await?;
-        let replies_url = match &options.replies {
-            Some(name) => Some(admin.queue_url(name, options.create, None).await?),
+        let replies = match &options.replies {
+            Some(name) => {
+                let url = admin.queue_url(name, options.create, None).await?;
+                let max = admin
+                    .max_message_size_if_readable(&url, "leaving the size of replies to SQS")
+                    .await;
+                Some(RepliesQueue { url, max })
+            }
             None => None,
         };
         Ok(Self {
@@ -162,7 +179,7 @@ impl SqsMailbox {
             dlq_url,
             max_message_bytes,
             dlq_max_message_bytes,
-            replies_url,
+            replies,
             fifo,
             redrive_receives,
             leases: LocalLeases::default(),
@@ -314,22 +331,40 @@ impl SqsMailbox {
         sdk_error(operation, err)
     }
 
-    /// Send `reply` to the replies queue, if there is one.
-    async fn forward_reply(&self, reply: &Reply) -> Result<(), MailboxError> {
-        let Some(url) = &self.replies_url else {
+    /// Send `reply` to the replies queue, if there is one. A reply larger
+    /// than that queue takes is not sent: the reason it cannot be kept
+    /// comes back instead, for the job's message to be dead-lettered with,
+    /// since failing the ack would only run the job again, forever.
+    async fn forward_reply(&self, reply: &Reply) -> Result<Option<DeadLetterReason>, MailboxError> {
+        let Some(replies) = &self.replies else {
             tracing::debug!(request_id = %reply.request_id, "no replies queue: the reply is not kept");
-            return Ok(());
+            return Ok(None);
         };
         let (body, encoding) = encode_body(&reply.body);
+        let mut attributes = HashMap::from([(attr::REQUEST_ID.to_owned(), text_attr(&reply.request_id)?)]);
+        if let Some(encoding) = encoding {
+            attributes.insert(attr::BODY.to_owned(), text_attr(encoding)?);
+        }
+        let size = message_size(&body, &attributes);
+        if let Some(max) = replies.max
+            && size > max
+        {
+            return Ok(Some(DeadLetterReason {
+                kind: REPLY_TOO_LARGE.to_owned(),
+                message: format!(
+                    "the reply is {size} bytes as an SQS message, more than the {max} replies queue {} takes \
+                     (MaximumMessageSize)",
+                    replies.url
+                ),
+            }));
+        }
+        let url = &replies.url;
         let mut request = self
             .client
             .send_message()
             .queue_url(url)
             .message_body(body)
-            .message_attributes(attr::REQUEST_ID, text_attr(&reply.request_id)?);
-        if let Some(encoding) = encoding {
-            request = request.message_attributes(attr::BODY, text_attr(encoding)?);
-        }
+            .set_message_attributes(Some(attributes));
         if url.ends_with(options::FIFO_SUFFIX) {
             let id = fifo_id(&reply.request_id);
             request = request.message_group_id(&id).message_deduplication_id(id);
@@ -338,7 +373,7 @@ impl SqsMailbox {
             .send()
             .await
             .map_err(|err| sdk_error("SendMessage (reply)", err))?;
-        Ok(())
+        Ok(None)
     }
 
     /// The approximate counts of one queue: (visible, not visible, delayed).
@@ -588,7 +623,10 @@ impl Mailbox for SqsMailbox {
     async fn ack(&self, lease: &Lease, reply: &Reply) -> Result<Acked, MailboxError> {
         self.confirm(lease).await?;
         // Reply first: a crash in between repeats the job, never loses the answer.
-        self.forward_reply(reply).await?;
+        if let Some(unkept) = self.forward_reply(reply).await? {
+            self.dead_letter(lease, &unkept).await?;
+            return Ok(Acked::DeadLettered { kind: REPLY_TOO_LARGE });
+        }
         self.delete(lease).await?;
         Ok(Acked::Replied)
     }
@@ -866,13 +904,7 @@ impl Admin {
         dlq_url: &str,
     ) -> Result<(Option<usize>, Option<usize>), MailboxError> {
         let main = self.max_message_size(queue_url).await?;
-        let dead = match self.max_message_size(dlq_url).await {
-            Ok(dead) => dead,
-            Err(err) => {
-                tracing::warn!(dlq_url, error = %err, "cannot read the dead-letter queue's MaximumMessageSize; assuming the queue's");
-                None
-            }
-        };
+        let dead = self.max_message_size_if_readable(dlq_url, "assuming the queue's").await;
         if let (Some(main), Some(dead)) = (main, dead)
             && dead < main
         {
@@ -883,6 +915,16 @@ impl Admin {
             )));
         }
         Ok((main, dead.or(main)))
+    }
+
+    /// The queue's `MaximumMessageSize`, or none, with a warning saying
+    /// what is assumed instead, when it cannot be read: a queue of another
+    /// producer or account may grant only sending and receiving.
+    async fn max_message_size_if_readable(&self, url: &str, assumed: &str) -> Option<usize> {
+        self.max_message_size(url).await.unwrap_or_else(|err| {
+            tracing::warn!(url, error = %err, "cannot read the queue's MaximumMessageSize; {assumed}");
+            None
+        })
     }
 
     /// The queue's `MaximumMessageSize`, when SQS reports one.

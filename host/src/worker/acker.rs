@@ -87,6 +87,17 @@ async fn ack(
     let mut acked = 0;
     for (((lease, reply), ok), result) in batch.iter().zip(succeeded).zip(results) {
         match result {
+            Ok(Acked::DeadLettered { kind }) => {
+                shared.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                shared.runtime.metrics().mailbox_dead_lettered(shared.queue(), kind, 1);
+                tracing::warn!(
+                    request_id = %reply.request_id,
+                    message_id = %lease.message_id,
+                    kind,
+                    "the reply could not be kept; the message was dead-lettered instead"
+                );
+                shared.forget(&reply.request_id).await;
+            }
             Ok(outcome) => {
                 acked += 1;
                 let counter = if *ok {
