@@ -419,22 +419,25 @@ async fn opening_refuses_bad_names_and_missing_queues_by_name() {
     assert!(scheme.contains("unknown parameter `colour`"), "{scheme}");
 }
 
-/// Queues `jobs` and `jobs-dlq`, made here rather than by the mailbox, that
-/// take messages of up to `main` and `dead` bytes.
+/// Queue `name`, made here rather than by a mailbox, taking messages of up
+/// to `max` bytes.
+async fn create_sized_queue(sqs: &Sqs, name: &str, max: usize) {
+    aws_sdk_sqs::Client::new(&sqs.moto.sdk_config())
+        .create_queue()
+        .queue_name(name)
+        .attributes(
+            aws_sdk_sqs::types::QueueAttributeName::MaximumMessageSize,
+            max.to_string(),
+        )
+        .send()
+        .await
+        .unwrap_or_else(|err| panic!("creating {name}: {err:?}"));
+}
+
+/// Queues `jobs` and `jobs-dlq` taking messages of up to `main` and `dead` bytes.
 async fn create_sized_queues(sqs: &Sqs, main: usize, dead: usize) {
-    let client = aws_sdk_sqs::Client::new(&sqs.moto.sdk_config());
-    for (name, max) in [("jobs", main), ("jobs-dlq", dead)] {
-        client
-            .create_queue()
-            .queue_name(name)
-            .attributes(
-                aws_sdk_sqs::types::QueueAttributeName::MaximumMessageSize,
-                max.to_string(),
-            )
-            .send()
-            .await
-            .unwrap_or_else(|err| panic!("creating {name}: {err:?}"));
-    }
+    create_sized_queue(sqs, "jobs", main).await;
+    create_sized_queue(sqs, "jobs-dlq", dead).await;
 }
 
 #[tokio::test]
@@ -491,14 +494,7 @@ async fn every_message_sent_can_be_dead_lettered_with_its_reason_clipped_to_fit(
 #[tokio::test]
 async fn a_reply_larger_than_the_replies_queue_takes_dead_letters_the_job_instead_of_failing_the_ack() {
     let sqs = Sqs::start().await;
-    let client = aws_sdk_sqs::Client::new(&sqs.moto.sdk_config());
-    client
-        .create_queue()
-        .queue_name("answers")
-        .attributes(aws_sdk_sqs::types::QueueAttributeName::MaximumMessageSize, "1024")
-        .send()
-        .await
-        .expect("create the replies queue");
+    create_sized_queue(&sqs, "answers", 1024).await;
     let mailbox = sqs.mailbox("jobs", "&replies=answers").await;
     for id in ["small", "large"] {
         mailbox.send(id, Bytes::from(id)).await.expect("send");
@@ -543,13 +539,7 @@ async fn a_worker_dead_letters_a_job_whose_reply_its_replies_queue_cannot_take()
     use wink_host::worker::{JobResources, ReplyRoutes, Worker, WorkerConfig};
 
     let sqs = Sqs::start().await;
-    aws_sdk_sqs::Client::new(&sqs.moto.sdk_config())
-        .create_queue()
-        .queue_name("answers")
-        .attributes(aws_sdk_sqs::types::QueueAttributeName::MaximumMessageSize, "1024")
-        .send()
-        .await
-        .expect("create the replies queue");
+    create_sized_queue(&sqs, "answers", 1024).await;
     let mailbox = std::sync::Arc::new(sqs.mailbox("jobs", "&replies=answers").await);
     let config = WorkerConfig {
         worker_id: Some("sqs-worker".into()),
