@@ -276,6 +276,7 @@ impl SqsMailbox {
                 attributes,
                 attempt,
                 enqueued_at_ms,
+                dead_letter_sent: false,
             },
         );
         Some(delivery)
@@ -647,6 +648,10 @@ impl Mailbox for SqsMailbox {
                 lease.message_id
             )));
         };
+        // A retry after a failed delete: the copy is there already.
+        if received.dead_letter_sent {
+            return self.delete(lease).await;
+        }
         let attributes = dead_letter_attributes(
             &received,
             &lease.message_id,
@@ -668,6 +673,7 @@ impl Mailbox for SqsMailbox {
             .send()
             .await
             .map_err(|err| sdk_error("SendMessage (dead letter)", err))?;
+        self.leases.mark_dead_letter_sent(lease);
         self.delete(lease).await
     }
 
@@ -1187,6 +1193,7 @@ mod tests {
             ]),
             attempt: u32::MAX,
             enqueued_at_ms: u64::MAX,
+            dead_letter_sent: false,
         }
     }
 

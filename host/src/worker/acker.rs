@@ -81,7 +81,11 @@ async fn ack(
     let call = shared.batch_spans.as_ref().map(BatchSpans::start);
     let results = ack_with_retries(shared, batch).await;
     if let Some(call) = call {
-        let failed = results.iter().filter(|result| result.is_err()).count();
+        // A job dead-lettered for want of room for its reply was not acked.
+        let failed = results
+            .iter()
+            .filter(|result| !matches!(result, Ok(Acked::Replied | Acked::AlreadyReplied)))
+            .count();
         call.end(BatchOperation::Ack, shared.queue(), batch.len(), failed, job_spans);
     }
     let mut acked = 0;

@@ -41,6 +41,9 @@ pub(super) struct Received {
     pub attempt: u32,
     /// When the message was first sent, in Unix milliseconds.
     pub enqueued_at_ms: u64,
+    /// Its copy is on the dead-letter queue already: a dead letter whose
+    /// delete failed, retried, must not send a second copy.
+    pub dead_letter_sent: bool,
 }
 
 #[derive(Debug)]
@@ -133,6 +136,17 @@ impl LocalLeases {
         }
     }
 
+    /// The message's copy is on the dead-letter queue.
+    pub fn mark_dead_letter_sent(&self, lease: &Lease) {
+        if let Some(Entry {
+            state: State::Held { received, .. },
+            ..
+        }) = self.table().by_token.get_mut(&lease.token)
+        {
+            received.dead_letter_sent = true;
+        }
+    }
+
     /// The lease now runs until `until`.
     pub fn extend(&self, lease: &Lease, until: Instant) {
         if let Some(Entry {
@@ -204,6 +218,7 @@ mod tests {
             attributes: HashMap::new(),
             attempt: 1,
             enqueued_at_ms: 0,
+            dead_letter_sent: false,
         }
     }
 
@@ -219,6 +234,19 @@ mod tests {
         leases.record(&second, Instant::now() + LONG, received());
         assert!(matches!(leases.check(&first), Err(MailboxError::LeaseLost { .. })));
         assert!(matches!(leases.check(&second), Ok(Known::Held(_))));
+    }
+
+    #[test]
+    fn a_sent_dead_letter_is_remembered_for_its_lease_only() {
+        let leases = LocalLeases::default();
+        let first = lease("m", "r1");
+        leases.record(&first, Instant::now() + LONG, received());
+        leases.mark_dead_letter_sent(&first);
+        assert!(matches!(leases.received(&first), Ok(Known::Held(r)) if r.dead_letter_sent));
+        // The message received again (its delete never happened) is a fresh delivery.
+        let second = lease("m", "r2");
+        leases.record(&second, Instant::now() + LONG, received());
+        assert!(matches!(leases.received(&second), Ok(Known::Held(r)) if !r.dead_letter_sent));
     }
 
     #[test]
