@@ -341,11 +341,7 @@ impl SqsMailbox {
             tracing::debug!(request_id = %reply.request_id, "no replies queue: the reply is not kept");
             return Ok(None);
         };
-        let (body, encoding) = encode_body(&reply.body);
-        let mut attributes = HashMap::from([(attr::REQUEST_ID.to_owned(), text_attr(&reply.request_id)?)]);
-        if let Some(encoding) = encoding {
-            attributes.insert(attr::BODY.to_owned(), text_attr(encoding)?);
-        }
+        let (body, attributes) = request_message(&reply.request_id, &reply.body)?;
         let size = message_size(&body, &attributes);
         if let Some(max) = replies.max
             && size > max
@@ -547,14 +543,8 @@ impl Mailbox for SqsMailbox {
 
     async fn send(&self, request_id: &str, payload: Bytes) -> Result<Sent, MailboxError> {
         validate_request_id(request_id).map_err(|err| MailboxError::Invalid(err.to_string()))?;
-        let (body, encoding) = encode_body(&payload);
-        let mut attributes = HashMap::from([
-            (attr::REQUEST_ID.to_owned(), text_attr(request_id)?),
-            (attr::ENQUEUED_AT.to_owned(), number_attr(unix_ms(SystemTime::now()))?),
-        ]);
-        if let Some(encoding) = encoding {
-            attributes.insert(attr::BODY.to_owned(), text_attr(encoding)?);
-        }
+        let (body, mut attributes) = request_message(request_id, &payload)?;
+        attributes.insert(attr::ENQUEUED_AT.to_owned(), number_attr(unix_ms(SystemTime::now()))?);
         self.check_dead_letter_room(request_id, &body, &attributes)?;
         let sent_at = Instant::now();
         if self.fifo && !self.sends().reserve(request_id, sent_at) {
@@ -1049,6 +1039,21 @@ fn is_sqs_char(c: char) -> bool {
 }
 
 /// `payload` as an SQS body, and the `wink-body` encoding when it is not the payload as is.
+/// The body and attributes of a message carrying `payload` for request
+/// `request_id`, a job or a reply: the body as SQS text, the request id,
+/// and how the body was encoded when it is not the payload itself.
+fn request_message(
+    request_id: &str,
+    payload: &[u8],
+) -> Result<(String, HashMap<String, MessageAttributeValue>), MailboxError> {
+    let (body, encoding) = encode_body(payload);
+    let mut attributes = HashMap::from([(attr::REQUEST_ID.to_owned(), text_attr(request_id)?)]);
+    if let Some(encoding) = encoding {
+        attributes.insert(attr::BODY.to_owned(), text_attr(encoding)?);
+    }
+    Ok((body, attributes))
+}
+
 fn encode_body(payload: &[u8]) -> (String, Option<&'static str>) {
     if payload.is_empty() {
         // SQS refuses empty bodies.
