@@ -92,8 +92,7 @@ async fn ack(
     for (((lease, reply), ok), result) in batch.iter().zip(succeeded).zip(results) {
         match result {
             Ok(Acked::DeadLettered { kind }) => {
-                shared.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
-                shared.runtime.metrics().mailbox_dead_lettered(shared.queue(), kind, 1);
+                shared.count_dead_letter(kind);
                 tracing::warn!(
                     request_id = %reply.request_id,
                     message_id = %lease.message_id,

@@ -463,10 +463,7 @@ impl Shared {
         mark_failed(poison.kind);
         match self.mailbox.dead_letter(&delivery.lease, &reason).await {
             Ok(()) => {
-                self.runtime
-                    .metrics()
-                    .mailbox_dead_lettered(self.queue(), poison.kind, 1);
-                self.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                self.count_dead_letter(poison.kind);
                 tracing::warn!(
                     message_id = %delivery.lease.message_id,
                     attempt = delivery.attempt,
@@ -484,6 +481,12 @@ impl Shared {
                 "cannot dead-letter the message; it returns when its lease lapses"
             ),
         }
+    }
+
+    /// Count a message just dead-lettered with reason `kind`.
+    pub(super) fn count_dead_letter(&self, kind: &str) {
+        self.runtime.metrics().mailbox_dead_lettered(self.queue(), kind, 1);
+        self.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Drop a finished request's spend and session checkpoint.
