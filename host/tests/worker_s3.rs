@@ -189,6 +189,31 @@ async fn the_lease_is_kept_while_a_slow_agent_is_fetched() {
     assert_eq!((summary.lease_lost, summary.retried), (0, 0), "{summary:?}");
 }
 
+/// Agents load side by side: a job whose agent is slow to fetch holds up
+/// the jobs of that agent only, not those of an agent on disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_agent_fetch_holds_up_only_the_jobs_of_that_agent() {
+    let moto = Moto::start().await;
+    bucket_with(&moto, &[("slow/agent.wasm", guest_bytes("trivial"))]).await;
+    let endpoint = slow_proxy(&moto.endpoint(), Duration::from_secs(6)).await;
+    let running = start(&moto, endpoint);
+    job(&running, "slow", &format!("s3://{BUCKET}/slow/agent.wasm")).await;
+    // Long enough for the worker to claim the job and start the fetch.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    job(&running, "local", guest("hello").to_str().expect("path")).await;
+
+    let local = reply(running.mailbox.as_ref(), "local").await;
+    assert_eq!(local.status, ReplyStatus::Succeeded, "{local:?}");
+    assert!(
+        stored_reply(running.mailbox.as_ref(), "slow").await.is_none(),
+        "the agent on disk waited for the slow fetch"
+    );
+    let slow = reply(running.mailbox.as_ref(), "slow").await;
+    assert_eq!(slow.status, ReplyStatus::Succeeded, "{slow:?}");
+    let summary = running.stop().await;
+    assert_eq!((summary.succeeded, summary.retried), (2, 0), "{summary:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_agents_that_cannot_be_fetched_or_run_are_dead_lettered_at_once() {
     let moto = Moto::start().await;

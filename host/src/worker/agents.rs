@@ -34,10 +34,14 @@ pub(crate) struct Agents {
     recheck: Duration,
     epoch: Instant,
     entries: Mutex<HashMap<String, Arc<CachedAgent>>>,
-    /// Loads one component at a time, so that many jobs arriving for a cold
-    /// agent read and compile it once.
-    loading: tokio::sync::Mutex<()>,
+    /// The load in progress of each reference being loaded: many jobs
+    /// arriving for a cold agent read and compile it once, while other
+    /// agents load beside it (a slow fetch holds up only its own jobs).
+    loading: LoadGates,
 }
+
+/// Per reference being loaded, the lock its loads take in turn.
+type LoadGates = Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>;
 
 /// Why a job's agent is not available to it.
 #[derive(Debug)]
@@ -115,7 +119,7 @@ impl Agents {
             recheck,
             epoch: Instant::now(),
             entries: Mutex::new(HashMap::new()),
-            loading: tokio::sync::Mutex::new(()),
+            loading: Mutex::new(HashMap::new()),
         }
     }
 
@@ -186,7 +190,33 @@ impl Agents {
         source: &AgentRef,
         stale: Option<&Arc<CachedAgent>>,
     ) -> Result<Arc<CachedAgent>, AgentError> {
-        let _one_at_a_time = self.loading.lock().await;
+        let _turn = self.load_turn(reference).await;
+        self.load_once(reference, source, stale).await
+    }
+
+    /// Wait for this job's turn at loading `reference`.
+    async fn load_turn<'a>(&'a self, reference: &'a str) -> LoadTurn<'a> {
+        let gate = self
+            .loading
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(reference.to_owned())
+            .or_default()
+            .clone();
+        LoadTurn {
+            loading: &self.loading,
+            reference,
+            held: gate.lock_owned().await,
+        }
+    }
+
+    /// Load `source`, unless a job whose turn came before loaded it already.
+    async fn load_once(
+        &self,
+        reference: &str,
+        source: &AgentRef,
+        stale: Option<&Arc<CachedAgent>>,
+    ) -> Result<Arc<CachedAgent>, AgentError> {
         if let Some(agent) = self.cached(reference)
             && !stale.is_some_and(|stale| Arc::ptr_eq(stale, &agent))
         {
@@ -233,6 +263,26 @@ impl Agents {
             version,
             checked_ms: AtomicU64::new(self.now_ms()),
         }))
+    }
+}
+
+/// One job's turn at loading an agent: the reference's gate, held.
+struct LoadTurn<'a> {
+    loading: &'a LoadGates,
+    reference: &'a str,
+    held: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl Drop for LoadTurn<'_> {
+    /// Forget the gate once no other job waits on it (done or cancelled), so
+    /// that references seen once, many of them bad, do not pile up.
+    fn drop(&mut self) {
+        let mut loading = self.loading.lock().unwrap_or_else(PoisonError::into_inner);
+        // Held by the map and this turn alone: another job can only take it
+        // through the map, which is locked.
+        if Arc::strong_count(tokio::sync::OwnedMutexGuard::mutex(&self.held)) == 2 {
+            loading.remove(self.reference);
+        }
     }
 }
 
@@ -423,6 +473,55 @@ mod tests {
         assert_eq!(both.timeout, policy.timeout);
         assert_eq!(both.model_budget().max_micro_usd, Some(500_000));
         assert_eq!(policy_budget(&both.model_budget()).max_usd, Some(0.5));
+    }
+
+    fn agents() -> Agents {
+        let runtime = Runtime::new(&crate::runtime::RuntimeConfig::default()).expect("runtime");
+        Agents::new(
+            runtime,
+            Arc::new(JobResources::default()),
+            S3Settings::default(),
+            Duration::from_secs(60),
+        )
+    }
+
+    fn gates(agents: &Agents) -> usize {
+        agents.loading.lock().expect("gates").len()
+    }
+
+    #[tokio::test]
+    async fn loads_of_one_agent_take_turns_and_its_gate_goes_with_the_last_one() {
+        let agents = agents();
+        let first = agents.load_turn("a.wasm").await;
+        let other = agents.load_turn("b.wasm").await;
+        let mut second = std::pin::pin!(agents.load_turn("a.wasm"));
+        let waited = tokio::time::timeout(Duration::from_millis(50), &mut second).await;
+        assert!(waited.is_err(), "a second load of a.wasm waits for the first");
+        drop(other);
+        assert_eq!(gates(&agents), 1, "b.wasm's gate is gone, a.wasm's stays");
+        drop(first);
+        assert_eq!(gates(&agents), 1, "kept for the job still waiting");
+        drop(second.await);
+        assert_eq!(gates(&agents), 0);
+    }
+
+    #[tokio::test]
+    async fn a_load_given_up_while_waiting_leaves_no_gate_behind() {
+        let agents = agents();
+        let first = agents.load_turn("a.wasm").await;
+        let waited = tokio::time::timeout(Duration::from_millis(50), agents.load_turn("a.wasm")).await;
+        assert!(waited.is_err());
+        drop(first);
+        assert_eq!(gates(&agents), 0);
+    }
+
+    #[tokio::test]
+    async fn a_failed_load_leaves_no_gate_behind() {
+        let agents = agents();
+        let missing = AgentRef::File("/nonexistent/agent.wasm".into());
+        let result = agents.get("/nonexistent/agent.wasm", &missing).await;
+        assert!(matches!(result, Err(AgentError::Poison(_))));
+        assert_eq!(gates(&agents), 0);
     }
 
     #[test]
