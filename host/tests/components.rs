@@ -64,6 +64,38 @@ async fn same_component_is_compiled_once_and_shared() {
     );
     let (a, b) = (a.expect("a"), b.expect("b"));
     assert_eq!(a.digest(), b.digest());
+    assert_eq!(runtime.cache().len(), 1);
+}
+
+/// A worker whose agents are replaced by new versions keeps in memory only
+/// the compiled components of the agents and tools still loaded.
+#[tokio::test]
+async fn a_compiled_component_is_kept_while_an_agent_or_tool_holds_it() {
+    let runtime = runtime();
+    let bytes: Arc<[u8]> = std::fs::read(guest("trivial")).expect("read").into();
+    let first = runtime.load_agent_bytes("a", bytes.clone()).await.expect("a");
+    let again = runtime.load_agent_bytes("b", bytes.clone()).await.expect("b");
+    let other = load(&runtime, "hello").await;
+    let tool = runtime
+        .load_tool(&guest("read_file"), Default::default())
+        .await
+        .expect("tool");
+    assert_eq!(runtime.cache().len(), 3);
+    drop(first);
+    assert_eq!(runtime.cache().len(), 3, "still held by the second load");
+    drop(again);
+    assert_eq!(runtime.cache().len(), 2);
+    drop((other, tool));
+    assert!(runtime.cache().is_empty());
+
+    // A component that failed to compile is not kept either.
+    let corrupt: Arc<[u8]> = b"\0asm not really".to_vec().into();
+    assert!(runtime.load_agent_bytes("corrupt", corrupt).await.is_err());
+    assert!(runtime.cache().is_empty());
+    // Loading it again compiles it again.
+    let reloaded = runtime.load_agent_bytes("a", bytes).await.expect("reloaded");
+    assert!(run(&runtime, &reloaded, "{}", env()).await.outcome.is_ok());
+    assert_eq!(runtime.cache().len(), 1);
 }
 
 #[tokio::test]

@@ -22,7 +22,8 @@ use crate::tools::{ToolCallContext, ToolSet};
 #[derive(Clone)]
 pub struct AgentComponent {
     name: Arc<str>,
-    digest: super::Digest,
+    /// Keeps the compiled component in the cache while this agent is loaded.
+    compiled: super::CachedComponent,
     pre: AgentPre<SandboxState<AgentHost>>,
 }
 
@@ -30,7 +31,7 @@ impl std::fmt::Debug for AgentComponent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AgentComponent")
             .field("name", &self.name)
-            .field("digest", &self.digest)
+            .field("digest", self.digest())
             .finish()
     }
 }
@@ -43,7 +44,7 @@ impl AgentComponent {
 
     /// The sha256 of the component's bytes.
     pub fn digest(&self) -> &super::Digest {
-        &self.digest
+        self.compiled.digest()
     }
 }
 
@@ -114,11 +115,11 @@ impl Runtime {
 
     /// Load an agent component from its bytes.
     pub async fn load_agent_bytes(&self, name: &str, bytes: Arc<[u8]>) -> Result<AgentComponent, LoadError> {
-        let (digest, instance_pre) = self.prepare(name, bytes, self.agent_linker(), "agent").await?;
+        let (compiled, instance_pre) = self.prepare(name, bytes, self.agent_linker(), "agent").await?;
         let pre = AgentPre::new(instance_pre).map_err(|err| LoadError::wrong_world(name, "agent", &err))?;
         Ok(AgentComponent {
             name: name.into(),
-            digest,
+            compiled,
             pre,
         })
     }

@@ -4,7 +4,10 @@
 //! instantiating a compiled one takes microseconds. The cache compiles each
 //! distinct component once per process, and, with a cache directory, once per
 //! machine: the precompiled artifact is written to disk and mapped back in on
-//! the next start. Artifacts are checked against a recorded digest before they
+//! the next start. In memory, a compiled component is kept while a loaded
+//! agent or tool holds it ([`CachedComponent`]): a worker whose agents are
+//! replaced by new versions over weeks does not keep every old version's
+//! machine code. Artifacts are checked against a recorded digest before they
 //! are loaded, so a truncated or tampered file is recompiled, never executed.
 
 use std::collections::HashMap;
@@ -12,7 +15,7 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use cap_std::ambient_authority;
 use cap_std::fs::Dir;
@@ -99,7 +102,41 @@ impl LoadError {
 pub struct ComponentCache {
     engine: Engine,
     disk: Option<DiskCache>,
-    compiled: Mutex<HashMap<Digest, Arc<OnceCell<Component>>>>,
+    /// The components loaded agents and tools hold, and those being compiled.
+    compiled: Mutex<HashMap<Digest, Weak<Compiled>>>,
+}
+
+/// One component, compiled once by the first load of it to get there.
+struct Compiled {
+    digest: Digest,
+    component: OnceCell<Component>,
+}
+
+/// A compiled component, from the cache. The cache keeps it in memory while
+/// any copy of this exists (held by the loaded agent or tool it serves), so
+/// that other loads of the same bytes share it.
+#[derive(Clone)]
+pub struct CachedComponent {
+    held: Arc<Compiled>,
+    component: Component,
+}
+
+impl CachedComponent {
+    /// The sha256 of the component's bytes.
+    pub fn digest(&self) -> &Digest {
+        &self.held.digest
+    }
+
+    /// The compiled component.
+    pub fn component(&self) -> &Component {
+        &self.component
+    }
+}
+
+impl std::fmt::Debug for CachedComponent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("CachedComponent").field(self.digest()).finish()
+    }
 }
 
 impl std::fmt::Debug for ComponentCache {
@@ -123,17 +160,49 @@ impl ComponentCache {
 
     /// The compiled form of `bytes`, compiling at most once per digest even
     /// when many jobs ask for the same component at the same moment.
-    pub async fn get(&self, name: &str, bytes: Arc<[u8]>) -> Result<(Digest, Component), LoadError> {
-        let digest = Digest::of(&bytes);
-        let cell = self
-            .compiled
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entry(digest.clone())
-            .or_default()
+    pub async fn get(&self, name: &str, bytes: Arc<[u8]>) -> Result<CachedComponent, LoadError> {
+        let held = self.entry(Digest::of(&bytes));
+        let component = held
+            .component
+            .get_or_try_init(|| self.load(name, &held.digest, bytes))
+            .await?
             .clone();
-        let component = cell.get_or_try_init(|| self.load(name, &digest, bytes)).await?.clone();
-        Ok((digest, component))
+        Ok(CachedComponent { held, component })
+    }
+
+    /// How many compiled components are in memory (or being compiled).
+    pub fn len(&self) -> usize {
+        self.lock()
+            .values()
+            .filter(|compiled| compiled.strong_count() > 0)
+            .count()
+    }
+
+    /// Whether no compiled component is in memory.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The entry of `digest`, shared with the loads of it in progress or
+    /// done and still held; a new one otherwise.
+    fn entry(&self, digest: Digest) -> Arc<Compiled> {
+        let mut entries = self.lock();
+        if let Some(compiled) = entries.get(&digest).and_then(Weak::upgrade) {
+            return compiled;
+        }
+        // Forget the components nothing holds any more (including failed
+        // compilations): the map stays as small as what is loaded.
+        entries.retain(|_, compiled| compiled.strong_count() > 0);
+        let compiled = Arc::new(Compiled {
+            digest: digest.clone(),
+            component: OnceCell::new(),
+        });
+        entries.insert(digest, Arc::downgrade(&compiled));
+        compiled
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Digest, Weak<Compiled>>> {
+        self.compiled.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     async fn load(&self, name: &str, digest: &Digest, bytes: Arc<[u8]>) -> Result<Component, LoadError> {

@@ -23,7 +23,7 @@ use wasmtime::component::Linker;
 use wasmtime::{Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap, UpdateDeadline};
 
 pub use agent::{AgentComponent, JobEnv, agent_name};
-pub use cache::{ComponentCache, Digest, LoadError};
+pub use cache::{CachedComponent, ComponentCache, Digest, LoadError};
 pub use limits::{Limit, LimitExceeded, Limits};
 
 pub(crate) use agent::AgentHost;
@@ -266,12 +266,12 @@ impl Runtime {
         bytes: Arc<[u8]>,
         linker: &Linker<T>,
         world: &'static str,
-    ) -> Result<(Digest, wasmtime::component::InstancePre<T>), LoadError> {
-        let (digest, component) = self.cache().get(name, bytes).await?;
+    ) -> Result<(CachedComponent, wasmtime::component::InstancePre<T>), LoadError> {
+        let compiled = self.cache().get(name, bytes).await?;
         let instance_pre = linker
-            .instantiate_pre(&component)
+            .instantiate_pre(compiled.component())
             .map_err(|err| LoadError::wrong_world(name, world, &err))?;
-        Ok((digest, instance_pre))
+        Ok((compiled, instance_pre))
     }
 }
 

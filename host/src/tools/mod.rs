@@ -22,7 +22,8 @@ use crate::bindings::tool::{Tool, ToolPre};
 use crate::bindings::types::{ToolError, ToolSpec};
 use crate::policy::{Access, EffectivePolicy, FsGrant, GrantPath, ToolPolicy};
 use crate::runtime::{
-    GuestFailure, LimitExceeded, Limits, LoadError, LogContext, Runtime, SandboxState, classify, one_line,
+    CachedComponent, GuestFailure, LimitExceeded, Limits, LoadError, LogContext, Runtime, SandboxState, classify,
+    one_line,
 };
 use crate::sandbox::{self, Preopen, SandboxError, ToolCallFs, Workspace};
 
@@ -37,12 +38,15 @@ pub struct ToolComponent {
     limits: Limits,
     policy: Arc<ToolPolicy>,
     pre: ToolPre<SandboxState<ToolHost>>,
+    /// Keeps the compiled component in the cache while this tool is loaded.
+    compiled: CachedComponent,
 }
 
 impl std::fmt::Debug for ToolComponent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ToolComponent")
             .field("name", &self.spec.name)
+            .field("digest", self.digest())
             .field("limits", &self.limits)
             .field("policy", &self.policy)
             .finish_non_exhaustive()
@@ -53,6 +57,11 @@ impl ToolComponent {
     /// The tool's spec, as given to the model.
     pub fn spec(&self) -> &ToolSpec {
         &self.spec
+    }
+
+    /// The sha256 of the component's bytes.
+    pub fn digest(&self) -> &crate::runtime::Digest {
+        self.compiled.digest()
     }
 
     /// The limits each call runs under.
@@ -145,7 +154,7 @@ impl Runtime {
     pub async fn load_tool(&self, path: &Path, limits: Limits) -> Result<ToolComponent, ToolSetError> {
         let bytes = Self::read_component(path).await?;
         let name = path.display().to_string();
-        let (_, instance_pre) = self.prepare(&name, bytes, self.tool_linker(), "tool").await?;
+        let (compiled, instance_pre) = self.prepare(&name, bytes, self.tool_linker(), "tool").await?;
         let pre = ToolPre::new(instance_pre).map_err(|err| LoadError::wrong_world(&name, "tool", &err))?;
         let spec_error = |message| ToolSetError::Spec {
             path: name.clone(),
@@ -178,6 +187,7 @@ impl Runtime {
             limits,
             policy: Arc::new(default_tool_policy()),
             pre,
+            compiled,
         })
     }
 }
