@@ -21,7 +21,7 @@ use wink_host::model::{
 };
 use wink_host::policy::{HumanDuration, Policy};
 use wink_host::runtime::Runtime;
-use wink_host::worker::{HealthServer, JobResources, ReplyRoutes, ReplyStatus, WorkerConfig};
+use wink_host::worker::{HealthServer, JobResources, ReplyDocument, ReplyRoutes, ReplyStatus, WorkerConfig};
 
 const QUEUE: &str = "jobs";
 
@@ -629,6 +629,39 @@ async fn a_warm_agent_is_not_reloaded_until_its_file_changes() {
     send(mailbox.as_ref(), &job("reloaded")).await;
     let reloaded = reply(mailbox.as_ref(), "reloaded").await.output.expect("output");
     assert_eq!(reloaded, json!({"mode": "echo", "x": 1}), "the adversary now answers");
+    running.stop().await;
+}
+
+/// An agent no job used for `agent_idle` is forgotten, with its compiled
+/// component, when another agent loads; its next job loads it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_agent_is_forgotten_when_another_loads_and_loaded_again_when_needed() {
+    let runtime = runtime();
+    let running = start_on(
+        runtime.clone(),
+        Arc::new(MemoryMailbox::new(QUEUE)),
+        WorkerConfig {
+            agent_idle: ms(300),
+            ..config()
+        },
+        JobResources::default(),
+        ReplyRoutes::registered_only(),
+    );
+    let mailbox = running.mailbox.clone();
+    let job = |id: &str, agent: &str| envelope(id, agent, json!({"prompt": id}));
+    let succeeded = |answer: ReplyDocument| assert_eq!(answer.status, ReplyStatus::Succeeded, "{answer:?}");
+
+    send(mailbox.as_ref(), &job("first", "trivial")).await;
+    succeeded(reply(mailbox.as_ref(), "first").await);
+    assert_eq!(runtime.cache().len(), 1);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    send(mailbox.as_ref(), &job("other", "hello")).await;
+    succeeded(reply(mailbox.as_ref(), "other").await);
+    assert_eq!(runtime.cache().len(), 1, "the idle agent's component is gone");
+
+    send(mailbox.as_ref(), &job("again", "trivial")).await;
+    succeeded(reply(mailbox.as_ref(), "again").await);
+    assert_eq!(runtime.cache().len(), 2, "hello was used within agent_idle");
     running.stop().await;
 }
 

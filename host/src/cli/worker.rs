@@ -100,6 +100,11 @@ pub struct WorkerOptions {
     #[arg(long, env = "WINK_AGENT_RECHECK", value_parser = human_duration)]
     pub agent_recheck: Option<HumanDuration>,
 
+    /// How long a loaded agent that no job used is kept in memory before the
+    /// next agent load forgets it [default: 10m].
+    #[arg(long, env = "WINK_AGENT_IDLE", value_parser = human_duration)]
+    pub agent_idle: Option<HumanDuration>,
+
     /// S3-compatible endpoint for s3:// agents, addressed path-style
     /// [default: AWS's].
     #[arg(long, env = "WINK_S3_ENDPOINT", value_name = "URL")]
@@ -162,6 +167,7 @@ impl WorkerOptions {
             ready_threshold,
             ack_batch,
             agent_recheck,
+            agent_idle,
             job_timeout,
             fuel,
             health_host,

@@ -32,6 +32,8 @@ pub(crate) struct Agents {
     resources: Arc<JobResources>,
     s3: S3Agents,
     recheck: Duration,
+    /// How long an agent no job used is kept.
+    idle: Duration,
     epoch: Instant,
     entries: Mutex<HashMap<String, Arc<CachedAgent>>>,
     /// The load in progress of each reference being loaded: many jobs
@@ -81,6 +83,8 @@ pub(crate) struct CachedAgent {
     version: Version,
     /// Milliseconds after [`Agents::epoch`] of the last check for changes.
     checked_ms: AtomicU64,
+    /// Milliseconds after [`Agents::epoch`] of the last job that asked for it.
+    used_ms: AtomicU64,
 }
 
 /// What identifies the version of an agent that was loaded.
@@ -111,12 +115,19 @@ async fn stamp(path: &Path) -> Result<FileStamp, LoadError> {
 }
 
 impl Agents {
-    pub(crate) fn new(runtime: Runtime, resources: Arc<JobResources>, s3: S3Settings, recheck: Duration) -> Self {
+    pub(crate) fn new(
+        runtime: Runtime,
+        resources: Arc<JobResources>,
+        s3: S3Settings,
+        recheck: Duration,
+        idle: Duration,
+    ) -> Self {
         Self {
             runtime,
             resources,
             s3: S3Agents::new(s3),
             recheck,
+            idle,
             epoch: Instant::now(),
             entries: Mutex::new(HashMap::new()),
             loading: Mutex::new(HashMap::new()),
@@ -145,6 +156,7 @@ impl Agents {
             return self.load(reference, source, None).await;
         };
         let now = self.now_ms();
+        agent.used_ms.store(now, Ordering::Relaxed);
         let checked = agent.checked_ms.load(Ordering::Relaxed);
         let recheck_ms = u64::try_from(self.recheck.as_millis()).unwrap_or(u64::MAX);
         let due = now.saturating_sub(checked) >= recheck_ms;
@@ -224,6 +236,7 @@ impl Agents {
         }
         let result = self.read(source).await;
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        self.forget_idle(&mut entries);
         match &result {
             Ok(agent) => {
                 entries.insert(reference.to_owned(), agent.clone());
@@ -235,6 +248,20 @@ impl Agents {
             Err(AgentError::Unavailable(_)) => {}
         }
         result
+    }
+
+    /// Drop the agents no job used for [`Agents::idle`]; jobs running one
+    /// keep it (and its compiled component) until they end.
+    fn forget_idle(&self, entries: &mut HashMap<String, Arc<CachedAgent>>) {
+        let idle_ms = u64::try_from(self.idle.as_millis()).unwrap_or(u64::MAX);
+        let now = self.now_ms();
+        entries.retain(|reference, agent| {
+            let keep = now.saturating_sub(agent.used_ms.load(Ordering::Relaxed)) < idle_ms;
+            if !keep {
+                tracing::info!(agent = agent.component.name(), reference, "idle agent forgotten");
+            }
+            keep
+        });
     }
 
     async fn read(&self, source: &AgentRef) -> Result<Arc<CachedAgent>, AgentError> {
@@ -262,6 +289,7 @@ impl Agents {
             setup,
             version,
             checked_ms: AtomicU64::new(self.now_ms()),
+            used_ms: AtomicU64::new(self.now_ms()),
         }))
     }
 }
@@ -482,6 +510,7 @@ mod tests {
             Arc::new(JobResources::default()),
             S3Settings::default(),
             Duration::from_secs(60),
+            Duration::from_secs(600),
         )
     }
 

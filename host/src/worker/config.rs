@@ -53,6 +53,9 @@ pub struct WorkerConfig {
     /// checked again for changes (a file's size, mtime and inode; an S3
     /// object's ETag).
     pub agent_recheck: HumanDuration,
+    /// How long a loaded agent no job has used is kept before it is
+    /// forgotten (with its compiled component), when another agent loads.
+    pub agent_idle: HumanDuration,
     /// An S3-compatible endpoint for `s3://` agents (MinIO, Ceph, moto),
     /// addressed path-style. Default: AWS's endpoint for the region.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -94,6 +97,7 @@ impl Default for WorkerConfig {
             ready_threshold: HumanDuration(Duration::from_secs(15)),
             ack_batch: 256,
             agent_recheck: HumanDuration(Duration::from_secs(1)),
+            agent_idle: HumanDuration(Duration::from_secs(600)),
             s3_endpoint: None,
             s3_region: None,
             job_timeout: HumanDuration(limits.deadline),
@@ -117,6 +121,7 @@ impl WorkerConfig {
             ("depth_interval", self.depth_interval),
             ("ready_threshold", self.ready_threshold),
             ("job_timeout", self.job_timeout),
+            ("agent_idle", self.agent_idle),
         ];
         if let Some((name, value)) = positive.iter().find(|(_, value)| value.0.is_zero()) {
             return Err(format!("worker option {name} must be above zero, not {value}"));

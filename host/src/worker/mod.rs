@@ -233,6 +233,7 @@ impl Worker {
                         base: resources.aws_config.clone(),
                     },
                     config.agent_recheck.0,
+                    config.agent_idle.0,
                 ),
                 limits: config.job_limits(),
                 id,
