@@ -92,7 +92,7 @@ async fn a_compiled_component_is_kept_while_an_agent_or_tool_holds_it() {
     let corrupt: Arc<[u8]> = b"\0asm not really".to_vec().into();
     assert!(runtime.load_agent_bytes("corrupt", corrupt).await.is_err());
     assert!(runtime.cache().is_empty());
-    // Loading it again compiles it again.
+    // Loading it again compiles it again (or reads the cache directory).
     let reloaded = runtime.load_agent_bytes("a", bytes).await.expect("reloaded");
     assert!(run(&runtime, &reloaded, "{}", env()).await.outcome.is_ok());
     assert_eq!(runtime.cache().len(), 1);

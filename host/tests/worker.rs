@@ -641,7 +641,7 @@ async fn an_idle_agent_is_forgotten_when_another_loads_and_loaded_again_when_nee
         runtime.clone(),
         Arc::new(MemoryMailbox::new(QUEUE)),
         WorkerConfig {
-            agent_idle: ms(300),
+            agent_idle: ms(2_000),
             ..config()
         },
         JobResources::default(),
@@ -654,7 +654,7 @@ async fn an_idle_agent_is_forgotten_when_another_loads_and_loaded_again_when_nee
     send(mailbox.as_ref(), &job("first", "trivial")).await;
     succeeded(reply(mailbox.as_ref(), "first").await);
     assert_eq!(runtime.cache().len(), 1);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
     send(mailbox.as_ref(), &job("other", "hello")).await;
     succeeded(reply(mailbox.as_ref(), "other").await);
     assert_eq!(runtime.cache().len(), 1, "the idle agent's component is gone");

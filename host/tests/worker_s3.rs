@@ -195,15 +195,23 @@ async fn the_lease_is_kept_while_a_slow_agent_is_fetched() {
 async fn a_slow_agent_fetch_holds_up_only_the_jobs_of_that_agent() {
     let moto = Moto::start().await;
     bucket_with(&moto, &[("slow/agent.wasm", guest_bytes("trivial"))]).await;
-    let endpoint = slow_proxy(&moto.endpoint(), Duration::from_secs(6)).await;
+    let delay = Duration::from_secs(6);
+    let endpoint = slow_proxy(&moto.endpoint(), delay).await;
     let running = start(&moto, endpoint);
     job(&running, "slow", &format!("s3://{BUCKET}/slow/agent.wasm")).await;
     // Long enough for the worker to claim the job and start the fetch.
     tokio::time::sleep(Duration::from_millis(500)).await;
+    let sent = std::time::Instant::now();
     job(&running, "local", guest("hello").to_str().expect("path")).await;
 
     let local = reply(running.mailbox.as_ref(), "local").await;
     assert_eq!(local.status, ReplyStatus::Succeeded, "{local:?}");
+    // Waiting for the slow load would take the proxy's whole delay.
+    assert!(
+        sent.elapsed() < delay / 2,
+        "the agent on disk took {:?}",
+        sent.elapsed()
+    );
     assert!(
         stored_reply(running.mailbox.as_ref(), "slow").await.is_none(),
         "the agent on disk waited for the slow fetch"

@@ -2,12 +2,11 @@
 //!
 //! Compiling a component with Cranelift takes from milliseconds to seconds;
 //! instantiating a compiled one takes microseconds. The cache compiles each
-//! distinct component once per process, and, with a cache directory, once per
-//! machine: the precompiled artifact is written to disk and mapped back in on
-//! the next start. In memory, a compiled component is kept while a loaded
-//! agent or tool holds it ([`CachedComponent`]): a worker whose agents are
-//! replaced by new versions over weeks does not keep every old version's
-//! machine code. Artifacts are checked against a recorded digest before they
+//! distinct component once while a loaded agent or tool holds it
+//! ([`CachedComponent`]), so that a worker whose agents are replaced by new
+//! versions over weeks does not keep every old version's machine code; with
+//! a cache directory, once per machine: the precompiled artifact is written
+//! to disk and mapped back in on the next load or start. Artifacts are checked against a recorded digest before they
 //! are loaded, so a truncated or tampered file is recompiled, never executed.
 
 use std::collections::HashMap;

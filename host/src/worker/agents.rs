@@ -42,8 +42,16 @@ pub(crate) struct Agents {
     loading: LoadGates,
 }
 
-/// Per reference being loaded, the lock its loads take in turn.
-type LoadGates = Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>;
+/// Per reference being loaded, the gate its loads pass one at a time.
+type LoadGates = Mutex<HashMap<String, Gate>>;
+
+/// The jobs loading one reference: the lock they take in turn, and how
+/// many hold it or wait for it (the gate goes when none does).
+#[derive(Default)]
+struct Gate {
+    lock: Arc<tokio::sync::Mutex<()>>,
+    jobs: usize,
+}
 
 /// Why a job's agent is not available to it.
 #[derive(Debug)]
@@ -202,23 +210,21 @@ impl Agents {
         source: &AgentRef,
         stale: Option<&Arc<CachedAgent>>,
     ) -> Result<Arc<CachedAgent>, AgentError> {
-        let _turn = self.load_turn(reference).await;
+        let gate = self.join_gate(reference);
+        let _turn = gate.lock.lock().await;
         self.load_once(reference, source, stale).await
     }
 
-    /// Wait for this job's turn at loading `reference`.
-    async fn load_turn<'a>(&'a self, reference: &'a str) -> LoadTurn<'a> {
-        let gate = self
-            .loading
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entry(reference.to_owned())
-            .or_default()
-            .clone();
-        LoadTurn {
-            loading: &self.loading,
+    /// Join the jobs loading `reference`, until this one leaves (done or
+    /// cancelled).
+    fn join_gate<'a>(&'a self, reference: &'a str) -> LoadGate<'a> {
+        let mut gates = self.loading.lock().unwrap_or_else(PoisonError::into_inner);
+        let gate = gates.entry(reference.to_owned()).or_default();
+        gate.jobs += 1;
+        LoadGate {
+            gates: &self.loading,
             reference,
-            held: gate.lock_owned().await,
+            lock: gate.lock.clone(),
         }
     }
 
@@ -236,32 +242,39 @@ impl Agents {
         }
         let result = self.read(source).await;
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        self.forget_idle(&mut entries);
+        let mut forgotten = self.forget_idle(&mut entries);
         match &result {
             Ok(agent) => {
-                entries.insert(reference.to_owned(), agent.clone());
+                forgotten.extend(entries.insert(reference.to_owned(), agent.clone()));
             }
             // Gone for good: forget it. Unreachable: keep what was loaded.
             Err(AgentError::Poison(_)) => {
-                entries.remove(reference);
+                forgotten.extend(entries.remove(reference));
             }
             Err(AgentError::Unavailable(_)) => {}
         }
+        // Unmapping a component's code takes a while: not with the map locked.
+        drop(entries);
+        drop(forgotten);
         result
     }
 
-    /// Drop the agents no job used for [`Agents::idle`]; jobs running one
-    /// keep it (and its compiled component) until they end.
-    fn forget_idle(&self, entries: &mut HashMap<String, Arc<CachedAgent>>) {
+    /// Take out the agents no job started for [`Agents::idle`] and none is
+    /// running (a job longer than that keeps its agent).
+    fn forget_idle(&self, entries: &mut HashMap<String, Arc<CachedAgent>>) -> Vec<Arc<CachedAgent>> {
         let idle_ms = u64::try_from(self.idle.as_millis()).unwrap_or(u64::MAX);
         let now = self.now_ms();
-        entries.retain(|reference, agent| {
-            let keep = now.saturating_sub(agent.used_ms.load(Ordering::Relaxed)) < idle_ms;
-            if !keep {
-                tracing::info!(agent = agent.component.name(), reference, "idle agent forgotten");
-            }
-            keep
-        });
+        let idle: Vec<String> = entries
+            .iter()
+            // The map's own reference is the only one: no job holds it.
+            .filter(|(_, agent)| Arc::strong_count(agent) == 1)
+            .filter(|(_, agent)| now.saturating_sub(agent.used_ms.load(Ordering::Relaxed)) >= idle_ms)
+            .map(|(reference, _)| reference.clone())
+            .collect();
+        idle.iter()
+            .filter_map(|reference| entries.remove(reference))
+            .inspect(|agent| tracing::info!(agent = agent.component.name(), "idle agent forgotten"))
+            .collect()
     }
 
     async fn read(&self, source: &AgentRef) -> Result<Arc<CachedAgent>, AgentError> {
@@ -294,22 +307,23 @@ impl Agents {
     }
 }
 
-/// One job's turn at loading an agent: the reference's gate, held.
-struct LoadTurn<'a> {
-    loading: &'a LoadGates,
+/// One job's place among those loading an agent reference.
+struct LoadGate<'a> {
+    gates: &'a LoadGates,
     reference: &'a str,
-    held: tokio::sync::OwnedMutexGuard<()>,
+    lock: Arc<tokio::sync::Mutex<()>>,
 }
 
-impl Drop for LoadTurn<'_> {
-    /// Forget the gate once no other job waits on it (done or cancelled), so
-    /// that references seen once, many of them bad, do not pile up.
+impl Drop for LoadGate<'_> {
+    /// Forget the gate once no job holds it or waits for it, so that
+    /// references seen once, many of them bad, do not pile up.
     fn drop(&mut self) {
-        let mut loading = self.loading.lock().unwrap_or_else(PoisonError::into_inner);
-        // Held by the map and this turn alone: another job can only take it
-        // through the map, which is locked.
-        if Arc::strong_count(tokio::sync::OwnedMutexGuard::mutex(&self.held)) == 2 {
-            loading.remove(self.reference);
+        let mut gates = self.gates.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(gate) = gates.get_mut(self.reference) {
+            gate.jobs = gate.jobs.saturating_sub(1);
+            if gate.jobs == 0 {
+                gates.remove(self.reference);
+            }
         }
     }
 }
@@ -519,29 +533,53 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn loads_of_one_agent_take_turns_and_its_gate_goes_with_the_last_one() {
+    async fn loads_of_one_agent_take_turns_and_its_gate_goes_with_the_last_job() {
         let agents = agents();
-        let first = agents.load_turn("a.wasm").await;
-        let other = agents.load_turn("b.wasm").await;
-        let mut second = std::pin::pin!(agents.load_turn("a.wasm"));
-        let waited = tokio::time::timeout(Duration::from_millis(50), &mut second).await;
-        assert!(waited.is_err(), "a second load of a.wasm waits for the first");
-        drop(other);
+        let first = agents.join_gate("a.wasm");
+        let turn = first.lock.lock().await;
+        drop(agents.join_gate("b.wasm"));
         assert_eq!(gates(&agents), 1, "b.wasm's gate is gone, a.wasm's stays");
+        let second = agents.join_gate("a.wasm");
+        assert!(
+            second.lock.try_lock().is_err(),
+            "a second load of a.wasm waits for the first"
+        );
+        drop(turn);
         drop(first);
         assert_eq!(gates(&agents), 1, "kept for the job still waiting");
-        drop(second.await);
+        drop(second.lock.lock().await);
+        drop(second);
         assert_eq!(gates(&agents), 0);
     }
 
     #[tokio::test]
-    async fn a_load_given_up_while_waiting_leaves_no_gate_behind() {
+    async fn a_load_cancelled_while_waiting_or_once_its_turn_came_leaves_no_gate() {
         let agents = agents();
-        let first = agents.load_turn("a.wasm").await;
-        let waited = tokio::time::timeout(Duration::from_millis(50), agents.load_turn("a.wasm")).await;
-        assert!(waited.is_err());
-        drop(first);
-        assert_eq!(gates(&agents), 0);
+        for release_first in [false, true] {
+            let first = agents.join_gate("a.wasm");
+            let turn = first.lock.lock().await;
+            let second = agents.join_gate("a.wasm");
+            let mut waiting = Box::pin(second.lock.lock());
+            assert!(
+                tokio::time::timeout(Duration::from_millis(20), &mut waiting)
+                    .await
+                    .is_err()
+            );
+            if release_first {
+                // The turn passes to the second job, which is then cancelled
+                // before it runs again.
+                drop(turn);
+                drop(first);
+                drop(waiting);
+                drop(second);
+            } else {
+                drop(waiting);
+                drop(second);
+                drop(turn);
+                drop(first);
+            }
+            assert_eq!(gates(&agents), 0, "release_first: {release_first}");
+        }
     }
 
     #[tokio::test]
