@@ -95,6 +95,11 @@ pub struct WorkerOptions {
     #[arg(long, env = "WINK_ACK_BATCH")]
     pub ack_batch: Option<usize>,
 
+    /// How long a batch of acks waits for more finished jobs before it goes;
+    /// 0 acks at once [default: 1ms].
+    #[arg(long, env = "WINK_ACK_LINGER", value_parser = human_duration)]
+    pub ack_linger: Option<HumanDuration>,
+
     /// How long a loaded agent is trusted before its file (or S3 object) is
     /// checked for changes [default: 1s].
     #[arg(long, env = "WINK_AGENT_RECHECK", value_parser = human_duration)]
@@ -166,6 +171,7 @@ impl WorkerOptions {
             depth_interval,
             ready_threshold,
             ack_batch,
+            ack_linger,
             agent_recheck,
             agent_idle,
             job_timeout,

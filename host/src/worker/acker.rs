@@ -1,5 +1,7 @@
 //! Batched acks: replies that complete together are stored with one
 //! `ack_batch` call, so a busy worker pays one mailbox round trip for many jobs.
+//! A batch waits up to `ack_linger` for more jobs to finish before it goes,
+//! so that jobs finishing a little apart share a call (and its span) too.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -36,6 +38,7 @@ pub(crate) enum AckItem {
 /// Ack whatever is queued, a batch at a time, until told to stop.
 pub(crate) async fn run(shared: Arc<Shared>, mut queue: mpsc::Receiver<AckItem>) {
     let limit = shared.config.ack_batch;
+    let linger = shared.config.ack_linger.0;
     let mut items = Vec::with_capacity(limit);
     let mut batch = Vec::with_capacity(limit);
     let mut succeeded = Vec::with_capacity(limit);
@@ -44,6 +47,7 @@ pub(crate) async fn run(shared: Arc<Shared>, mut queue: mpsc::Receiver<AckItem>)
         if queue.recv_many(&mut items, limit).await == 0 {
             return;
         }
+        linger_for_more(&mut queue, &mut items, limit, linger).await;
         let mut stop = None;
         for item in items.drain(..) {
             match item {
@@ -68,6 +72,28 @@ pub(crate) async fn run(shared: Arc<Shared>, mut queue: mpsc::Receiver<AckItem>)
         if let Some(done) = stop {
             let _ = done.send(());
             return;
+        }
+    }
+}
+
+/// Unless the batch is full or told to stop, wait `linger`, then add to
+/// `items` what arrived meanwhile. The acker sleeps through the linger
+/// rather than waking for each job that finishes in it.
+async fn linger_for_more(
+    queue: &mut mpsc::Receiver<AckItem>,
+    items: &mut Vec<AckItem>,
+    limit: usize,
+    linger: Duration,
+) {
+    let stopping = items.iter().any(|item| matches!(item, AckItem::Stop(_)));
+    if linger.is_zero() || stopping || items.len() >= limit {
+        return;
+    }
+    tokio::time::sleep(linger).await;
+    while items.len() < limit {
+        match queue.try_recv() {
+            Ok(item) => items.push(item),
+            Err(_) => return,
         }
     }
 }
@@ -367,5 +393,65 @@ mod tests {
         assert!(matches!(results[0], Ok(Acked::Replied)), "{results:?}");
         assert!(matches!(results[1], Ok(Acked::Replied)), "{results:?}");
         assert!(matches!(results[2], Err(MailboxError::LeaseLost { .. })), "{results:?}");
+    }
+
+    fn ack_item(n: u32) -> AckItem {
+        let (lease, reply) = item(n);
+        AckItem::Ack {
+            lease,
+            reply,
+            succeeded: true,
+            job_span: None,
+        }
+    }
+
+    /// `linger_for_more` over `sent` (each after its pause), starting with one
+    /// item already received: how many items it ended with, and how long it took.
+    async fn linger(linger: Duration, limit: usize, sent: Vec<(Duration, AckItem)>) -> (usize, Duration) {
+        let (sender, mut queue) = mpsc::channel(16);
+        let sending = tokio::spawn(async move {
+            for (pause, item) in sent {
+                tokio::time::sleep(pause).await;
+                let _ = sender.send(item).await;
+            }
+        });
+        let mut items = vec![ack_item(0)];
+        let started = std::time::Instant::now();
+        linger_for_more(&mut queue, &mut items, limit, linger).await;
+        let took = started.elapsed();
+        sending.abort();
+        (items.len(), took)
+    }
+
+    #[tokio::test]
+    async fn a_batch_takes_in_the_jobs_finishing_within_the_linger() {
+        let ms = Duration::from_millis;
+        let later = vec![(ms(20), ack_item(1)), (ms(20), ack_item(2)), (ms(2_000), ack_item(3))];
+        let (taken, took) = linger(ms(300), 10, later).await;
+        assert_eq!(taken, 3, "the two sent within 300 ms, not the one after");
+        assert!(took >= ms(300), "{took:?}");
+
+        let (taken, _) = linger(Duration::ZERO, 10, vec![(ms(0), ack_item(1))]).await;
+        assert_eq!(taken, 1, "no linger: the batch goes as it is");
+    }
+
+    #[tokio::test]
+    async fn a_batch_takes_no_more_than_its_limit() {
+        let ms = Duration::from_millis;
+        let soon = (1..5).map(|n| (ms(10), ack_item(n))).collect();
+        let (taken, _) = linger(ms(300), 3, soon).await;
+        assert_eq!(taken, 3);
+    }
+
+    #[tokio::test]
+    async fn a_batch_told_to_stop_goes_at_once() {
+        let (sender, mut queue) = mpsc::channel(4);
+        sender.send(ack_item(2)).await.expect("send");
+        let (done, _) = tokio::sync::oneshot::channel();
+        let mut items = vec![ack_item(1), AckItem::Stop(done)];
+        let started = std::time::Instant::now();
+        linger_for_more(&mut queue, &mut items, 10, Duration::from_secs(10)).await;
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_eq!(items.len(), 2);
     }
 }

@@ -49,6 +49,10 @@ pub struct WorkerConfig {
     pub ready_threshold: HumanDuration,
     /// Most replies acknowledged in one batch.
     pub ack_batch: usize,
+    /// How long a batch of acks waits for more finished jobs before it goes
+    /// (zero: at once). Replies become visible that much later; a crash in
+    /// between runs those jobs again, as any crash before the ack does.
+    pub ack_linger: HumanDuration,
     /// How long a cached agent component is trusted before its source is
     /// checked again for changes (a file's size, mtime and inode; an S3
     /// object's ETag).
@@ -96,6 +100,7 @@ impl Default for WorkerConfig {
             depth_interval: HumanDuration(Duration::from_secs(5)),
             ready_threshold: HumanDuration(Duration::from_secs(15)),
             ack_batch: 256,
+            ack_linger: HumanDuration(Duration::from_millis(1)),
             agent_recheck: HumanDuration(Duration::from_secs(1)),
             agent_idle: HumanDuration(Duration::from_secs(600)),
             s3_endpoint: None,
