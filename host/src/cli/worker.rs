@@ -96,7 +96,7 @@ pub struct WorkerOptions {
     pub ack_batch: Option<usize>,
 
     /// How long a batch of acks waits for more finished jobs before it goes;
-    /// 0 acks at once [default: 1ms].
+    /// 0 acks at once; below --heartbeat [default: 1ms].
     #[arg(long, env = "WINK_ACK_LINGER", value_parser = human_duration)]
     pub ack_linger: Option<HumanDuration>,
 

@@ -50,8 +50,9 @@ pub struct WorkerConfig {
     /// Most replies acknowledged in one batch.
     pub ack_batch: usize,
     /// How long a batch of acks waits for more finished jobs before it goes
-    /// (zero: at once). Replies become visible that much later; a crash in
-    /// between runs those jobs again, as any crash before the ack does.
+    /// (zero: at once); below `heartbeat`, so a finished job's lease outlasts
+    /// it. Replies become visible that much later; a crash in between runs
+    /// those jobs again, as any crash before the ack does.
     pub ack_linger: HumanDuration,
     /// How long a cached agent component is trusted before its source is
     /// checked again for changes (a file's size, mtime and inode; an S3
@@ -146,6 +147,12 @@ impl WorkerConfig {
                 self.heartbeat, self.lease
             ));
         }
+        if self.ack_linger >= self.heartbeat {
+            return Err(format!(
+                "worker option ack_linger {} must be below heartbeat {}, so a finished job's lease outlasts its ack",
+                self.ack_linger, self.heartbeat
+            ));
+        }
         if self.backoff_base > self.backoff_max {
             return Err(format!(
                 "worker option backoff_base {} is above backoff_max {}",
@@ -237,6 +244,11 @@ mod tests {
             ..WorkerConfig::default()
         };
         assert!(config.validate().unwrap_err().contains("poll_wait"));
+        let config = WorkerConfig {
+            ack_linger: HumanDuration(Duration::from_secs(10)),
+            ..WorkerConfig::default()
+        };
+        assert!(config.validate().unwrap_err().contains("ack_linger 10000ms"));
         for endpoint in ["localhost:9000", "ftp://host", "not a url"] {
             let config = WorkerConfig {
                 s3_endpoint: Some(endpoint.to_owned()),
