@@ -212,29 +212,6 @@ impl Agents {
     ) -> Result<Arc<CachedAgent>, AgentError> {
         let gate = self.join_gate(reference);
         let _turn = gate.lock.lock().await;
-        self.load_once(reference, source, stale).await
-    }
-
-    /// Join the jobs loading `reference`, until this one leaves (done or
-    /// cancelled).
-    fn join_gate<'a>(&'a self, reference: &'a str) -> LoadGate<'a> {
-        let mut gates = self.loading.lock().unwrap_or_else(PoisonError::into_inner);
-        let gate = gates.entry(reference.to_owned()).or_default();
-        gate.jobs += 1;
-        LoadGate {
-            gates: &self.loading,
-            reference,
-            lock: gate.lock.clone(),
-        }
-    }
-
-    /// Load `source`, unless a job whose turn came before loaded it already.
-    async fn load_once(
-        &self,
-        reference: &str,
-        source: &AgentRef,
-        stale: Option<&Arc<CachedAgent>>,
-    ) -> Result<Arc<CachedAgent>, AgentError> {
         if let Some(agent) = self.cached(reference)
             && !stale.is_some_and(|stale| Arc::ptr_eq(stale, &agent))
         {
@@ -257,6 +234,19 @@ impl Agents {
         drop(entries);
         drop(forgotten);
         result
+    }
+
+    /// Join the jobs loading `reference`, until this one leaves (done or
+    /// cancelled).
+    fn join_gate<'a>(&'a self, reference: &'a str) -> LoadGate<'a> {
+        let mut gates = self.loading.lock().unwrap_or_else(PoisonError::into_inner);
+        let gate = gates.entry(reference.to_owned()).or_default();
+        gate.jobs += 1;
+        LoadGate {
+            gates: &self.loading,
+            reference,
+            lock: gate.lock.clone(),
+        }
     }
 
     /// Take out the agents no job started for [`Agents::idle`] and none is
