@@ -254,15 +254,12 @@ impl Agents {
     fn forget_idle(&self, entries: &mut HashMap<String, Arc<CachedAgent>>) -> Vec<Arc<CachedAgent>> {
         let idle_ms = u64::try_from(self.idle.as_millis()).unwrap_or(u64::MAX);
         let now = self.now_ms();
-        let idle: Vec<String> = entries
-            .iter()
-            // The map's own reference is the only one: no job holds it.
-            .filter(|(_, agent)| Arc::strong_count(agent) == 1)
-            .filter(|(_, agent)| now.saturating_sub(agent.used_ms.load(Ordering::Relaxed)) >= idle_ms)
-            .map(|(reference, _)| reference.clone())
-            .collect();
-        idle.iter()
-            .filter_map(|reference| entries.remove(reference))
+        entries
+            .extract_if(|_, agent| {
+                // The map's own reference is the only one: no job holds it.
+                Arc::strong_count(agent) == 1 && now.saturating_sub(agent.used_ms.load(Ordering::Relaxed)) >= idle_ms
+            })
+            .map(|(_, agent)| agent)
             .inspect(|agent| tracing::info!(agent = agent.component.name(), "idle agent forgotten"))
             .collect()
     }

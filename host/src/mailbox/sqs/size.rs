@@ -43,18 +43,13 @@ pub(super) fn text_room(name: &str, size: usize, max: usize) -> usize {
 mod tests {
     use super::*;
 
-    fn text(value: &str) -> MessageAttributeValue {
-        MessageAttributeValue::builder()
-            .data_type("String")
-            .string_value(value)
-            .build()
-            .expect("attribute")
-    }
-
     #[test]
     fn the_size_counts_the_body_and_each_attributes_name_type_and_value() {
         let attributes = HashMap::from([
-            ("wink-request-id".to_owned(), text("r1")),
+            (
+                "wink-request-id".to_owned(),
+                super::super::text_attr("r1").expect("attribute"),
+            ),
             (
                 "blob".to_owned(),
                 MessageAttributeValue::builder()
