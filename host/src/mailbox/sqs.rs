@@ -1038,7 +1038,6 @@ fn is_sqs_char(c: char) -> bool {
     matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..)
 }
 
-/// `payload` as an SQS body, and the `wink-body` encoding when it is not the payload as is.
 /// The body and attributes of a message carrying `payload` for request
 /// `request_id`, a job or a reply: the body as SQS text, the request id,
 /// and how the body was encoded when it is not the payload itself.
@@ -1054,6 +1053,7 @@ fn request_message(
     Ok((body, attributes))
 }
 
+/// `payload` as an SQS body, and the `wink-body` encoding when it is not the payload as is.
 fn encode_body(payload: &[u8]) -> (String, Option<&'static str>) {
     if payload.is_empty() {
         // SQS refuses empty bodies.

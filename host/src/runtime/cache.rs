@@ -6,8 +6,9 @@
 //! ([`CachedComponent`]), so that a worker whose agents are replaced by new
 //! versions over weeks does not keep every old version's machine code; with
 //! a cache directory, once per machine: the precompiled artifact is written
-//! to disk and mapped back in on the next load or start. Artifacts are checked against a recorded digest before they
-//! are loaded, so a truncated or tampered file is recompiled, never executed.
+//! to disk and mapped back in on the next load or start. Artifacts are
+//! checked against a recorded digest before they are loaded, so a truncated
+//! or tampered file is recompiled, never executed.
 
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};

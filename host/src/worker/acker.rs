@@ -1,7 +1,8 @@
 //! Batched acks: replies that complete together are stored with one
 //! `ack_batch` call, so a busy worker pays one mailbox round trip for many jobs.
 //! A batch waits up to `ack_linger` for more jobs to finish before it goes,
-//! so that jobs finishing a little apart share a call (and its span) too.
+//! so that jobs finishing a little apart share its span (and, where the
+//! backend batches, its call) too.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
