@@ -665,6 +665,38 @@ async fn an_idle_agent_is_forgotten_when_another_loads_and_loaded_again_when_nee
     running.stop().await;
 }
 
+/// With no other agent loading, the maintenance task forgets an idle
+/// agent within twice `agent_idle`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_agent_is_forgotten_even_when_no_other_agent_loads() {
+    let runtime = runtime();
+    let running = start_on(
+        runtime.clone(),
+        Arc::new(MemoryMailbox::new(QUEUE)),
+        WorkerConfig {
+            agent_idle: ms(1_000),
+            ..config()
+        },
+        JobResources::default(),
+        ReplyRoutes::registered_only(),
+    );
+    let mailbox = running.mailbox.clone();
+    let job = |id: &str| envelope(id, "trivial", json!({"prompt": id}));
+
+    send(mailbox.as_ref(), &job("first")).await;
+    assert_eq!(reply(mailbox.as_ref(), "first").await.status, ReplyStatus::Succeeded);
+    assert_eq!(runtime.cache().len(), 1);
+    eventually("the idle agent forgotten", Duration::from_secs(10), || async {
+        runtime.cache().is_empty().then_some(())
+    })
+    .await;
+
+    send(mailbox.as_ref(), &job("again")).await;
+    assert_eq!(reply(mailbox.as_ref(), "again").await.status, ReplyStatus::Succeeded);
+    assert_eq!(runtime.cache().len(), 1, "loaded again");
+    running.stop().await;
+}
+
 /// One HTTP/1.1 GET on loopback: (status, content type, body).
 async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String, String) {
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");

@@ -105,8 +105,8 @@ pub struct WorkerOptions {
     #[arg(long, env = "WINK_AGENT_RECHECK", value_parser = human_duration)]
     pub agent_recheck: Option<HumanDuration>,
 
-    /// How long a loaded agent that no job used is kept in memory before the
-    /// next agent load forgets it [default: 10m].
+    /// How long a loaded agent that no job used is kept in memory; the next
+    /// agent load, or a check every this long, forgets it [default: 10m].
     #[arg(long, env = "WINK_AGENT_IDLE", value_parser = human_duration)]
     pub agent_idle: Option<HumanDuration>,
 

@@ -219,7 +219,7 @@ impl Agents {
         }
         let result = self.read(source).await;
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut forgotten = self.forget_idle(&mut entries);
+        let mut forgotten = self.take_idle(&mut entries);
         match &result {
             Ok(agent) => {
                 forgotten.extend(entries.insert(reference.to_owned(), agent.clone()));
@@ -249,9 +249,19 @@ impl Agents {
         }
     }
 
+    /// Forget the agents no job started for [`Agents::idle`] and none is
+    /// running, with their compiled components: the worker calls it every
+    /// `agent_idle`, so a worker that stops seeing new agents lets the old
+    /// ones go too.
+    pub(crate) fn forget_idle(&self) {
+        let forgotten = self.take_idle(&mut self.entries.lock().unwrap_or_else(PoisonError::into_inner));
+        // Unmapping a component's code takes a while: not with the map locked.
+        drop(forgotten);
+    }
+
     /// Take out the agents no job started for [`Agents::idle`] and none is
     /// running (a job longer than that keeps its agent).
-    fn forget_idle(&self, entries: &mut HashMap<String, Arc<CachedAgent>>) -> Vec<Arc<CachedAgent>> {
+    fn take_idle(&self, entries: &mut HashMap<String, Arc<CachedAgent>>) -> Vec<Arc<CachedAgent>> {
         let idle_ms = u64::try_from(self.idle.as_millis()).unwrap_or(u64::MAX);
         let now = self.now_ms();
         entries

@@ -485,13 +485,17 @@ fn claim_batch(concurrency: usize) -> usize {
     (concurrency / 4).max(1)
 }
 
-/// Reap lapsed leases and poll the depth, each on its own interval.
+/// Reap lapsed leases, poll the depth and forget idle agents, each on its
+/// own interval.
 async fn maintain(shared: Arc<Shared>) {
-    let every = |period: Duration| tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    let every = |period: Duration| {
+        let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        interval
+    };
     let mut reap = every(shared.config.reap_interval.0);
     let mut depth = every(shared.config.depth_interval.0);
-    reap.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    depth.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut idle = every(shared.config.agent_idle.0);
     loop {
         tokio::select! {
             _ = reap.tick() => match shared.mailbox.reap().await {
@@ -500,6 +504,7 @@ async fn maintain(shared: Arc<Shared>) {
                 Err(err) => tracing::warn!(queue = shared.queue(), error = %err, "reap failed"),
             },
             _ = depth.tick() => shared.probe_depth().await,
+            _ = idle.tick() => shared.agents.forget_idle(),
         }
     }
 }
