@@ -33,7 +33,8 @@
 //!
 //! `WINK_BENCH_JOBS` (default 50,000), `WINK_BENCH_CONCURRENCY` (default
 //! `1,8,64`), `WINK_BENCH_MAILBOX` (default `memory,redis`) and
-//! `WINK_BENCH_THREADS` (tokio worker threads, default one per core) narrow
+//! `WINK_BENCH_THREADS` (tokio worker threads; default, as `wink-host
+//! worker` picks them, one per core but no more than the concurrency) narrow
 //! a run, e.g. for profiling; `WINK_BENCH_ROUNDS` (default 9) sets the
 //! rounds per case under `--otel`: more of them steady the median on a
 //! noisy machine. `WINK_BENCH_OTEL_CONTROL=1` turns the export off on the
@@ -51,7 +52,8 @@ mod common;
 #[path = "../tests/common/redis.rs"]
 mod redis_server;
 
-use std::sync::{Arc, OnceLock};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -94,15 +96,17 @@ fn main() {
                 kind,
                 redis_url: redis.as_ref().map(redis_server::RedisServer::url),
                 concurrency,
+                threads: async_threads(concurrency),
                 jobs,
                 runtime: sandbox_runtime(concurrency),
             };
             let mut result = match &telemetry {
-                None => bare.block_on(case.measure(0)),
+                None => bare.block_on(case.threads, case.measure(0)),
                 Some(telemetry) => telemetry.compare(&bare, &case),
             };
+            result["async_threads"] = json!(case.threads);
             if *kind == "memory" {
-                let bare = bare.block_on(bare_runtime(&case.runtime, concurrency, jobs));
+                let bare = bare.block_on(case.threads, bare_runtime(&case.runtime, concurrency, jobs));
                 result["sandbox_only_jobs_per_s"] = json!(bare.round());
                 result["worker_overhead_us_per_job"] =
                     json!(common::round(result["us_per_job"].as_f64().unwrap_or(0.0) - 1e6 / bare));
@@ -141,6 +145,8 @@ struct Case<'a> {
     kind: &'a str,
     redis_url: Option<String>,
     concurrency: usize,
+    /// Async threads its runs get.
+    threads: usize,
     jobs: usize,
     /// Shared by every run of the case, as a worker process keeps one
     /// engine (and instance pool) for its life.
@@ -170,21 +176,31 @@ fn sandbox_runtime(concurrency: usize) -> Runtime {
     .expect("runtime")
 }
 
-fn runtime_builder() -> tokio::runtime::Builder {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(threads) = std::env::var("WINK_BENCH_THREADS").ok().and_then(|n| n.parse().ok()) {
-        builder.worker_threads(threads);
-    }
-    builder.enable_all();
-    builder
+/// The async threads a worker at `concurrency` runs on (`WINK_BENCH_THREADS`
+/// overrides): as `wink-host worker` picks them.
+fn async_threads(concurrency: usize) -> usize {
+    std::env::var("WINK_BENCH_THREADS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| {
+            let cores = std::thread::available_parallelism().map_or(1, usize::from);
+            WorkerConfig {
+                concurrency,
+                ..WorkerConfig::default()
+            }
+            .async_threads(cores)
+        })
 }
 
-/// A tokio runtime whose threads, and the thread that drives it, trace
+/// Tokio runtimes whose threads, and the thread that drives them, trace
 /// into one subscriber (none for the bare runs), so variants with
 /// different telemetry run side by side in one process.
 struct Telemetry {
-    runtime: tokio::runtime::Runtime,
+    name: &'static str,
     dispatch: tracing::Dispatch,
+    /// One runtime per thread count, kept for the process's life, as a
+    /// worker process keeps its one.
+    runtimes: Mutex<HashMap<usize, Arc<tokio::runtime::Runtime>>>,
 }
 
 impl Telemetry {
@@ -194,20 +210,36 @@ impl Telemetry {
     }
 
     /// Its threads are named `name` (for profiles).
-    fn on(name: &str, dispatch: tracing::Dispatch) -> Self {
-        let thread_dispatch = dispatch.clone();
-        let runtime = runtime_builder()
-            .thread_name(name)
-            // The guard would reset the thread's default when dropped; these
-            // threads live as long as the runtime.
-            .on_thread_start(move || std::mem::forget(tracing::dispatcher::set_default(&thread_dispatch)))
-            .build()
-            .expect("tokio");
-        Self { runtime, dispatch }
+    fn on(name: &'static str, dispatch: tracing::Dispatch) -> Self {
+        Self {
+            name,
+            dispatch,
+            runtimes: Mutex::default(),
+        }
     }
 
-    fn block_on<F: std::future::Future>(&self, future: F) -> F::Output {
-        tracing::dispatcher::with_default(&self.dispatch, || self.runtime.block_on(future))
+    /// Its runtime with `threads` worker threads.
+    fn runtime(&self, threads: usize) -> Arc<tokio::runtime::Runtime> {
+        let mut runtimes = self.runtimes.lock().expect("runtimes");
+        let runtime = runtimes.entry(threads).or_insert_with(|| {
+            let thread_dispatch = self.dispatch.clone();
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(threads)
+                .enable_all()
+                .thread_name(self.name)
+                // The guard would reset the thread's default when dropped;
+                // these threads live as long as the runtime.
+                .on_thread_start(move || std::mem::forget(tracing::dispatcher::set_default(&thread_dispatch)))
+                .build()
+                .expect("tokio");
+            Arc::new(runtime)
+        });
+        runtime.clone()
+    }
+
+    fn block_on<F: std::future::Future>(&self, threads: usize, future: F) -> F::Output {
+        let runtime = self.runtime(threads);
+        tracing::dispatcher::with_default(&self.dispatch, || runtime.block_on(future))
     }
 }
 
@@ -256,7 +288,7 @@ impl Telemetries {
                 redactor: Redactor::new([], []).expect("redactor"),
                 traces,
             };
-            let _context = bare.runtime.enter();
+            let _context = bare.runtime(async_threads(usize::MAX)).enter();
             telemetry::build(options, std::io::sink).expect("telemetry")
         };
         let (logs, logs_provider) = build(None);
@@ -274,7 +306,7 @@ impl Telemetries {
     /// with export; the median round's throughput, CPU time and drops, and
     /// the drops between each side's best run.
     fn compare(&self, bare: &Telemetry, case: &Case) -> serde_json::Value {
-        let mut result = bare.block_on(case.measure(0));
+        let mut result = bare.block_on(case.threads, case.measure(0));
         let rounds: Vec<Round> = (1..=otel_rounds()).map(|round| self.round(case, round)).collect();
         for round in &rounds {
             eprintln!(
@@ -347,16 +379,20 @@ impl Telemetries {
     fn round(&self, case: &Case, round: usize) -> Round {
         let (logs, export) = common::in_turns(
             round - 1,
-            || self.logs.block_on(case.measure(2 * round - 1)),
-            || self.export_flushed(case.measure(2 * round)),
+            || self.logs.block_on(case.threads, case.measure(2 * round - 1)),
+            || self.export_flushed(case.threads, case.measure(2 * round)),
         );
         Round { logs, export }
     }
 
     /// Runs `measure` with export, then sends the spans still queued, so
     /// that the next run, with logs only, does not pay for them.
-    fn export_flushed(&self, measure: impl std::future::Future<Output = serde_json::Value>) -> serde_json::Value {
-        let result = self.export.block_on(measure);
+    fn export_flushed(
+        &self,
+        threads: usize,
+        measure: impl std::future::Future<Output = serde_json::Value>,
+    ) -> serde_json::Value {
+        let result = self.export.block_on(threads, measure);
         if let Err(err) = self.providers[1].flush() {
             eprintln!("throughput: flushing the spans of a run failed: {err}");
         }
@@ -453,8 +489,10 @@ async fn measure(
     let collector_before = collector_cpu_time();
     let export_thread_before = common::threads_cpu_time(EXPORT_THREAD);
     let steal_before = common::machine_steal_per_cpu();
+    let summary_before = worker.summary();
     let elapsed = drain(&worker, mailbox.as_ref(), measured, WARMUP_JOBS as u64).await;
     let stolen = common::machine_steal_per_cpu().saturating_sub(steal_before);
+    let summary_after = worker.summary();
     let cpu = host_cpu_time().saturating_sub(cpu_before);
     let collector_cpu = collector_cpu_time().saturating_sub(collector_before);
     let export_thread_cpu = common::threads_cpu_time(EXPORT_THREAD).saturating_sub(export_thread_before);
@@ -488,6 +526,10 @@ async fn measure(
         "cpu_us_per_job": per_job(cpu),
         "collector_cpu_us_per_job": per_job(collector_cpu),
         "export_thread_cpu_us_per_job": per_job(export_thread_cpu),
+        "messages_per_claim": common::round(
+            (summary_after.claimed - summary_before.claimed) as f64
+                / (summary_after.claims - summary_before.claims).max(1) as f64
+        ),
     })
 }
 

@@ -786,6 +786,40 @@ fn the_worker_binary_serves_health_and_exits_0_on_sigterm() {
     assert!(logs.iter().any(|l| l.contains("worker stopped")), "{logs:#?}");
 }
 
+/// One async thread per core, but no more than the jobs that run at once;
+/// `TOKIO_WORKER_THREADS` overrides.
+#[test]
+fn the_worker_binary_runs_no_more_async_threads_than_it_runs_jobs() {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("wink.toml");
+    std::fs::write(&config, "[worker]\nconcurrency = 1\n").expect("config");
+    let from_file = format!("--config={}", config.display());
+    type Env<'a> = &'a [(&'a str, &'a str)];
+    let cases: [(&[&str], Env, usize); 4] = [
+        (&["--concurrency", "1"], &[], 1),
+        (&["--concurrency", "64"], &[], cores),
+        (&[&from_file], &[], 1),
+        (&["--concurrency", "1"], &[("TOKIO_WORKER_THREADS", "3")], 3),
+    ];
+    for (args, env, expected) in cases {
+        let worker = WorkerProcess::spawn_with_env(&[&["--mailbox", "memory://", "--no-cache"], args].concat(), env);
+        worker.wait_ready();
+        worker.signal("TERM");
+        let (status, logs) = worker.wait(Duration::from_secs(20));
+        assert!(status.success(), "{status}: {logs:#?}");
+        let started = logs
+            .iter()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .find(|record| record["fields"]["message"] == "worker started")
+            .unwrap_or_else(|| panic!("no `worker started` line in {logs:#?}"));
+        assert_eq!(
+            started["fields"]["async_threads"], expected,
+            "{args:?}, {env:?}: {started}"
+        );
+    }
+}
+
 #[test]
 fn bad_worker_options_exit_non_zero_with_a_one_line_reason() {
     let cases: [(&[&str], &str); 4] = [

@@ -24,4 +24,12 @@ impl ConfigArgs {
             None => Ok(HostConfig::default()),
         }
     }
+
+    /// [`load`](Self::load), blocking the thread.
+    pub fn load_blocking(&self) -> Result<HostConfig, ConfigError> {
+        match &self.path {
+            Some(path) => HostConfig::load_blocking(path),
+            None => Ok(HostConfig::default()),
+        }
+    }
 }

@@ -62,6 +62,16 @@ pub enum Command {
 }
 
 impl Cli {
+    /// How many threads the async runtime should get, when the command
+    /// has a say (a worker: [`WorkerArgs::async_threads`]); `None` leaves
+    /// tokio's default, one per core or `TOKIO_WORKER_THREADS`.
+    pub fn async_threads(&self) -> Option<usize> {
+        match &self.command {
+            Command::Worker(args) => args.async_threads(),
+            _ => None,
+        }
+    }
+
     /// Run the selected command; the error is the one-line reason to print.
     pub async fn execute(self) -> anyhow::Result<()> {
         match self.command {

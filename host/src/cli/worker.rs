@@ -45,7 +45,8 @@ pub struct WorkerOptions {
     #[arg(long, env = "WINK_WORKER_ID")]
     pub worker_id: Option<String>,
 
-    /// Jobs run at once [default: 16].
+    /// Jobs run at once; the async runtime gets no more threads than this
+    /// (unless TOKIO_WORKER_THREADS) [default: 16].
     #[arg(long, env = "WINK_CONCURRENCY")]
     pub concurrency: Option<usize>,
 
@@ -198,6 +199,21 @@ impl WorkerOptions {
 }
 
 impl WorkerArgs {
+    /// How many threads the async runtime should get for this worker
+    /// ([`WorkerConfig::async_threads`]), read before the runtime exists;
+    /// `None` leaves tokio's default: when `TOKIO_WORKER_THREADS` is set
+    /// (tokio reads it), or when the configuration cannot be read, which
+    /// [`execute`](Self::execute) then reports.
+    pub fn async_threads(&self) -> Option<usize> {
+        if std::env::var_os("TOKIO_WORKER_THREADS").is_some() {
+            return None;
+        }
+        let file = self.engine.config.load_blocking().ok()?;
+        let config = self.options.apply(file.worker);
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        Some(config.async_threads(cores))
+    }
+
     /// Run the worker until a signal, then drain.
     pub async fn execute(self) -> anyhow::Result<()> {
         let engine = self.engine.resolve().await?;

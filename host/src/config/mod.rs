@@ -98,12 +98,22 @@ impl HostConfig {
     /// Read and validate a configuration file. A relative `scripted:` model
     /// path in it is taken relative to the file's directory.
     pub async fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = tokio::fs::read_to_string(path)
-            .await
-            .map_err(|source| ConfigError::Read {
-                path: path.to_path_buf(),
-                source,
-            })?;
+        let text = tokio::fs::read_to_string(path).await;
+        Self::from_file(path, text)
+    }
+
+    /// [`load`](Self::load), blocking the thread: for what must be known
+    /// before the async runtime exists (how many threads it gets).
+    pub fn load_blocking(path: &Path) -> Result<Self, ConfigError> {
+        Self::from_file(path, std::fs::read_to_string(path))
+    }
+
+    /// The configuration in `text`, as read from the file at `path`.
+    fn from_file(path: &Path, text: std::io::Result<String>) -> Result<Self, ConfigError> {
+        let text = text.map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let mut config = Self::parse(&text, &path.display().to_string())?;
         if let Some(ModelSpec::Scripted(script)) = &mut config.model.default
             && script.is_relative()

@@ -118,6 +118,16 @@ impl Default for WorkerConfig {
 }
 
 impl WorkerConfig {
+    /// Async runtime threads for a process that runs this worker, on a
+    /// machine with `cores` cores: one per core, but no more than the jobs
+    /// that run at once. A worker running one job at a time on several
+    /// threads spends its time waking them: its claim loop, job and acker
+    /// take turns on different cores (docs/deploy.md, "Async threads at low
+    /// concurrency").
+    pub fn async_threads(&self, cores: usize) -> usize {
+        self.concurrency.clamp(1, cores.max(1))
+    }
+
     /// Check the options against each other; the error names the bad value.
     pub fn validate(&self) -> Result<(), String> {
         let positive = [
@@ -216,6 +226,18 @@ fn check_endpoint(endpoint: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn async_threads_are_one_per_core_but_no_more_than_the_jobs_at_once() {
+        let with = |concurrency| WorkerConfig {
+            concurrency,
+            ..WorkerConfig::default()
+        };
+        assert_eq!(with(1).async_threads(8), 1);
+        assert_eq!(with(4).async_threads(8), 4);
+        assert_eq!(with(64).async_threads(8), 8);
+        assert_eq!(with(16).async_threads(0), 1, "at least one");
+    }
 
     #[test]
     fn reads_a_partial_config_and_refuses_unknown_keys() {

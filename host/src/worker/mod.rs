@@ -116,6 +116,9 @@ pub enum WorkerError {
 pub struct WorkerSummary {
     /// Deliveries claimed.
     pub claimed: u64,
+    /// Claims that delivered at least one message: `claimed / claims` is
+    /// how many messages a claim fetched on average.
+    pub claims: u64,
     /// Jobs answered with `status: succeeded`.
     pub succeeded: u64,
     /// Jobs answered with `status: failed` (final failures).
@@ -133,6 +136,7 @@ pub struct WorkerSummary {
 #[derive(Debug, Default)]
 struct Counters {
     claimed: AtomicU64,
+    claims: AtomicU64,
     succeeded: AtomicU64,
     failed: AtomicU64,
     retried: AtomicU64,
@@ -146,6 +150,7 @@ impl Counters {
         let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         WorkerSummary {
             claimed: get(&self.claimed),
+            claims: get(&self.claims),
             succeeded: get(&self.succeeded),
             failed: get(&self.failed),
             retried: get(&self.retried),
@@ -304,6 +309,7 @@ impl Worker {
             worker_id = %shared.id,
             queue = shared.mailbox.queue(),
             concurrency = shared.config.concurrency,
+            async_threads = tokio::runtime::Handle::current().metrics().num_workers(),
             "worker started"
         );
         let acker = tokio::spawn(acker::run(shared.clone(), ack_queue));
@@ -386,6 +392,7 @@ impl Shared {
         let n = batch.len() as u64;
         self.runtime.metrics().mailbox_claimed(self.queue(), n);
         self.counters.claimed.fetch_add(n, Ordering::Relaxed);
+        self.counters.claims.fetch_add(1, Ordering::Relaxed);
         for delivery in batch {
             self.in_flight.fetch_add(1, Ordering::AcqRel);
             let shared = self.clone();

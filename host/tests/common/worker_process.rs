@@ -18,6 +18,11 @@ impl WorkerProcess {
     /// Start `wink-host worker ARGS` polling every 100 ms with its health
     /// server on a free loopback port; returns once it is listening.
     pub fn spawn(args: &[&str]) -> Self {
+        Self::spawn_with_env(args, &[])
+    }
+
+    /// [`spawn`](Self::spawn) with `env` set too.
+    pub fn spawn_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_wink-host"))
             .arg("worker")
             .args([
@@ -34,6 +39,8 @@ impl WorkerProcess {
             .env_remove("WINK_MAILBOX")
             .env_remove("WINK_QUEUE")
             .env_remove("WINK_MODEL")
+            .env_remove("TOKIO_WORKER_THREADS")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
