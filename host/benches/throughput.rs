@@ -183,13 +183,16 @@ fn async_threads(concurrency: usize) -> usize {
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| {
-            let cores = std::thread::available_parallelism().map_or(1, usize::from);
             WorkerConfig {
                 concurrency,
                 ..WorkerConfig::default()
             }
-            .async_threads(cores)
+            .async_threads(one_per_core())
         })
+}
+
+fn one_per_core() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
 }
 
 /// Tokio runtimes whose threads, and the thread that drives them, trace
@@ -288,7 +291,7 @@ impl Telemetries {
                 redactor: Redactor::new([], []).expect("redactor"),
                 traces,
             };
-            let _context = bare.runtime(async_threads(usize::MAX)).enter();
+            let _context = bare.runtime(one_per_core()).enter();
             telemetry::build(options, std::io::sink).expect("telemetry")
         };
         let (logs, logs_provider) = build(None);
@@ -528,7 +531,7 @@ async fn measure(
         "export_thread_cpu_us_per_job": per_job(export_thread_cpu),
         "messages_per_claim": common::round(
             (summary_after.claimed - summary_before.claimed) as f64
-                / (summary_after.claims - summary_before.claims).max(1) as f64
+                / (summary_after.batches_claimed - summary_before.batches_claimed).max(1) as f64
         ),
     })
 }

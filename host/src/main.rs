@@ -15,7 +15,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     wink_host::allocator::tune();
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
     let redactor = match Redactor::from_env() {
         Ok(redactor) => redactor,
         Err(err) => {
@@ -24,8 +24,15 @@ fn main() -> ExitCode {
         }
     };
     let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(threads) = cli.async_threads() {
-        builder.worker_threads(threads);
+    match cli.async_threads() {
+        Ok(Some(threads)) => {
+            builder.worker_threads(threads);
+        }
+        Ok(None) => {}
+        Err(err) => {
+            eprintln!("error: {}", redactor.redact(&format!("{err:#}")));
+            return ExitCode::from(exit_code(&err));
+        }
     }
     let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,

@@ -657,7 +657,11 @@ async fn an_idle_agent_is_forgotten_when_another_loads_and_loaded_again_when_nee
     tokio::time::sleep(Duration::from_millis(2_500)).await;
     send(mailbox.as_ref(), &job("other", "hello")).await;
     succeeded(reply(mailbox.as_ref(), "other").await);
-    assert_eq!(runtime.cache().len(), 1, "the idle agent's component is gone");
+    // Dropped off the async threads, so a moment later.
+    eventually("the idle agent's component gone", Duration::from_secs(10), || async {
+        (runtime.cache().len() == 1).then_some(())
+    })
+    .await;
 
     send(mailbox.as_ref(), &job("again", "trivial")).await;
     succeeded(reply(mailbox.as_ref(), "again").await);
@@ -674,7 +678,8 @@ async fn an_idle_agent_is_forgotten_even_when_no_other_agent_loads() {
         runtime.clone(),
         Arc::new(MemoryMailbox::new(QUEUE)),
         WorkerConfig {
-            agent_idle: ms(1_000),
+            // Long enough that the first job's reply comes well within it.
+            agent_idle: ms(3_000),
             ..config()
         },
         JobResources::default(),
@@ -686,7 +691,7 @@ async fn an_idle_agent_is_forgotten_even_when_no_other_agent_loads() {
     send(mailbox.as_ref(), &job("first")).await;
     assert_eq!(reply(mailbox.as_ref(), "first").await.status, ReplyStatus::Succeeded);
     assert_eq!(runtime.cache().len(), 1);
-    eventually("the idle agent forgotten", Duration::from_secs(10), || async {
+    eventually("the idle agent forgotten", Duration::from_secs(20), || async {
         runtime.cache().is_empty().then_some(())
     })
     .await;
@@ -791,14 +796,24 @@ fn the_worker_binary_serves_health_and_exits_0_on_sigterm() {
 #[test]
 fn the_worker_binary_runs_no_more_async_threads_than_it_runs_jobs() {
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    // The configuration comes through a pipe, which can be read only once:
+    // the worker must not read it again once it knows its threads.
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("wink.toml");
-    std::fs::write(&config, "[worker]\nconcurrency = 1\n").expect("config");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&config)
+        .status()
+        .expect("mkfifo");
+    assert!(made.success());
+    let writer = std::thread::spawn({
+        let config = config.clone();
+        move || std::fs::write(config, "[worker]\nconcurrency = 1\n").expect("write the config")
+    });
     let from_file = format!("--config={}", config.display());
     type Env<'a> = &'a [(&'a str, &'a str)];
     let cases: [(&[&str], Env, usize); 4] = [
         (&["--concurrency", "1"], &[], 1),
-        (&["--concurrency", "64"], &[], cores),
+        (&["--concurrency", "64"], &[], cores.min(64)),
         (&[&from_file], &[], 1),
         (&["--concurrency", "1"], &[("TOKIO_WORKER_THREADS", "3")], 3),
     ];
@@ -816,6 +831,25 @@ fn the_worker_binary_runs_no_more_async_threads_than_it_runs_jobs() {
         assert_eq!(
             started["fields"]["async_threads"], expected,
             "{args:?}, {env:?}: {started}"
+        );
+    }
+    writer.join().expect("the config was read");
+}
+
+#[test]
+fn a_bad_tokio_worker_threads_is_a_one_line_error_not_a_panic() {
+    for value in ["0", "two", ""] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_wink-host"))
+            .args(["worker", "--health-port", "0", "--no-cache"])
+            .env("TOKIO_WORKER_THREADS", value)
+            .env("WINK_LOG", "warn")
+            .output()
+            .expect("run wink-host worker");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{value:?}: {err}");
+        assert_eq!(
+            err.trim(),
+            format!("error: TOKIO_WORKER_THREADS `{value}` is not a number of threads above zero"),
         );
     }
 }

@@ -14,22 +14,33 @@ pub struct ConfigArgs {
     /// environment variables override its values [default: none, built-in defaults].
     #[arg(id = "config", long = "config", env = "WINK_CONFIG", value_name = "FILE")]
     pub path: Option<PathBuf>,
+
+    /// The configuration, once [`preload`](Self::preload) read it: the
+    /// file is read once, whatever asks (it may be a pipe).
+    #[arg(skip)]
+    loaded: Option<HostConfig>,
 }
 
 impl ConfigArgs {
     /// The file's configuration, or the built-in defaults when none is named.
+    /// Later calls return the configuration [`preload`](Self::preload) read.
     pub async fn load(&self) -> Result<HostConfig, ConfigError> {
-        match &self.path {
-            Some(path) => HostConfig::load(path).await,
-            None => Ok(HostConfig::default()),
+        match (&self.loaded, &self.path) {
+            (Some(loaded), _) => Ok(loaded.clone()),
+            (None, Some(path)) => HostConfig::load(path).await,
+            (None, None) => Ok(HostConfig::default()),
         }
     }
 
-    /// [`load`](Self::load), blocking the thread.
-    pub fn load_blocking(&self) -> Result<HostConfig, ConfigError> {
-        match &self.path {
-            Some(path) => HostConfig::load_blocking(path),
-            None => Ok(HostConfig::default()),
-        }
+    /// Read the configuration now, blocking the thread, for what must be
+    /// known before the async runtime exists; [`load`](Self::load) then
+    /// returns it without reading again.
+    pub fn preload(&mut self) -> Result<&HostConfig, ConfigError> {
+        let loaded = match (self.loaded.take(), &self.path) {
+            (Some(loaded), _) => loaded,
+            (None, Some(path)) => HostConfig::load_blocking(path)?,
+            (None, None) => HostConfig::default(),
+        };
+        Ok(self.loaded.insert(loaded))
     }
 }

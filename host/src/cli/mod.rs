@@ -33,6 +33,19 @@ Logging and tracing (environment; see docs/observability.md):
   OTEL_RESOURCE_ATTRIBUTES            more resource attributes, key=value,...
   WINK_TRACE_MAILBOX_SPANS            false: no claim and ack spans from workers [default: true]";
 
+/// `TOKIO_WORKER_THREADS`, which tokio would read itself, but with a panic
+/// for a value that is not a number above zero.
+fn tokio_worker_threads() -> anyhow::Result<Option<usize>> {
+    let Some(value) = std::env::var_os("TOKIO_WORKER_THREADS") else {
+        return Ok(None);
+    };
+    let value = value.to_string_lossy();
+    match value.trim().parse() {
+        Ok(threads) if threads > 0 => Ok(Some(threads)),
+        _ => anyhow::bail!("TOKIO_WORKER_THREADS `{value}` is not a number of threads above zero"),
+    }
+}
+
 /// Runs AI agents and the tools they call as sandboxed WebAssembly components.
 #[derive(Debug, Parser)]
 #[command(name = "wink-host", version, about, long_about = None, after_help = TELEMETRY_HELP)]
@@ -62,14 +75,17 @@ pub enum Command {
 }
 
 impl Cli {
-    /// How many threads the async runtime should get, when the command
-    /// has a say (a worker: [`WorkerArgs::async_threads`]); `None` leaves
-    /// tokio's default, one per core or `TOKIO_WORKER_THREADS`.
-    pub fn async_threads(&self) -> Option<usize> {
-        match &self.command {
-            Command::Worker(args) => args.async_threads(),
+    /// How many threads the async runtime should get: `TOKIO_WORKER_THREADS`
+    /// when set, else the command's choice (a worker's:
+    /// [`WorkerArgs::async_threads`]); `None` leaves tokio's default, one
+    /// per core. Call it before the runtime exists: a worker reads its
+    /// configuration file here.
+    pub fn async_threads(&mut self) -> anyhow::Result<Option<usize>> {
+        let wanted = match &mut self.command {
+            Command::Worker(args) => Some(args.async_threads()?),
             _ => None,
-        }
+        };
+        Ok(tokio_worker_threads()?.or(wanted))
     }
 
     /// Run the selected command; the error is the one-line reason to print.

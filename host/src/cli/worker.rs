@@ -9,6 +9,7 @@ use clap::Args;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use super::engine::{Engine, EngineArgs};
+use crate::config::HostConfig;
 use crate::mailbox;
 use crate::model::ModelPolicy;
 use crate::policy::{HumanDuration, parse_duration};
@@ -150,6 +151,11 @@ fn human_duration(text: &str) -> Result<HumanDuration, String> {
 }
 
 impl WorkerOptions {
+    /// The config file's `[worker]` section, with these options over it.
+    pub fn resolve(&self, file: &HostConfig) -> WorkerConfig {
+        self.apply(file.worker.clone())
+    }
+
     /// `config` with every option given here applied over it.
     pub fn apply(&self, mut config: WorkerConfig) -> WorkerConfig {
         macro_rules! overlay {
@@ -200,25 +206,18 @@ impl WorkerOptions {
 
 impl WorkerArgs {
     /// How many threads the async runtime should get for this worker
-    /// ([`WorkerConfig::async_threads`]), read before the runtime exists;
-    /// `None` leaves tokio's default: when `TOKIO_WORKER_THREADS` is set
-    /// (tokio reads it), or when the configuration cannot be read, which
-    /// [`execute`](Self::execute) then reports.
-    pub fn async_threads(&self) -> Option<usize> {
-        if std::env::var_os("TOKIO_WORKER_THREADS").is_some() {
-            return None;
-        }
-        let file = self.engine.config.load_blocking().ok()?;
-        let config = self.options.apply(file.worker);
+    /// ([`WorkerConfig::async_threads`]). Reads the configuration file
+    /// before the runtime exists, and keeps it for [`execute`](Self::execute).
+    pub fn async_threads(&mut self) -> anyhow::Result<usize> {
+        let file = self.engine.config.preload()?;
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
-        Some(config.async_threads(cores))
+        Ok(self.options.resolve(file).async_threads(cores))
     }
 
     /// Run the worker until a signal, then drain.
     pub async fn execute(self) -> anyhow::Result<()> {
         let engine = self.engine.resolve().await?;
-        // The config file's `[worker]` section, with flags and their variables over it.
-        let config = self.options.apply(engine.config.worker.clone());
+        let config = self.options.resolve(&engine.config);
         config.validate().map_err(anyhow::Error::msg)?;
         let signals = Signals::install()?;
         let cache_dir = self.engine.cache_dir();

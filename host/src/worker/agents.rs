@@ -110,6 +110,15 @@ struct FileStamp {
     inode: u64,
 }
 
+/// Drop agents taken out of the map, with their compiled components, off
+/// the async threads (there may be only one): unmapping a component's code
+/// takes a while.
+fn release(agents: Vec<Arc<CachedAgent>>) {
+    if !agents.is_empty() {
+        tokio::task::spawn_blocking(move || drop(agents));
+    }
+}
+
 async fn stamp(path: &Path) -> Result<FileStamp, LoadError> {
     let metadata = tokio::fs::metadata(path).await.map_err(|source| LoadError::Read {
         path: path.to_path_buf(),
@@ -230,9 +239,8 @@ impl Agents {
             }
             Err(AgentError::Unavailable(_)) => {}
         }
-        // Unmapping a component's code takes a while: not with the map locked.
         drop(entries);
-        drop(forgotten);
+        release(forgotten);
         result
     }
 
@@ -255,8 +263,7 @@ impl Agents {
     /// ones go too.
     pub(crate) fn forget_idle(&self) {
         let forgotten = self.take_idle(&mut self.entries.lock().unwrap_or_else(PoisonError::into_inner));
-        // Unmapping a component's code takes a while: not with the map locked.
-        drop(forgotten);
+        release(forgotten);
     }
 
     /// Take out the agents no job started for [`Agents::idle`] and none is

@@ -60,7 +60,7 @@ pub struct WorkerConfig {
     pub agent_recheck: HumanDuration,
     /// How long a loaded agent no job has used is kept before it is
     /// forgotten (with its compiled component): checked when another agent
-    /// loads and every `agent_idle`, so an agent goes within twice this.
+    /// loads and every `agent_idle`, so an agent goes within about twice this.
     pub agent_idle: HumanDuration,
     /// An S3-compatible endpoint for `s3://` agents (MinIO, Ceph, moto),
     /// addressed path-style. Default: AWS's endpoint for the region.

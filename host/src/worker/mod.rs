@@ -113,12 +113,13 @@ pub enum WorkerError {
 
 /// What a worker did, counted over its whole run.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct WorkerSummary {
     /// Deliveries claimed.
     pub claimed: u64,
-    /// Claims that delivered at least one message: `claimed / claims` is
-    /// how many messages a claim fetched on average.
-    pub claims: u64,
+    /// Claims that delivered at least one message: `claimed /
+    /// batches_claimed` is how many messages a claim fetched on average.
+    pub batches_claimed: u64,
     /// Jobs answered with `status: succeeded`.
     pub succeeded: u64,
     /// Jobs answered with `status: failed` (final failures).
@@ -136,7 +137,7 @@ pub struct WorkerSummary {
 #[derive(Debug, Default)]
 struct Counters {
     claimed: AtomicU64,
-    claims: AtomicU64,
+    batches_claimed: AtomicU64,
     succeeded: AtomicU64,
     failed: AtomicU64,
     retried: AtomicU64,
@@ -150,7 +151,7 @@ impl Counters {
         let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         WorkerSummary {
             claimed: get(&self.claimed),
-            claims: get(&self.claims),
+            batches_claimed: get(&self.batches_claimed),
             succeeded: get(&self.succeeded),
             failed: get(&self.failed),
             retried: get(&self.retried),
@@ -392,7 +393,7 @@ impl Shared {
         let n = batch.len() as u64;
         self.runtime.metrics().mailbox_claimed(self.queue(), n);
         self.counters.claimed.fetch_add(n, Ordering::Relaxed);
-        self.counters.claims.fetch_add(1, Ordering::Relaxed);
+        self.counters.batches_claimed.fetch_add(1, Ordering::Relaxed);
         for delivery in batch {
             self.in_flight.fetch_add(1, Ordering::AcqRel);
             let shared = self.clone();

@@ -39,6 +39,8 @@ impl WorkerProcess {
             .env_remove("WINK_MAILBOX")
             .env_remove("WINK_QUEUE")
             .env_remove("WINK_MODEL")
+            .env_remove("WINK_CONCURRENCY")
+            .env_remove("WINK_CONFIG")
             .env_remove("TOKIO_WORKER_THREADS")
             .envs(env.iter().copied())
             .stdin(Stdio::null())
