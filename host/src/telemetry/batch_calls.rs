@@ -23,7 +23,11 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 /// exported, behind a filter that enables nothing: it observes nothing, and
 /// must not make tracing ask the other layers' filters again about
 /// callsites they disabled for good.
-pub(super) struct BatchTracer(pub(super) SdkTracer);
+pub(super) struct BatchTracer {
+    pub(super) tracer: SdkTracer,
+    /// The provider's most links per span.
+    pub(super) max_links: usize,
+}
 
 impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for BatchTracer {}
 
@@ -57,19 +61,33 @@ impl BatchOperation {
 /// Records batch calls' spans, with the tracer of the subscriber that was
 /// current when it was found: a worker looks it up once, not per call.
 #[derive(Debug, Clone)]
-pub struct BatchSpans(SdkTracer);
+pub struct BatchSpans {
+    tracer: SdkTracer,
+    max_links: usize,
+}
 
 impl BatchSpans {
     /// The current subscriber's, when it exports spans and wants mailbox
     /// spans (`WINK_TRACE_MAILBOX_SPANS`).
     pub fn current() -> Option<Self> {
-        tracing::dispatcher::get_default(|dispatch| dispatch.downcast_ref::<BatchTracer>().map(|t| Self(t.0.clone())))
+        tracing::dispatcher::get_default(|dispatch| {
+            dispatch.downcast_ref::<BatchTracer>().map(|found| Self {
+                tracer: found.tracer.clone(),
+                max_links: found.max_links,
+            })
+        })
+    }
+
+    /// Most jobs one call's span can link (`OTEL_SPAN_LINK_COUNT_LIMIT`);
+    /// the SDK would drop links past it.
+    pub fn max_links(&self) -> usize {
+        self.max_links
     }
 
     /// Start timing a call.
     pub fn start(&self) -> BatchCall<'_> {
         BatchCall {
-            tracer: &self.0,
+            tracer: &self.tracer,
             started: SystemTime::now(),
         }
     }
@@ -201,7 +219,10 @@ mod tests {
         let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
             .with_span_processor(ended.clone())
             .build();
-        let spans = BatchSpans(crate::telemetry::traces::tracer(&provider));
+        let spans = BatchSpans {
+            tracer: crate::telemetry::traces::tracer(&provider),
+            max_links: 128,
+        };
         let job = SpanLink(SpanContext::new(
             opentelemetry::trace::TraceId::from(7),
             opentelemetry::trace::SpanId::from(9),

@@ -178,8 +178,12 @@ where
     let batch_tracer = options
         .traces
         .as_ref()
-        .is_some_and(|traces| traces.mailbox_spans)
-        .then(|| batch_calls::BatchTracer(traces::tracer(&provider)).with_filter(filter_fn(|_| false)));
+        .filter(|traces| traces.mailbox_spans)
+        .map(|traces| batch_calls::BatchTracer {
+            tracer: traces::tracer(&provider),
+            max_links: traces.max_links_per_span,
+        })
+        .map(|tracer| tracer.with_filter(filter_fn(|_| false)));
     let dispatch = tracing::Dispatch::new(Registry::default().with(log_layer).with(trace_layer).with(batch_tracer));
     let _ = dispatch_slot.set(dispatch.downgrade());
     let telemetry = Telemetry {

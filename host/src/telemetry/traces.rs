@@ -105,6 +105,10 @@ pub struct TraceConfig {
     /// they served. About two more spans per job when jobs are few at a
     /// time: trivial high-rate jobs may do without them.
     pub mailbox_spans: bool,
+    /// Most links a span keeps (`OTEL_SPAN_LINK_COUNT_LIMIT`, default 128,
+    /// as the specification's); the SDK drops the rest. A worker acks no
+    /// more jobs in one batch than its ack span can link.
+    pub max_links_per_span: usize,
 }
 
 /// How spans are batched for export, from the standard `OTEL_BSP_*`
@@ -171,12 +175,17 @@ fn boolean(value: &str) -> Result<bool, String> {
 }
 
 fn positive_count(value: &str) -> Result<usize, String> {
-    value
-        .trim()
-        .parse::<usize>()
+    count(value)
         .ok()
         .filter(|count| *count > 0)
         .ok_or_else(|| "expected a positive whole number".into())
+}
+
+fn count(value: &str) -> Result<usize, String> {
+    value
+        .trim()
+        .parse::<usize>()
+        .map_err(|_| "expected a whole number".into())
 }
 
 fn milliseconds(value: &str) -> Result<Duration, String> {
@@ -229,6 +238,9 @@ const COMPRESSION_VARS: [&str; 2] = [
 /// Headers merge: general ones first, then signal-specific ones override.
 pub(super) const HEADER_VARS: [&str; 2] = ["OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_TRACES_HEADERS"];
 
+/// The specification's default `OTEL_SPAN_LINK_COUNT_LIMIT`.
+const DEFAULT_MAX_LINKS_PER_SPAN: usize = 128;
+
 impl TraceConfig {
     /// Export to `endpoint` (the full URL) with default settings.
     pub fn new(endpoint: impl Into<String>, protocol: OtlpProtocol) -> Self {
@@ -242,6 +254,7 @@ impl TraceConfig {
             resource_attributes: Vec::new(),
             batch: BatchSettings::default(),
             mailbox_spans: true,
+            max_links_per_span: DEFAULT_MAX_LINKS_PER_SPAN,
         }
     }
 
@@ -304,6 +317,8 @@ impl TraceConfig {
             resource_attributes,
             batch: BatchSettings::from_vars(var)?,
             mailbox_spans: first_parsed(var, &["WINK_TRACE_MAILBOX_SPANS"], boolean)?.unwrap_or(true),
+            max_links_per_span: first_parsed(var, &["OTEL_SPAN_LINK_COUNT_LIMIT"], count)?
+                .unwrap_or(DEFAULT_MAX_LINKS_PER_SPAN),
         }))
     }
 }
@@ -426,7 +441,9 @@ pub(super) fn tracer_provider(
         )
         .build();
     // The sampler stays the SDK's (parent-based always-on, or OTEL_TRACES_SAMPLER).
-    let builder = SdkTracerProvider::builder().with_resource(resource);
+    let builder = SdkTracerProvider::builder()
+        .with_resource(resource)
+        .with_max_links_per_span(u32::try_from(config.max_links_per_span).unwrap_or(u32::MAX));
     let processor =
         super::otlp::processor(config, headers, redactor.clone(), subscriber.clone()).map_err(exporter_error)?;
     let builder = builder.with_span_processor(processor);
@@ -591,10 +608,12 @@ mod tests {
             ("OTEL_BSP_MAX_QUEUE_SIZE", "4096"),
             ("OTEL_BSP_SCHEDULE_DELAY", " 250 "),
             ("WINK_TRACE_MAILBOX_SPANS", "False"),
+            ("OTEL_SPAN_LINK_COUNT_LIMIT", "16"),
         ]))
         .expect("valid")
         .expect("on");
         assert!(!config.mailbox_spans);
+        assert_eq!(config.max_links_per_span, 16);
         assert_eq!(config.endpoint, "https://api.example.test/otel/v1/traces");
         assert_eq!(config.protocol, OtlpProtocol::HttpProtobuf);
         assert_eq!(
@@ -721,6 +740,10 @@ mod tests {
             (
                 vec![endpoint, ("OTEL_BSP_SCHEDULE_DELAY", "0")],
                 r#"invalid OTEL_BSP_SCHEDULE_DELAY="0": expected milliseconds, above 0"#,
+            ),
+            (
+                vec![endpoint, ("OTEL_SPAN_LINK_COUNT_LIMIT", "-1")],
+                r#"invalid OTEL_SPAN_LINK_COUNT_LIMIT="-1": expected a whole number"#,
             ),
             (
                 vec![endpoint, ("WINK_TRACE_MAILBOX_SPANS", "off")],

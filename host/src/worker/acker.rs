@@ -38,7 +38,7 @@ pub(crate) enum AckItem {
 
 /// Ack whatever is queued, a batch at a time, until told to stop.
 pub(crate) async fn run(shared: Arc<Shared>, mut queue: mpsc::Receiver<AckItem>) {
-    let limit = shared.config.ack_batch;
+    let limit = batch_limit(&shared);
     let linger = shared.config.ack_linger.0;
     let mut items = Vec::with_capacity(limit);
     let mut batch = Vec::with_capacity(limit);
@@ -75,6 +75,13 @@ pub(crate) async fn run(shared: Arc<Shared>, mut queue: mpsc::Receiver<AckItem>)
             return;
         }
     }
+}
+
+/// Most jobs one batch acks: `ack_batch`, and where acks are spans no
+/// more than one span can link, so that every job's link is kept.
+fn batch_limit(shared: &Shared) -> usize {
+    let linkable = shared.batch_spans.as_ref().map_or(usize::MAX, BatchSpans::max_links);
+    shared.config.ack_batch.min(linkable).max(1)
 }
 
 /// Unless the batch is full or told to stop, wait `linger`, then add to

@@ -1,0 +1,106 @@
+//! An ack batch exported as a span links every job it settled: a batch
+//! holds no more jobs than a span keeps links (`OTEL_SPAN_LINK_COUNT_LIMIT`),
+//! past which the SDK would drop them.
+//!
+//! Its own test binary, so its global subscriber is alone.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::otlp::http_receiver;
+use common::*;
+use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
+use wink_host::mailbox::{Envelope, Mailbox, MemoryMailbox};
+use wink_host::policy::HumanDuration;
+use wink_host::telemetry::{self, LogFormat, OtlpProtocol, Redactor, TelemetryOptions, TraceConfig};
+use wink_host::worker::{JobResources, ReplyRoutes, Worker, WorkerConfig};
+
+const LINKS_PER_SPAN: usize = 4;
+const JOBS: usize = 12;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_job_is_linked_from_an_ack_span_however_many_finish_together() {
+    let (endpoint, received) = http_receiver().await;
+    let mut traces = TraceConfig::new(endpoint, OtlpProtocol::HttpProtobuf);
+    traces.max_links_per_span = LINKS_PER_SPAN;
+    let telemetry = telemetry::install(
+        TelemetryOptions {
+            format: LogFormat::Json,
+            redactor: Redactor::new([], []).expect("redactor"),
+            traces: Some(traces),
+        },
+        std::io::sink,
+    )
+    .expect("telemetry");
+    let mailbox = Arc::new(MemoryMailbox::new("jobs"));
+    let config = WorkerConfig {
+        concurrency: JOBS,
+        ack_batch: 256,
+        // Every job finishes within one linger: without the cap, one batch.
+        ack_linger: HumanDuration(Duration::from_millis(500)),
+        poll_wait: HumanDuration(Duration::from_millis(50)),
+        ..WorkerConfig::default()
+    };
+    let worker = Worker::new(
+        runtime(),
+        mailbox.clone(),
+        config,
+        JobResources::default(),
+        ReplyRoutes::registered_only(),
+    )
+    .expect("worker");
+    let running = tokio::spawn({
+        let worker = worker.clone();
+        async move { worker.run().await }
+    });
+    let agent = guest("trivial");
+    let jobs: Vec<(String, Bytes)> = (0..JOBS)
+        .map(|i| {
+            let job = Envelope::new(format!("job-{i}"), agent.to_str().expect("path"));
+            (job.request_id.clone(), Bytes::from(job.to_bytes()))
+        })
+        .collect();
+    for sent in mailbox.send_batch(&jobs).await.expect("send") {
+        sent.expect("sent");
+    }
+
+    let give_up = Instant::now() + Duration::from_secs(30);
+    for (request_id, _) in &jobs {
+        while mailbox.reply(request_id).await.expect("reply").is_none() {
+            assert!(Instant::now() < give_up, "{request_id} was not answered");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    worker.shutdown();
+    running.await.expect("task").expect("run");
+    tokio::task::block_in_place(|| telemetry.flush()).expect("flush");
+
+    let spans = received.spans();
+    let job_spans: HashSet<Vec<u8>> = spans
+        .iter()
+        .filter(|span| span.name == "invoke_agent trivial")
+        .map(|span| span.span_id.clone())
+        .collect();
+    assert_eq!(job_spans.len(), JOBS, "{spans:#?}");
+    let acks: Vec<_> = spans.iter().filter(|span| span.name == "ack jobs").collect();
+    let mut linked = HashSet::new();
+    for ack in &acks {
+        assert_eq!(ack.dropped_links_count, 0, "{ack:#?}");
+        assert!(ack.links.len() <= LINKS_PER_SPAN, "{ack:#?}");
+        let count = ack
+            .attributes
+            .iter()
+            .find(|kv| kv.key == "messaging.batch.message_count")
+            .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
+                AnyValue::IntValue(count) => Some(*count),
+                _ => None,
+            });
+        assert_eq!(count, Some(ack.links.len() as i64), "{ack:#?}");
+        linked.extend(ack.links.iter().map(|link| link.span_id.clone()));
+    }
+    assert_eq!(linked, job_spans, "every job linked once: {acks:#?}");
+}
