@@ -40,8 +40,9 @@ async fn every_job_is_linked_from_an_ack_span_however_many_finish_together() {
     let config = WorkerConfig {
         concurrency: JOBS,
         ack_batch: 256,
-        // Every job finishes within one linger: without the cap, one batch.
-        ack_linger: HumanDuration(Duration::from_millis(500)),
+        // The jobs finish within one linger, so without the cap they would
+        // share one batch (unless the machine ran them seconds apart).
+        ack_linger: HumanDuration(Duration::from_secs(2)),
         poll_wait: HumanDuration(Duration::from_millis(50)),
         ..WorkerConfig::default()
     };

@@ -38,7 +38,10 @@ pub(crate) enum AckItem {
 
 /// Ack whatever is queued, a batch at a time, until told to stop.
 pub(crate) async fn run(shared: Arc<Shared>, mut queue: mpsc::Receiver<AckItem>) {
-    let limit = batch_limit(&shared);
+    let limit = batch_limit(
+        shared.config.ack_batch,
+        shared.batch_spans.as_ref().map(BatchSpans::max_links),
+    );
     let linger = shared.config.ack_linger.0;
     let mut items = Vec::with_capacity(limit);
     let mut batch = Vec::with_capacity(limit);
@@ -77,11 +80,13 @@ pub(crate) async fn run(shared: Arc<Shared>, mut queue: mpsc::Receiver<AckItem>)
     }
 }
 
-/// Most jobs one batch acks: `ack_batch`, and where acks are spans no
-/// more than one span can link, so that every job's link is kept.
-fn batch_limit(shared: &Shared) -> usize {
-    let linkable = shared.batch_spans.as_ref().map_or(usize::MAX, BatchSpans::max_links);
-    shared.config.ack_batch.min(linkable).max(1)
+/// Most jobs one batch acks: `ack_batch`, and where acks are spans
+/// (keeping at most `max_links` links) no more than one span links, so
+/// that every job's link is kept. A span that keeps no links at all caps
+/// nothing: its links are gone whatever the batch.
+fn batch_limit(ack_batch: usize, max_links: Option<usize>) -> usize {
+    let linkable = max_links.filter(|links| *links > 0).unwrap_or(usize::MAX);
+    ack_batch.min(linkable).max(1)
 }
 
 /// Unless the batch is full or told to stop, wait `linger`, then add to
@@ -287,6 +292,19 @@ async fn resolve_doubts(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_holds_no_more_jobs_than_its_span_links() {
+        assert_eq!(batch_limit(256, None), 256, "acks are no spans");
+        assert_eq!(batch_limit(256, Some(128)), 128);
+        assert_eq!(batch_limit(64, Some(128)), 64);
+        assert_eq!(
+            batch_limit(256, Some(0)),
+            256,
+            "a span that keeps no links caps nothing"
+        );
+        assert_eq!(batch_limit(0, None), 1);
+    }
 
     fn item(n: u32) -> (Lease, Reply) {
         let id = format!("request-{n}");
