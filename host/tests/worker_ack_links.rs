@@ -17,7 +17,7 @@ use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use wink_host::mailbox::{Envelope, Mailbox, MemoryMailbox};
 use wink_host::policy::HumanDuration;
 use wink_host::telemetry::{self, LogFormat, OtlpProtocol, Redactor, TelemetryOptions, TraceConfig};
-use wink_host::worker::{JobResources, ReplyRoutes, Worker, WorkerConfig};
+use wink_host::worker::{JobResources, ReplyRoutes, WorkerConfig};
 
 const LINKS_PER_SPAN: usize = 4;
 const JOBS: usize = 12;
@@ -36,28 +36,22 @@ async fn every_job_is_linked_from_an_ack_span_however_many_finish_together() {
         std::io::sink,
     )
     .expect("telemetry");
-    let mailbox = Arc::new(MemoryMailbox::new("jobs"));
-    let config = WorkerConfig {
-        concurrency: JOBS,
-        ack_batch: 256,
-        // The jobs finish within one linger, so without the cap they would
-        // share one batch (unless the machine ran them seconds apart).
-        ack_linger: HumanDuration(Duration::from_secs(2)),
-        poll_wait: HumanDuration(Duration::from_millis(50)),
-        ..WorkerConfig::default()
-    };
-    let worker = Worker::new(
+    let running = worker_jobs::Running::start(
         runtime(),
-        mailbox.clone(),
-        config,
+        Arc::new(MemoryMailbox::new("jobs")),
+        WorkerConfig {
+            concurrency: JOBS,
+            ack_batch: 256,
+            // The jobs finish within one linger, so without the cap they would
+            // share one batch (unless the machine ran them seconds apart).
+            ack_linger: HumanDuration(Duration::from_secs(2)),
+            poll_wait: HumanDuration(Duration::from_millis(50)),
+            ..WorkerConfig::default()
+        },
         JobResources::default(),
         ReplyRoutes::registered_only(),
-    )
-    .expect("worker");
-    let running = tokio::spawn({
-        let worker = worker.clone();
-        async move { worker.run().await }
-    });
+    );
+    let mailbox = running.mailbox.clone();
     let agent = guest("trivial");
     let jobs: Vec<(String, Bytes)> = (0..JOBS)
         .map(|i| {
@@ -76,8 +70,7 @@ async fn every_job_is_linked_from_an_ack_span_however_many_finish_together() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-    worker.shutdown();
-    running.await.expect("task").expect("run");
+    running.stop().await;
     tokio::task::block_in_place(|| telemetry.flush()).expect("flush");
 
     let spans = received.spans();
