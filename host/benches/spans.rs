@@ -151,9 +151,7 @@ fn record_jobs(jobs: usize) {
             otel.status_code = tracing::field::Empty,
             error.type = tracing::field::Empty,
         );
-        if let Some(claim) = claim {
-            claim.add_to(&job);
-        }
+        let link = mailbox.as_ref().and_then(|spans| spans.join(&job, claim));
         job.in_scope(|| {
             tracing::info!(
                 target: "wink_host::runtime::agent",
@@ -164,7 +162,6 @@ fn record_jobs(jobs: usize) {
             );
         });
         if let Some(spans) = &mailbox {
-            let link = spans.link_to(&job);
             drop(job);
             spans.start().end(BatchOperation::Ack, "bench-8-1", 1, 0, link);
         }

@@ -92,10 +92,19 @@ impl BatchSpans {
         }
     }
 
-    /// The link to `span`, when it is exported (valid and sampled).
-    pub fn link_to(&self, span: &tracing::Span) -> Option<SpanLink> {
-        let context = span.context().span().span_context().clone();
-        (context.is_valid() && context.is_sampled()).then_some(SpanLink(context))
+    /// Link the job `span` to the `claim` that delivered it, and return the
+    /// link to `span` for the span of the ack that settles it (none when the
+    /// span is not exported: invalid or unsampled). The span's OpenTelemetry
+    /// data is looked up once for both, and the span started if it was not
+    /// yet: each lookup walks the subscriber's layers and its span registry.
+    pub fn join(&self, span: &tracing::Span, claim: Option<SpanLink>) -> Option<SpanLink> {
+        let context = span.context();
+        let started = context.span();
+        if let Some(claim) = claim {
+            started.add_link(claim.0, Vec::new());
+        }
+        let job = started.span_context();
+        (job.is_valid() && job.is_sampled()).then(|| SpanLink(job.clone()))
     }
 }
 
@@ -150,13 +159,6 @@ impl BatchCall<'_> {
 /// A link between a job's span and a batch call's.
 #[derive(Debug, Clone)]
 pub struct SpanLink(SpanContext);
-
-impl SpanLink {
-    /// Link `span` to the span this link names.
-    pub fn add_to(self, span: &tracing::Span) {
-        span.add_link(self.0);
-    }
-}
 
 #[cfg(test)]
 mod tests {
@@ -267,7 +269,7 @@ mod tests {
         tracing::dispatcher::with_default(&dispatch, || {
             let spans = BatchSpans::current().expect("exported");
             let job = tracing::info_span!(target: "wink_host::worker", "job");
-            let link = spans.link_to(&job).expect("recorded");
+            let link = spans.join(&job, None).expect("recorded");
             let claim = spans.start().end(BatchOperation::Claim, "jobs", 1, 0, [link.clone()]);
             assert!(claim.0.is_valid());
             assert_ne!(claim.0.trace_id(), link.0.trace_id(), "a trace of its own");

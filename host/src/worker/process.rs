@@ -92,6 +92,14 @@ enum Interrupted {
     Released,
 }
 
+/// What a job's reply and ack know it by.
+struct JobIdentity {
+    /// The worker's id for this run of the job.
+    id: String,
+    /// Its exported span, for the span of the ack that settles it to link to.
+    span: Option<SpanLink>,
+}
+
 /// A job's answer, before it is written.
 enum Answer {
     Output(String),
@@ -138,10 +146,11 @@ impl Shared {
             error.type = tracing::field::Empty,
         );
         crate::telemetry::continue_trace(&span, envelope.traceparent.as_deref());
-        if let Some(claim) = claim {
-            claim.add_to(&span);
-        }
-        self.run_job(&delivery, &envelope, source, job_id, &span)
+        let job = JobIdentity {
+            id: job_id,
+            span: self.batch_spans.as_ref().and_then(|spans| spans.join(&span, claim)),
+        };
+        self.run_job(&delivery, &envelope, source, job, &span)
             .instrument(span.clone())
             .await;
     }
@@ -151,7 +160,7 @@ impl Shared {
         delivery: &Delivery,
         envelope: &Envelope,
         source: AgentRef,
-        job_id: String,
+        job: JobIdentity,
         span: &tracing::Span,
     ) {
         let max = self.config.max_attempts;
@@ -178,14 +187,7 @@ impl Shared {
             };
             let stats = JobStats::default();
             return self
-                .answer(
-                    delivery,
-                    envelope,
-                    &job_id,
-                    started_at_ms,
-                    &stats,
-                    Answer::Failed(error),
-                )
+                .answer(delivery, envelope, &job, started_at_ms, &stats, Answer::Failed(error))
                 .await;
         }
         // Under the lease: fetching and compiling a cold agent can take longer
@@ -216,7 +218,7 @@ impl Shared {
         };
         let request = JobRequest {
             request_id: envelope.request_id.clone(),
-            job_id: job_id.clone(),
+            job_id: job.id.clone(),
             attempt: delivery.attempt,
             input: envelope.input.to_string(),
             // The span carries the trace.
@@ -224,9 +226,9 @@ impl Shared {
         };
         // Boxed: the sandbox's future is kilobytes, and every job task would
         // otherwise copy it each time the task future moves (spawn included).
-        let job = Box::pin(self.runtime.run_agent_in(&agent.component, request, env, span.clone()));
-        match self.run_leased(&delivery.lease, job).await {
-            Ok(report) => self.conclude(delivery, envelope, &job_id, started_at_ms, report).await,
+        let run = Box::pin(self.runtime.run_agent_in(&agent.component, request, env, span.clone()));
+        match self.run_leased(&delivery.lease, run).await {
+            Ok(report) => self.conclude(delivery, envelope, &job, started_at_ms, report).await,
             Err(interrupted) => self.interrupted(delivery, interrupted).await,
         }
     }
@@ -273,7 +275,7 @@ impl Shared {
         &self,
         delivery: &Delivery,
         envelope: &Envelope,
-        job_id: &str,
+        job: &JobIdentity,
         started_at_ms: u64,
         report: JobReport,
     ) {
@@ -282,7 +284,7 @@ impl Shared {
             Ok(output) => {
                 let answer = Answer::Output(output);
                 return self
-                    .answer(delivery, envelope, job_id, started_at_ms, &stats, answer)
+                    .answer(delivery, envelope, job, started_at_ms, &stats, answer)
                     .await;
             }
             Err(err) => err,
@@ -300,15 +302,8 @@ impl Shared {
         } else {
             reply_error(&err)
         };
-        self.answer(
-            delivery,
-            envelope,
-            job_id,
-            started_at_ms,
-            &stats,
-            Answer::Failed(answer),
-        )
-        .await;
+        self.answer(delivery, envelope, job, started_at_ms, &stats, Answer::Failed(answer))
+            .await;
     }
 
     /// Write the reply, send it to `reply_to`, and queue its ack.
@@ -316,7 +311,7 @@ impl Shared {
         &self,
         delivery: &Delivery,
         envelope: &Envelope,
-        job_id: &str,
+        job: &JobIdentity,
         started_at_ms: u64,
         stats: &JobStats,
         answer: Answer,
@@ -342,7 +337,7 @@ impl Shared {
         let head = ReplyHead {
             version: REPLY_VERSION,
             request_id: &envelope.request_id,
-            job_id,
+            job_id: &job.id,
             worker_id: &self.id,
             status,
             error,
@@ -380,10 +375,7 @@ impl Shared {
                 body,
             },
             succeeded: status == ReplyStatus::Succeeded,
-            job_span: self
-                .batch_spans
-                .as_ref()
-                .and_then(|spans| spans.link_to(&tracing::Span::current())),
+            job_span: job.span.clone(),
         };
         // The acker outlives every job task: it stops only after they end.
         let _ = self.acks.send(item).await;
