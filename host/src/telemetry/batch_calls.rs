@@ -95,12 +95,13 @@ impl BatchSpans {
     /// Link the job `span` to the `claim` that delivered it, and return the
     /// link to `span` for the span of the ack that settles it (none when the
     /// span is not exported: invalid or unsampled). The span's OpenTelemetry
-    /// data is looked up once for both, and the span started if it was not
-    /// yet: each lookup walks the subscriber's layers and its span registry.
+    /// data is looked up once for both, as each lookup walks the
+    /// subscriber's layers and its span registry. This starts the span, which
+    /// fixes its parent: call it after [`continue_trace`](super::continue_trace).
     pub fn join(&self, span: &tracing::Span, claim: Option<SpanLink>) -> Option<SpanLink> {
         let context = span.context();
         let started = context.span();
-        if let Some(claim) = claim {
+        if let Some(claim) = claim.filter(|claim| claim.0.is_valid()) {
             started.add_link(claim.0, Vec::new());
         }
         let job = started.span_context();
@@ -261,6 +262,40 @@ mod tests {
         assert_eq!(claim.name, "claim jobs");
         assert_eq!(claim.status, Status::Unset, "a claim that delivered is no error");
         assert_eq!(attribute(claim, "messaging.operation.type").as_deref(), Some("receive"));
+    }
+
+    #[test]
+    fn a_joined_job_span_links_to_its_claim_and_is_linked_from_its_ack() {
+        use tracing_subscriber::layer::SubscriberExt;
+
+        let ended = Ended::default();
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+            .with_span_processor(ended.clone())
+            .build();
+        let tracer = crate::telemetry::traces::tracer(&provider);
+        let subscriber =
+            tracing_subscriber::registry().with(tracing_opentelemetry::layer().with_tracer(tracer.clone()));
+        let spans = BatchSpans { tracer, max_links: 128 };
+        tracing::subscriber::with_default(subscriber, || {
+            let claim = spans.start().end(BatchOperation::Claim, "jobs", 1, 0, []);
+            let job = tracing::info_span!("job");
+            let link = spans.join(&job, Some(claim.clone())).expect("sampled");
+            // Entered after it started, as the worker's job runs in it.
+            job.in_scope(|| {});
+            drop(job);
+            spans.start().end(BatchOperation::Ack, "jobs", 1, 0, [link.clone()]);
+
+            let ended = ended.0.lock().expect("spans");
+            let [_, job, ack] = ended.as_slice() else {
+                panic!("claim, job and ack spans: {ended:#?}")
+            };
+            assert_eq!(job.span_context, link.0);
+            let linked = |span: &opentelemetry_sdk::trace::SpanData| -> Vec<SpanContext> {
+                span.links.iter().map(|link| link.span_context.clone()).collect()
+            };
+            assert_eq!(linked(job), [claim.0]);
+            assert_eq!(linked(ack), [link.0]);
+        });
     }
 
     #[test]

@@ -398,10 +398,12 @@ impl Shared {
             self.in_flight.fetch_add(1, Ordering::AcqRel);
             let shared = self.clone();
             let claim = claim.clone();
-            // Boxed: a job's future is some 16 KiB, and a task holding it
-            // inline copied all of it several times over (at spawn, and at
-            // each change of the task's stage): a trivial job's CPU time
-            // fell by 1-2 µs once boxed (docs/benchmarks.md).
+            // Boxed: a job's future is some 16 KiB, just under the size
+            // from which tokio boxes a task's future itself in a release
+            // build, and a task holding it inline copied all of it about ten
+            // times (at spawn, and at each change of the task's stage): a
+            // trivial job's CPU time fell by 1-2 µs once boxed
+            // (docs/benchmarks.md).
             tokio::spawn(Box::pin(async move {
                 let _slot = Slot(&shared);
                 shared.process(delivery, claim).await;

@@ -96,8 +96,9 @@ enum Interrupted {
 struct JobIdentity {
     /// The worker's id for this run of the job.
     id: String,
-    /// Its exported span, for the span of the ack that settles it to link to.
-    span: Option<SpanLink>,
+    /// The link to its exported span, for the span of the ack that settles
+    /// it.
+    link: Option<SpanLink>,
 }
 
 /// A job's answer, before it is written.
@@ -148,7 +149,7 @@ impl Shared {
         crate::telemetry::continue_trace(&span, envelope.traceparent.as_deref());
         let job = JobIdentity {
             id: job_id,
-            span: self.batch_spans.as_ref().and_then(|spans| spans.join(&span, claim)),
+            link: self.batch_spans.as_ref().and_then(|spans| spans.join(&span, claim)),
         };
         self.run_job(&delivery, &envelope, source, job, &span)
             .instrument(span.clone())
@@ -375,7 +376,7 @@ impl Shared {
                 body,
             },
             succeeded: status == ReplyStatus::Succeeded,
-            job_span: job.span.clone(),
+            job_span: job.link.clone(),
         };
         // The acker outlives every job task: it stops only after they end.
         let _ = self.acks.send(item).await;
