@@ -216,16 +216,19 @@ mod tests {
         }
     }
 
-    #[test]
-    fn an_ack_that_failed_for_some_jobs_is_an_error_span_naming_how_many() {
+    /// The host's tracer on a provider whose ended spans `Ended` keeps.
+    fn recording() -> (Ended, SdkTracer) {
         let ended = Ended::default();
         let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
             .with_span_processor(ended.clone())
             .build();
-        let spans = BatchSpans {
-            tracer: crate::telemetry::traces::tracer(&provider),
-            max_links: 128,
-        };
+        (ended, crate::telemetry::traces::tracer(&provider))
+    }
+
+    #[test]
+    fn an_ack_that_failed_for_some_jobs_is_an_error_span_naming_how_many() {
+        let (ended, tracer) = recording();
+        let spans = BatchSpans { tracer, max_links: 128 };
         let job = SpanLink(SpanContext::new(
             opentelemetry::trace::TraceId::from(7),
             opentelemetry::trace::SpanId::from(9),
@@ -268,11 +271,7 @@ mod tests {
     fn a_joined_job_span_links_to_its_claim_and_is_linked_from_its_ack() {
         use tracing_subscriber::layer::SubscriberExt;
 
-        let ended = Ended::default();
-        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
-            .with_span_processor(ended.clone())
-            .build();
-        let tracer = crate::telemetry::traces::tracer(&provider);
+        let (ended, tracer) = recording();
         let subscriber =
             tracing_subscriber::registry().with(tracing_opentelemetry::layer().with_tracer(tracer.clone()));
         let spans = BatchSpans { tracer, max_links: 128 };
