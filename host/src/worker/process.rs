@@ -225,8 +225,9 @@ impl Shared {
             // The span carries the trace.
             traceparent: None,
         };
-        // Boxed: the sandbox's future is kilobytes, and every job task would
-        // otherwise copy it each time the task future moves (spawn included).
+        // Boxed: the sandbox's future is kilobytes, and held inline it
+        // would make the job's future that much larger, and with it every
+        // copy made of the job's states as they are built.
         let run = Box::pin(self.runtime.run_agent_in(&agent.component, request, env, span.clone()));
         match self.run_leased(&delivery.lease, run).await {
             Ok(report) => self.conclude(delivery, envelope, &job, started_at_ms, report).await,
