@@ -1,6 +1,7 @@
 //! An ack batch exported as a span links every job it settled: a batch
 //! holds no more jobs than a span keeps links (`OTEL_SPAN_LINK_COUNT_LIMIT`),
-//! past which the SDK would drop them.
+//! past which the SDK would drop them. Jobs whose spans are not sampled
+//! take no link, so batches hold more of them.
 //!
 //! Its own test binary, so its global subscriber is alone.
 
@@ -20,6 +21,8 @@ use wink_host::telemetry::{self, LogFormat, OtlpProtocol, Redactor, TelemetryOpt
 use wink_host::worker::{JobResources, ReplyRoutes, WorkerConfig};
 
 const LINKS_PER_SPAN: usize = 4;
+/// Jobs whose spans are exported; as many again come with a `traceparent`
+/// whose caller did not sample, so their spans are not.
 const JOBS: usize = 12;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -40,7 +43,7 @@ async fn every_job_is_linked_from_an_ack_span_however_many_finish_together() {
         runtime(),
         Arc::new(MemoryMailbox::new("jobs")),
         WorkerConfig {
-            concurrency: JOBS,
+            concurrency: 2 * JOBS,
             ack_batch: 256,
             // The jobs finish within one linger, so without the cap they would
             // share one batch (unless the machine ran them seconds apart).
@@ -53,9 +56,12 @@ async fn every_job_is_linked_from_an_ack_span_however_many_finish_together() {
     );
     let mailbox = running.mailbox.clone();
     let agent = guest("trivial");
-    let jobs: Vec<(String, Bytes)> = (0..JOBS)
+    let jobs: Vec<(String, Bytes)> = (0..2 * JOBS)
         .map(|i| {
-            let job = Envelope::new(format!("job-{i}"), agent.to_str().expect("path"));
+            let mut job = Envelope::new(format!("job-{i}"), agent.to_str().expect("path"));
+            if i % 2 == 1 {
+                job.traceparent = Some(format!("00-{:032x}-{:016x}-00", i + 1, i + 1));
+            }
             (job.request_id.clone(), Bytes::from(job.to_bytes()))
         })
         .collect();
@@ -82,6 +88,7 @@ async fn every_job_is_linked_from_an_ack_span_however_many_finish_together() {
     assert_eq!(job_spans.len(), JOBS, "{spans:#?}");
     let acks: Vec<_> = spans.iter().filter(|span| span.name == "ack jobs").collect();
     let mut linked = HashSet::new();
+    let mut counts = Vec::new();
     for ack in &acks {
         assert_eq!(ack.dropped_links_count, 0, "{ack:#?}");
         assert!(ack.links.len() <= LINKS_PER_SPAN, "{ack:#?}");
@@ -93,8 +100,19 @@ async fn every_job_is_linked_from_an_ack_span_however_many_finish_together() {
                 AnyValue::IntValue(count) => Some(*count),
                 _ => None,
             });
-        assert_eq!(count, Some(ack.links.len() as i64), "{ack:#?}");
+        let count = count.expect("messaging.batch.message_count");
+        assert!(count >= ack.links.len() as i64, "{ack:#?}");
+        counts.push(count);
         linked.extend(ack.links.iter().map(|link| link.span_id.clone()));
     }
-    assert_eq!(linked, job_spans, "every job linked once: {acks:#?}");
+    assert_eq!(linked, job_spans, "every exported job linked once: {acks:#?}");
+    assert_eq!(
+        counts.iter().sum::<i64>(),
+        2 * JOBS as i64,
+        "every job acked once: {acks:#?}"
+    );
+    assert!(
+        counts.iter().any(|&count| count > LINKS_PER_SPAN as i64),
+        "unsampled jobs fill batches past the links: {counts:?}"
+    );
 }

@@ -93,8 +93,9 @@ pub struct WorkerOptions {
     #[arg(long, env = "WINK_READY_THRESHOLD", value_parser = human_duration)]
     pub ready_threshold: Option<HumanDuration>,
 
-    /// Most replies acknowledged in one mailbox call; no more than
-    /// OTEL_SPAN_LINK_COUNT_LIMIT while acks are exported as spans [default: 256].
+    /// Most replies acknowledged in one mailbox call; of them no more with
+    /// sampled job spans than OTEL_SPAN_LINK_COUNT_LIMIT while acks are
+    /// exported as spans [default: 256].
     #[arg(long, env = "WINK_ACK_BATCH")]
     pub ack_batch: Option<usize>,
 

@@ -162,6 +162,21 @@ impl BatchCall<'_> {
 pub struct SpanLink(SpanContext);
 
 #[cfg(test)]
+impl SpanLink {
+    /// A link to a sampled span that never was.
+    pub(crate) fn sampled_for_tests() -> Self {
+        use opentelemetry::trace::{SpanId, TraceFlags, TraceId, TraceState};
+        Self(SpanContext::new(
+            TraceId::from_bytes([1; 16]),
+            SpanId::from_bytes([2; 8]),
+            TraceFlags::SAMPLED,
+            false,
+            TraceState::NONE,
+        ))
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::telemetry::{LogFormat, OtlpProtocol, Redactor, TelemetryOptions, TraceConfig, build};

@@ -38,22 +38,25 @@ pub(crate) enum AckItem {
 
 /// Ack whatever is queued, a batch at a time, until told to stop.
 pub(crate) async fn run(shared: Arc<Shared>, mut queue: mpsc::Receiver<AckItem>) {
-    let limit = batch_limit(
+    let cap = BatchCap::new(
         shared.config.ack_batch,
         shared.batch_spans.as_ref().map(BatchSpans::max_links),
     );
     let linger = shared.config.ack_linger.0;
-    let mut items = Vec::with_capacity(limit);
-    let mut batch = Vec::with_capacity(limit);
-    let mut succeeded = Vec::with_capacity(limit);
+    // What was received and not yet acked: a batch cut short by its span's
+    // links leaves the rest here for the next.
+    let mut items = Vec::with_capacity(cap.jobs);
+    let mut batch = Vec::with_capacity(cap.jobs);
+    let mut succeeded = Vec::with_capacity(cap.jobs);
     let mut job_spans = Vec::new();
     loop {
-        if queue.recv_many(&mut items, limit).await == 0 {
+        if items.is_empty() && queue.recv_many(&mut items, cap.jobs).await == 0 {
             return;
         }
-        linger_for_more(&mut queue, &mut items, limit, linger).await;
+        linger_for_more(&mut queue, &mut items, &cap, linger).await;
         let mut stop = None;
-        for item in items.drain(..) {
+        let batched = cap.batched(&items);
+        for item in items.drain(..batched) {
             match item {
                 AckItem::Ack {
                     lease,
@@ -80,32 +83,74 @@ pub(crate) async fn run(shared: Arc<Shared>, mut queue: mpsc::Receiver<AckItem>)
     }
 }
 
-/// Most jobs one batch acks: `ack_batch`, and where acks are spans
-/// (keeping at most `max_links` links) no more than one span links, so
-/// that every job's link is kept. A span that keeps no links at all caps
-/// nothing: its links are gone whatever the batch.
-fn batch_limit(ack_batch: usize, max_links: Option<usize>) -> usize {
-    let linkable = max_links.filter(|links| *links > 0).unwrap_or(usize::MAX);
-    ack_batch.min(linkable).max(1)
+/// How much one batch of acks holds: at most `jobs` (`ack_batch`), and
+/// where acks are spans (keeping at most `links` links each), no more jobs
+/// with a span to link than one span keeps, so that every job's link is
+/// kept. Jobs whose spans are not exported (unsampled) take no link, so
+/// under a sampling ratio a batch can hold more of them. A span that keeps
+/// no links at all caps nothing: its links are gone whatever the batch.
+#[derive(Debug, Clone, Copy)]
+struct BatchCap {
+    jobs: usize,
+    links: usize,
+}
+
+impl BatchCap {
+    fn new(ack_batch: usize, max_links: Option<usize>) -> Self {
+        Self {
+            jobs: ack_batch.max(1),
+            links: max_links.filter(|links| *links > 0).unwrap_or(usize::MAX),
+        }
+    }
+
+    /// Whether `items` fill a batch.
+    fn is_full(&self, items: &[AckItem]) -> bool {
+        items.len() >= self.jobs || items.iter().map(AckItem::links).sum::<usize>() >= self.links
+    }
+
+    /// How many of `items`, from the first, one batch takes: at least one,
+    /// as both caps are.
+    fn batched(&self, items: &[AckItem]) -> usize {
+        let mut links = 0;
+        for (taken, item) in items.iter().enumerate() {
+            if taken == self.jobs || links + item.links() > self.links {
+                return taken;
+            }
+            links += item.links();
+        }
+        items.len()
+    }
+}
+
+impl AckItem {
+    /// The links to job spans the ack's span takes for this item.
+    fn links(&self) -> usize {
+        usize::from(matches!(self, Self::Ack { job_span: Some(_), .. }))
+    }
 }
 
 /// Unless the batch is full or told to stop, wait `linger`, then add to
-/// `items` what arrived meanwhile. The acker sleeps through the linger
-/// rather than waking for each job that finishes in it.
+/// `items` what arrived meanwhile, until they fill a batch. The acker
+/// sleeps through the linger rather than waking for each job that finishes
+/// in it.
 async fn linger_for_more(
     queue: &mut mpsc::Receiver<AckItem>,
     items: &mut Vec<AckItem>,
-    limit: usize,
+    cap: &BatchCap,
     linger: Duration,
 ) {
     let stopping = items.iter().any(|item| matches!(item, AckItem::Stop(_)));
-    if linger.is_zero() || stopping || items.len() >= limit {
+    if linger.is_zero() || stopping || cap.is_full(items) {
         return;
     }
     tokio::time::sleep(linger).await;
-    while items.len() < limit {
+    let mut links: usize = items.iter().map(AckItem::links).sum();
+    while items.len() < cap.jobs && links < cap.links {
         match queue.try_recv() {
-            Ok(item) => items.push(item),
+            Ok(item) => {
+                links += item.links();
+                items.push(item);
+            }
             Err(_) => return,
         }
     }
@@ -293,17 +338,56 @@ async fn resolve_doubts(
 mod tests {
     use super::*;
 
+    /// An item to ack, its job span exported or not.
+    fn ack_item(n: u32, sampled: bool) -> AckItem {
+        let (lease, reply) = item(n);
+        AckItem::Ack {
+            lease,
+            reply,
+            succeeded: true,
+            job_span: sampled.then(crate::telemetry::SpanLink::sampled_for_tests),
+        }
+    }
+
     #[test]
     fn a_batch_holds_no_more_jobs_than_its_span_links() {
-        assert_eq!(batch_limit(256, None), 256, "acks are no spans");
-        assert_eq!(batch_limit(256, Some(128)), 128);
-        assert_eq!(batch_limit(64, Some(128)), 64);
+        let linked = |count: u32| (0..count).map(|n| ack_item(n, true)).collect::<Vec<_>>();
+        let cap = |ack_batch, max_links| BatchCap::new(ack_batch, max_links);
+        assert_eq!(cap(256, None).batched(&linked(300)), 256, "acks are no spans");
+        assert_eq!(cap(256, Some(128)).batched(&linked(300)), 128);
+        assert_eq!(cap(64, Some(128)).batched(&linked(300)), 64);
         assert_eq!(
-            batch_limit(256, Some(0)),
+            cap(256, Some(0)).batched(&linked(300)),
             256,
             "a span that keeps no links caps nothing"
         );
-        assert_eq!(batch_limit(0, None), 1);
+        assert_eq!(cap(0, None).batched(&linked(3)), 1);
+        assert_eq!(cap(256, Some(128)).batched(&linked(5)), 5, "fewer than either cap");
+        assert!(cap(256, Some(4)).is_full(&linked(4)));
+        assert!(!cap(256, Some(4)).is_full(&linked(3)));
+    }
+
+    #[test]
+    fn jobs_whose_spans_are_not_exported_take_no_link() {
+        // Every third job sampled: 4 links reach the fourth sampled job,
+        // the tenth item, so the batch stops before it.
+        let items: Vec<AckItem> = (0..30).map(|n| ack_item(n, n % 3 == 0)).collect();
+        let cap = BatchCap::new(256, Some(4));
+        assert_eq!(cap.batched(&items), 12);
+        assert!(!cap.is_full(&items[..9]), "3 links");
+        assert!(cap.is_full(&items[..10]), "4 links");
+        let unsampled: Vec<AckItem> = (0..300).map(|n| ack_item(n, false)).collect();
+        assert_eq!(cap.batched(&unsampled), 256, "ack_batch still caps");
+    }
+
+    #[test]
+    fn a_stop_behind_a_full_batch_waits_for_the_next() {
+        let (done, _) = oneshot::channel();
+        let mut items: Vec<AckItem> = (0..5).map(|n| ack_item(n, true)).chain([AckItem::Stop(done)]).collect();
+        let cap = BatchCap::new(256, Some(4));
+        assert_eq!(cap.batched(&items), 4);
+        items.drain(..4);
+        assert_eq!(cap.batched(&items), 2, "the last job and the stop");
     }
 
     fn item(n: u32) -> (Lease, Reply) {
@@ -421,19 +505,9 @@ mod tests {
         assert!(matches!(results[2], Err(MailboxError::LeaseLost { .. })), "{results:?}");
     }
 
-    fn ack_item(n: u32) -> AckItem {
-        let (lease, reply) = item(n);
-        AckItem::Ack {
-            lease,
-            reply,
-            succeeded: true,
-            job_span: None,
-        }
-    }
-
     /// `linger_for_more` over `sent` (each after its pause), starting with one
     /// item already received: how many items it ended with, and how long it took.
-    async fn linger(linger: Duration, limit: usize, sent: Vec<(Duration, AckItem)>) -> (usize, Duration) {
+    async fn linger(linger: Duration, cap: BatchCap, sent: Vec<(Duration, AckItem)>) -> (usize, Duration) {
         let (sender, mut queue) = mpsc::channel(16);
         let sending = tokio::spawn(async move {
             for (pause, item) in sent {
@@ -441,9 +515,9 @@ mod tests {
                 let _ = sender.send(item).await;
             }
         });
-        let mut items = vec![ack_item(0)];
+        let mut items = vec![ack_item(0, false)];
         let started = std::time::Instant::now();
-        linger_for_more(&mut queue, &mut items, limit, linger).await;
+        linger_for_more(&mut queue, &mut items, &cap, linger).await;
         let took = started.elapsed();
         sending.abort();
         (items.len(), took)
@@ -452,31 +526,54 @@ mod tests {
     #[tokio::test]
     async fn a_batch_takes_in_the_jobs_finishing_within_the_linger() {
         let ms = Duration::from_millis;
-        let later = vec![(ms(20), ack_item(1)), (ms(20), ack_item(2)), (ms(2_000), ack_item(3))];
-        let (taken, took) = linger(ms(300), 10, later).await;
+        let later = vec![
+            (ms(20), ack_item(1, false)),
+            (ms(20), ack_item(2, false)),
+            (ms(2_000), ack_item(3, false)),
+        ];
+        let (taken, took) = linger(ms(300), BatchCap::new(10, None), later).await;
         assert_eq!(taken, 3, "the two sent within 300 ms, not the one after");
         assert!(took >= ms(300), "{took:?}");
 
-        let (taken, _) = linger(Duration::ZERO, 10, vec![(ms(0), ack_item(1))]).await;
+        let (taken, _) = linger(
+            Duration::ZERO,
+            BatchCap::new(10, None),
+            vec![(ms(0), ack_item(1, false))],
+        )
+        .await;
         assert_eq!(taken, 1, "no linger: the batch goes as it is");
     }
 
     #[tokio::test]
     async fn a_batch_takes_no_more_than_its_limit() {
         let ms = Duration::from_millis;
-        let soon = (1..5).map(|n| (ms(10), ack_item(n))).collect();
-        let (taken, _) = linger(ms(300), 3, soon).await;
+        let soon = (1..5).map(|n| (ms(10), ack_item(n, false))).collect();
+        let (taken, _) = linger(ms(300), BatchCap::new(3, None), soon).await;
         assert_eq!(taken, 3);
+    }
+
+    #[tokio::test]
+    async fn a_batch_takes_no_more_linked_jobs_than_its_span_keeps() {
+        let ms = Duration::from_millis;
+        let soon = (1..5).map(|n| (ms(10), ack_item(n, true))).collect();
+        let (taken, _) = linger(ms(300), BatchCap::new(256, Some(2)), soon).await;
+        assert_eq!(taken, 3, "the first job, unsampled, and two linked ones");
     }
 
     #[tokio::test]
     async fn a_batch_told_to_stop_goes_at_once() {
         let (sender, mut queue) = mpsc::channel(4);
-        sender.send(ack_item(2)).await.expect("send");
+        sender.send(ack_item(2, false)).await.expect("send");
         let (done, _) = tokio::sync::oneshot::channel();
-        let mut items = vec![ack_item(1), AckItem::Stop(done)];
+        let mut items = vec![ack_item(1, false), AckItem::Stop(done)];
         let started = std::time::Instant::now();
-        linger_for_more(&mut queue, &mut items, 10, Duration::from_secs(10)).await;
+        linger_for_more(
+            &mut queue,
+            &mut items,
+            &BatchCap::new(10, None),
+            Duration::from_secs(10),
+        )
+        .await;
         assert!(started.elapsed() < Duration::from_secs(5));
         assert_eq!(items.len(), 2);
     }

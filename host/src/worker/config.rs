@@ -48,7 +48,8 @@ pub struct WorkerConfig {
     /// has not answered, for this long.
     pub ready_threshold: HumanDuration,
     /// Most replies acknowledged in one batch (while acks are exported as
-    /// spans, no more than a span keeps links either).
+    /// spans, of them no more with sampled job spans than a span keeps
+    /// links either).
     pub ack_batch: usize,
     /// How long a batch of acks waits for more finished jobs before it goes
     /// (zero: at once); below `heartbeat`, so a finished job's lease outlasts
