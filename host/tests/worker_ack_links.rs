@@ -1,7 +1,7 @@
-//! An ack batch exported as a span links every job it settled: a batch
-//! holds no more jobs than a span keeps links (`OTEL_SPAN_LINK_COUNT_LIMIT`),
-//! past which the SDK would drop them. Jobs whose spans are not sampled
-//! take no link, so batches hold more of them.
+//! An ack batch exported as a span links every exported job it settled: a
+//! batch holds no more jobs with sampled spans than a span keeps links
+//! (`OTEL_SPAN_LINK_COUNT_LIMIT`), past which the SDK would drop them. Jobs
+//! whose spans are not sampled take no link, so batches hold more of them.
 //!
 //! Its own test binary, so its global subscriber is alone.
 
@@ -26,7 +26,7 @@ const LINKS_PER_SPAN: usize = 4;
 const JOBS: usize = 12;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_job_is_linked_from_an_ack_span_however_many_finish_together() {
+async fn every_exported_job_is_linked_from_an_ack_span_however_many_finish_together() {
     let (endpoint, received) = http_receiver().await;
     let mut traces = TraceConfig::new(endpoint, OtlpProtocol::HttpProtobuf);
     traces.max_links_per_span = LINKS_PER_SPAN;

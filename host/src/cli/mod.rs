@@ -31,7 +31,7 @@ Logging and tracing (environment; see docs/observability.md):
   OTEL_EXPORTER_OTLP_TIMEOUT          export timeout in ms [default: 10000]
   OTEL_SERVICE_NAME                   service.name [default: wink-host]
   OTEL_RESOURCE_ATTRIBUTES            more resource attributes, key=value,...
-  OTEL_SPAN_LINK_COUNT_LIMIT          most links a span keeps; caps a worker's ack batches [default: 128]
+  OTEL_SPAN_LINK_COUNT_LIMIT          most links a span keeps; caps the sampled jobs in a worker's ack batch [default: 128]
   WINK_TRACE_MAILBOX_SPANS            false: no claim and ack spans from workers [default: true]";
 
 /// `TOKIO_WORKER_THREADS`, which tokio would read itself, but with a panic

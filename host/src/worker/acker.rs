@@ -53,7 +53,7 @@ pub(crate) async fn run(shared: Arc<Shared>, mut queue: mpsc::Receiver<AckItem>)
         if items.is_empty() && queue.recv_many(&mut items, cap.jobs).await == 0 {
             return;
         }
-        linger_for_more(&mut queue, &mut items, &cap, linger).await;
+        linger_for_more(&mut queue, &mut items, cap, linger).await;
         let mut stop = None;
         let batched = cap.batched(&items);
         for item in items.drain(..batched) {
@@ -104,13 +104,13 @@ impl BatchCap {
     }
 
     /// Whether `items` fill a batch.
-    fn is_full(&self, items: &[AckItem]) -> bool {
-        items.len() >= self.jobs || items.iter().map(AckItem::links).sum::<usize>() >= self.links
+    fn is_full(self, items: &[AckItem]) -> bool {
+        items.len() >= self.jobs || links(items) >= self.links
     }
 
     /// How many of `items`, from the first, one batch takes: at least one,
     /// as both caps are.
-    fn batched(&self, items: &[AckItem]) -> usize {
+    fn batched(self, items: &[AckItem]) -> usize {
         let mut links = 0;
         for (taken, item) in items.iter().enumerate() {
             if taken == self.jobs || links + item.links() > self.links {
@@ -129,22 +129,33 @@ impl AckItem {
     }
 }
 
-/// Unless the batch is full or told to stop, wait `linger`, then add to
-/// `items` what arrived meanwhile, until they fill a batch. The acker
-/// sleeps through the linger rather than waking for each job that finishes
-/// in it.
+/// The links to job spans the ack's span takes for `items`.
+fn links(items: &[AckItem]) -> usize {
+    items.iter().map(AckItem::links).sum()
+}
+
+/// Add to `items` what is already queued, then, unless that fills a batch
+/// or the acker is told to stop, wait `linger` and add what arrived
+/// meanwhile, until they fill a batch. The acker sleeps through the linger
+/// rather than waking for each job that finishes in it.
 async fn linger_for_more(
     queue: &mut mpsc::Receiver<AckItem>,
     items: &mut Vec<AckItem>,
-    cap: &BatchCap,
+    cap: BatchCap,
     linger: Duration,
 ) {
+    take_ready(queue, items, cap);
     let stopping = items.iter().any(|item| matches!(item, AckItem::Stop(_)));
     if linger.is_zero() || stopping || cap.is_full(items) {
         return;
     }
     tokio::time::sleep(linger).await;
-    let mut links: usize = items.iter().map(AckItem::links).sum();
+    take_ready(queue, items, cap);
+}
+
+/// Add to `items` what is already queued, until they fill a batch.
+fn take_ready(queue: &mut mpsc::Receiver<AckItem>, items: &mut Vec<AckItem>, cap: BatchCap) {
+    let mut links = links(items);
     while items.len() < cap.jobs && links < cap.links {
         match queue.try_recv() {
             Ok(item) => {
@@ -369,8 +380,9 @@ mod tests {
 
     #[test]
     fn jobs_whose_spans_are_not_exported_take_no_link() {
-        // Every third job sampled: 4 links reach the fourth sampled job,
-        // the tenth item, so the batch stops before it.
+        // Every third job sampled: the fourth sampled job, the tenth item,
+        // takes the last link, so the batch stops before the fifth, the
+        // thirteenth.
         let items: Vec<AckItem> = (0..30).map(|n| ack_item(n, n % 3 == 0)).collect();
         let cap = BatchCap::new(256, Some(4));
         assert_eq!(cap.batched(&items), 12);
@@ -517,7 +529,7 @@ mod tests {
         });
         let mut items = vec![ack_item(0, false)];
         let started = std::time::Instant::now();
-        linger_for_more(&mut queue, &mut items, &cap, linger).await;
+        linger_for_more(&mut queue, &mut items, cap, linger).await;
         let took = started.elapsed();
         sending.abort();
         (items.len(), took)
@@ -561,19 +573,28 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_batch_the_queue_already_fills_goes_at_once() {
+        let (sender, mut queue) = mpsc::channel(8);
+        for n in 1..6 {
+            sender.send(ack_item(n, true)).await.expect("send");
+        }
+        // Say, what a batch cut short by its links left behind.
+        let mut items = vec![ack_item(0, true)];
+        let started = std::time::Instant::now();
+        let cap = BatchCap::new(256, Some(4));
+        linger_for_more(&mut queue, &mut items, cap, Duration::from_secs(10)).await;
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_eq!(items.len(), 4, "as many as the span links");
+    }
+
+    #[tokio::test]
     async fn a_batch_told_to_stop_goes_at_once() {
         let (sender, mut queue) = mpsc::channel(4);
         sender.send(ack_item(2, false)).await.expect("send");
         let (done, _) = tokio::sync::oneshot::channel();
         let mut items = vec![ack_item(1, false), AckItem::Stop(done)];
         let started = std::time::Instant::now();
-        linger_for_more(
-            &mut queue,
-            &mut items,
-            &BatchCap::new(10, None),
-            Duration::from_secs(10),
-        )
-        .await;
+        linger_for_more(&mut queue, &mut items, BatchCap::new(10, None), Duration::from_secs(10)).await;
         assert!(started.elapsed() < Duration::from_secs(5));
         assert_eq!(items.len(), 2);
     }

@@ -47,9 +47,9 @@ pub struct WorkerConfig {
     /// `/health/ready` fails when the claim loop has not run, or the mailbox
     /// has not answered, for this long.
     pub ready_threshold: HumanDuration,
-    /// Most replies acknowledged in one batch (while acks are exported as
-    /// spans, of them no more with sampled job spans than a span keeps
-    /// links either).
+    /// Most replies acknowledged in one batch. While acks are exported as
+    /// spans, a batch also holds no more jobs with sampled spans than a
+    /// span keeps links.
     pub ack_batch: usize,
     /// How long a batch of acks waits for more finished jobs before it goes
     /// (zero: at once); below `heartbeat`, so a finished job's lease outlasts
