@@ -145,18 +145,18 @@ async fn linger_for_more(
     linger: Duration,
 ) {
     take_ready(queue, items, cap);
-    let stopping = items.iter().any(|item| matches!(item, AckItem::Stop(_)));
-    if linger.is_zero() || stopping || cap.is_full(items) {
+    if linger.is_zero() || stopping(items) || cap.is_full(items) {
         return;
     }
     tokio::time::sleep(linger).await;
     take_ready(queue, items, cap);
 }
 
-/// Add to `items` what is already queued, until they fill a batch.
+/// Add to `items` what is already queued, until they fill a batch or hold
+/// the stop (after which nothing is sent).
 fn take_ready(queue: &mut mpsc::Receiver<AckItem>, items: &mut Vec<AckItem>, cap: BatchCap) {
     let mut links = links(items);
-    while items.len() < cap.jobs && links < cap.links {
+    while items.len() < cap.jobs && links < cap.links && !stopping(items) {
         match queue.try_recv() {
             Ok(item) => {
                 links += item.links();
@@ -165,6 +165,11 @@ fn take_ready(queue: &mut mpsc::Receiver<AckItem>, items: &mut Vec<AckItem>, cap
             Err(_) => return,
         }
     }
+}
+
+/// Whether `items` end with the stop, the last item the acker is sent.
+fn stopping(items: &[AckItem]) -> bool {
+    items.last().is_some_and(|item| matches!(item, AckItem::Stop(_)))
 }
 
 async fn ack(
