@@ -366,7 +366,7 @@ mod tests {
     }
 
     #[test]
-    fn a_batch_holds_no_more_jobs_than_its_span_links() {
+    fn a_batch_holds_no_more_linked_jobs_than_its_span_keeps() {
         let linked = |count: u32| (0..count).map(|n| ack_item(n, true)).collect::<Vec<_>>();
         let cap = |ack_batch, max_links| BatchCap::new(ack_batch, max_links);
         assert_eq!(cap(256, None).batched(&linked(300)), 256, "acks are no spans");
