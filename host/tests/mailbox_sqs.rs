@@ -251,6 +251,48 @@ async fn requeue_all_moves_every_dead_letter_back() {
 }
 
 #[tokio::test]
+async fn a_dead_letter_the_queue_refuses_stays_dead_and_the_others_are_requeued() {
+    let sqs = Sqs::start().await;
+    create_sized_queues(&sqs, 2048, 2048).await;
+    let mailbox = sqs.try_open("jobs", "").await.expect("open");
+    let big = Bytes::from(vec![b'x'; 1200]);
+    mailbox.send("big", big.clone()).await.unwrap();
+    mailbox.send("small", Bytes::from("small")).await.unwrap();
+    let mut big_id = None;
+    for _ in 0..2 {
+        let delivery = claim_one(&mailbox, LEASE, PATIENCE).await;
+        if delivery.payload == big {
+            big_id = Some(delivery.lease.message_id.clone());
+        }
+        mailbox.dead_letter(&delivery.lease, &reason("k", "m")).await.unwrap();
+    }
+    let big_id = big_id.expect("the big message was claimed");
+    // The queue now takes less than the big dead letter holds.
+    let client = aws_sdk_sqs::Client::new(&sqs.moto.sdk_config());
+    let url = client.get_queue_url().queue_name("jobs").send().await.unwrap();
+    client
+        .set_queue_attributes()
+        .set_queue_url(url.queue_url)
+        .attributes(aws_sdk_sqs::types::QueueAttributeName::MaximumMessageSize, "1024")
+        .send()
+        .await
+        .unwrap();
+
+    let err = mailbox.requeue_dead(&DeadSelection::All).await.unwrap_err();
+    assert!(matches!(err, MailboxError::Invalid(_)), "{err:?}");
+    let err = err.to_string();
+    assert!(
+        err.contains("requeued 1 dead letters") && err.contains(&format!("`{big_id}`")),
+        "{err}"
+    );
+    let back = claim_one(&mailbox, LEASE, PATIENCE).await;
+    assert_eq!(back.payload, Bytes::from("small"));
+    let dead = mailbox.dead_letters(10).await.unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!((dead[0].message_id.as_str(), &dead[0].payload), (big_id.as_str(), &big));
+}
+
+#[tokio::test]
 async fn purge_removes_pending_messages_but_not_leased_ones() {
     let sqs = Sqs::start().await;
     let mailbox = sqs.mailbox("jobs", "").await;

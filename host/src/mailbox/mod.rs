@@ -254,7 +254,9 @@ pub trait Mailbox: Send + Sync + fmt::Debug {
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, MailboxError>;
 
     /// Move dead letters back to the ready queue with a fresh attempt count;
-    /// how many were moved.
+    /// how many were moved. A dead letter the queue refuses (on SQS, one
+    /// larger than the queue now takes) stays dead: the others are still
+    /// moved, and the call then fails, naming it.
     async fn requeue_dead(&self, selection: &DeadSelection) -> Result<u64, MailboxError>;
 
     /// The stored reply to a request, if any.

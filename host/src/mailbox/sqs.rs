@@ -472,8 +472,8 @@ impl SqsMailbox {
     }
 
     /// Send a dead letter back to the queue as a new message, then delete it
-    /// from the dead-letter queue.
-    async fn requeue(&self, dead: &Message) -> Result<(), MailboxError> {
+    /// from the dead-letter queue; one the queue refuses stays where it is.
+    async fn requeue(&self, dead: &Message) -> Result<Requeued, MailboxError> {
         let attributes = dead.message_attributes.clone().unwrap_or_default();
         let mut request = self
             .client
@@ -496,12 +496,17 @@ impl SqsMailbox {
                 .message_group_id(fifo_id(identity))
                 .message_deduplication_id(requeue_id);
         }
-        request
+        match request
             .send()
             .await
-            .map_err(|err| sdk_error("SendMessage (requeue)", err))?;
+            .map_err(|err| sdk_error("SendMessage (requeue)", err))
+        {
+            Ok(_) => {}
+            Err(MailboxError::Invalid(reason)) => return Ok(Requeued::Refused(reason)),
+            Err(err) => return Err(err),
+        }
         self.delete_all(&self.dlq_url, std::slice::from_ref(dead)).await?;
-        Ok(())
+        Ok(Requeued::Moved)
     }
 
     /// A message of the dead-letter queue as a [`DeadLetter`].
@@ -711,6 +716,8 @@ impl Mailbox for SqsMailbox {
         let bound = visible.saturating_add(DRAIN_SLACK);
         let (mut moved, mut seen) = (0, 0);
         let mut skipped = Vec::new();
+        // How many the queue refused, and why it refused the first.
+        let (mut refused, mut first_refusal) = (0, None);
         let outcome = async {
             while seen < bound {
                 let batch = self.scan(&self.dlq_url, SQS_BATCH).await?;
@@ -723,11 +730,18 @@ impl Mailbox for SqsMailbox {
                         DeadSelection::All => true,
                         DeadSelection::Ids(ids) => ids.iter().any(|id| id == dead_message_id(&message)),
                     };
-                    if chosen {
-                        self.requeue(&message).await?;
-                        moved += 1;
-                    } else {
+                    if !chosen {
                         skipped.extend(message.receipt_handle);
+                        continue;
+                    }
+                    match self.requeue(&message).await? {
+                        Requeued::Moved => moved += 1,
+                        // It stays dead; the others still go back.
+                        Requeued::Refused(reason) => {
+                            refused += 1;
+                            first_refusal.get_or_insert_with(|| format!("`{}`: {reason}", dead_message_id(&message)));
+                            skipped.extend(message.receipt_handle);
+                        }
                     }
                 }
             }
@@ -735,7 +749,14 @@ impl Mailbox for SqsMailbox {
         }
         .await;
         self.release(&self.dlq_url, &skipped).await;
-        outcome.map(|()| moved)
+        outcome?;
+        match first_refusal {
+            None => Ok(moved),
+            Some(first) => Err(MailboxError::Invalid(format!(
+                "requeued {moved} dead letters, but queue {} refused {refused} that stay dead (the first: {first})",
+                self.queue,
+            ))),
+        }
     }
 
     async fn reply(&self, request_id: &str) -> Result<Option<Bytes>, MailboxError> {
@@ -744,6 +765,15 @@ impl Mailbox for SqsMailbox {
              read it from the replies queue (?replies=NAME) or the job's reply_to queue"
         )))
     }
+}
+
+/// What became of a dead letter sent back to the queue.
+enum Requeued {
+    /// It is in the queue, and no longer dead.
+    Moved,
+    /// The queue refused it (larger than the queue now takes, say), for
+    /// this reason: it stays dead.
+    Refused(String),
 }
 
 /// The request ids one handle sent to a FIFO queue within SQS's
