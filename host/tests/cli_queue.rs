@@ -826,3 +826,51 @@ async fn sqs_round_trip_enqueue_stats_and_purge_across_processes() {
     assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
     assert!(stderr(&out).contains("stores no replies"), "{}", stderr(&out));
 }
+
+#[tokio::test]
+async fn dlq_requeue_moves_what_the_queue_takes_and_exits_3_for_what_it_refuses() {
+    let moto = common::moto::Moto::start().await;
+    let url = format!("sqs://?endpoint={}&create=true", moto.endpoint());
+    let options = SqsOptions::from_url(&url).expect("SQS URL");
+    let mailbox = SqsMailbox::connect(&moto.sdk_config(), "cli-dead", &options)
+        .await
+        .expect("open the SQS queue");
+    mailbox.send("big", Bytes::from(vec![b'x'; 1200])).await.expect("send");
+    mailbox.send("small", Bytes::from("small")).await.expect("send");
+    let reason = DeadLetterReason {
+        kind: "k".into(),
+        message: "m".into(),
+    };
+    let mut dead = 0;
+    while dead < 2 {
+        for delivery in drain(&mailbox).await {
+            mailbox
+                .dead_letter(&delivery.lease, &reason)
+                .await
+                .expect("dead-letter");
+            dead += 1;
+        }
+    }
+    // The queue now takes less than the big dead letter holds.
+    let client = aws_sdk_sqs::Client::new(&moto.sdk_config());
+    let queue_url = client.get_queue_url().queue_name("cli-dead").send().await.expect("URL");
+    client
+        .set_queue_attributes()
+        .set_queue_url(queue_url.queue_url)
+        .attributes(aws_sdk_sqs::types::QueueAttributeName::MaximumMessageSize, "1024")
+        .send()
+        .await
+        .expect("lower the size limit");
+
+    let out = wink_host_with(
+        &["dlq", "requeue", "--all", "--mailbox", &url, "--queue", "cli-dead"],
+        None,
+        &MOTO_ENV,
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "requeued 1 dead letters to queue cli-dead\n");
+    assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
+    assert!(stderr(&out).contains("refused 1, which stay dead"), "{}", stderr(&out));
+    let depth = mailbox.depth().await.expect("depth");
+    assert_eq!((depth.ready, depth.dead), (1, 1), "{depth:?}");
+}

@@ -279,11 +279,13 @@ async fn a_dead_letter_the_queue_refuses_stays_dead_and_the_others_are_requeued(
         .unwrap();
 
     let err = mailbox.requeue_dead(&DeadSelection::All).await.unwrap_err();
-    assert!(matches!(err, MailboxError::Invalid(_)), "{err:?}");
-    let err = err.to_string();
+    let MailboxError::RequeueRefused { moved, refused, first } = &err else {
+        panic!("{err:?}")
+    };
+    assert_eq!((moved, refused), (&1, &1));
     assert!(
-        err.contains("requeued 1 dead letters") && err.contains(&format!("`{big_id}`")),
-        "{err}"
+        first.contains(&format!("`{big_id}`")) && first.contains("1024"),
+        "{first}"
     );
     let back = claim_one(&mailbox, LEASE, PATIENCE).await;
     assert_eq!(back.payload, Bytes::from("small"));

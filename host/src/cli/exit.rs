@@ -5,7 +5,7 @@
 //! | 0 | success |
 //! | 1 | failure: a bad value, an unreachable mailbox, an I/O error |
 //! | 2 | usage: an unknown flag, a missing or conflicting argument, a refused confirmation |
-//! | 3 | partial: `enqueue --jsonl` sent the good lines but rejected some |
+//! | 3 | partial: `enqueue --jsonl` sent the good lines but rejected some; `dlq requeue` moved some dead letters but the queue refused others |
 //! | 4 | not found: no stored reply, or requested dead letters absent |
 
 /// A failure that wants a specific exit status; any other error exits 1.

@@ -180,6 +180,20 @@ pub enum MailboxError {
     /// This backend cannot do that at all (e.g. SQS stores no replies).
     #[error("{0}")]
     Unsupported(String),
+    /// Some dead letters were requeued, but the queue refused others, which
+    /// stay dead ([`Mailbox::requeue_dead`]).
+    #[error(
+        "requeued {moved} dead letters, but the queue refused {refused}, which stay dead (the first: {first}); \
+         raise the queue's message size limit and requeue them again"
+    )]
+    RequeueRefused {
+        /// Dead letters moved back to the queue.
+        moved: u64,
+        /// Dead letters the queue refused.
+        refused: u64,
+        /// The first refused one's id, and why it was refused.
+        first: String,
+    },
 }
 
 /// A job queue with leases, retries, a dead-letter queue and stored replies.
@@ -256,7 +270,8 @@ pub trait Mailbox: Send + Sync + fmt::Debug {
     /// Move dead letters back to the ready queue with a fresh attempt count;
     /// how many were moved. A dead letter the queue refuses (on SQS, one
     /// larger than the queue now takes) stays dead: the others are still
-    /// moved, and the call then fails, naming it.
+    /// moved, and the call then fails with [`MailboxError::RequeueRefused`],
+    /// so that one oversized letter does not hold back the rest.
     async fn requeue_dead(&self, selection: &DeadSelection) -> Result<u64, MailboxError>;
 
     /// The stored reply to a request, if any.

@@ -24,7 +24,7 @@ mod leases;
 mod options;
 mod size;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::error::Error as StdError;
 use std::fmt;
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -716,8 +716,9 @@ impl Mailbox for SqsMailbox {
         let bound = visible.saturating_add(DRAIN_SLACK);
         let (mut moved, mut seen) = (0, 0);
         let mut skipped = Vec::new();
-        // How many the queue refused, and why it refused the first.
-        let (mut refused, mut first_refusal) = (0, None);
+        // The ids the queue refused (a letter may come round again once its
+        // hold lapses on a long run), and why it refused the first.
+        let (mut refused, mut first_refusal) = (HashSet::new(), None);
         let outcome = async {
             while seen < bound {
                 let batch = self.scan(&self.dlq_url, SQS_BATCH).await?;
@@ -736,10 +737,11 @@ impl Mailbox for SqsMailbox {
                     }
                     match self.requeue(&message).await? {
                         Requeued::Moved => moved += 1,
-                        // It stays dead; the others still go back.
+                        // It stays dead, and does not hold back the others.
                         Requeued::Refused(reason) => {
-                            refused += 1;
-                            first_refusal.get_or_insert_with(|| format!("`{}`: {reason}", dead_message_id(&message)));
+                            let id = dead_message_id(&message).to_owned();
+                            first_refusal.get_or_insert_with(|| format!("`{id}`: {reason}"));
+                            refused.insert(id);
                             skipped.extend(message.receipt_handle);
                         }
                     }
@@ -752,10 +754,11 @@ impl Mailbox for SqsMailbox {
         outcome?;
         match first_refusal {
             None => Ok(moved),
-            Some(first) => Err(MailboxError::Invalid(format!(
-                "requeued {moved} dead letters, but queue {} refused {refused} that stay dead (the first: {first})",
-                self.queue,
-            ))),
+            Some(first) => Err(MailboxError::RequeueRefused {
+                moved,
+                refused: refused.len() as u64,
+                first,
+            }),
         }
     }
 

@@ -37,7 +37,8 @@ pub enum DlqCommand {
         json: bool,
     },
     /// Move dead letters back to the ready queue with a fresh attempt count
-    /// (exit 4 when some given ids are not dead letters).
+    /// (exit 3 when the queue refuses some, which stay dead; exit 4 when some
+    /// given ids are not dead letters).
     #[command(after_help = EXIT_CODES_HELP, group(ArgGroup::new("which").required(true).args(["all", "ids"])))]
     Requeue {
         /// The queue.
@@ -179,11 +180,15 @@ impl DlqArgs {
                 } else {
                     DeadSelection::Ids(ids.clone())
                 };
-                let moved = mailbox
-                    .requeue_dead(&selection)
-                    .await
-                    .context("cannot requeue dead letters")?;
+                let (moved, refusal) = match mailbox.requeue_dead(&selection).await {
+                    Ok(moved) => (moved, None),
+                    Err(err @ MailboxError::RequeueRefused { moved, .. }) => (moved, Some(err)),
+                    Err(err) => return Err(anyhow::Error::new(err).context("cannot requeue dead letters")),
+                };
                 print_line(&format!("requeued {moved} dead letters to queue {}", mailbox.queue()))?;
+                if let Some(refusal) = refusal {
+                    return Err(Exit::new(Exit::PARTIAL, refusal.to_string()).into());
+                }
                 let asked = ids.len() as u64;
                 if !all && moved < asked {
                     return Err(Exit::new(

@@ -27,7 +27,8 @@ pub use time::{format_rfc3339_ms, parse_deadline};
 
 /// Exit statuses, as documented in every queue command's `--help`.
 const EXIT_CODES_HELP: &str = "Exit status: 0 success, 1 failure (bad value, unreachable mailbox), \
-                               2 usage error, 3 some JSONL lines rejected, 4 not found.";
+                               2 usage error, 3 partly done (some JSONL lines rejected, some dead \
+                               letters refused by the queue), 4 not found.";
 
 /// Where the queue is: shared by every queue command.
 #[derive(Debug, Clone, Args)]
