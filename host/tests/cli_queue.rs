@@ -852,15 +852,7 @@ async fn dlq_requeue_moves_what_the_queue_takes_and_exits_3_for_what_it_refuses(
         }
     }
     // The queue now takes less than the big dead letter holds.
-    let client = aws_sdk_sqs::Client::new(&moto.sdk_config());
-    let queue_url = client.get_queue_url().queue_name("cli-dead").send().await.expect("URL");
-    client
-        .set_queue_attributes()
-        .set_queue_url(queue_url.queue_url)
-        .attributes(aws_sdk_sqs::types::QueueAttributeName::MaximumMessageSize, "1024")
-        .send()
-        .await
-        .expect("lower the size limit");
+    moto.set_max_message_size("cli-dead", 1024).await;
 
     let out = wink_host_with(
         &["dlq", "requeue", "--all", "--mailbox", &url, "--queue", "cli-dead"],

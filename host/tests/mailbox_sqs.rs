@@ -268,15 +268,7 @@ async fn a_dead_letter_the_queue_refuses_stays_dead_and_the_others_are_requeued(
     }
     let big_id = big_id.expect("the big message was claimed");
     // The queue now takes less than the big dead letter holds.
-    let client = aws_sdk_sqs::Client::new(&sqs.moto.sdk_config());
-    let url = client.get_queue_url().queue_name("jobs").send().await.unwrap();
-    client
-        .set_queue_attributes()
-        .set_queue_url(url.queue_url)
-        .attributes(aws_sdk_sqs::types::QueueAttributeName::MaximumMessageSize, "1024")
-        .send()
-        .await
-        .unwrap();
+    sqs.moto.set_max_message_size("jobs", 1024).await;
 
     let err = mailbox.requeue_dead(&DeadSelection::All).await.unwrap_err();
     let MailboxError::RequeueRefused { moved, refused, first } = &err else {

@@ -94,6 +94,27 @@ impl Moto {
             .endpoint_url(self.endpoint())
             .build()
     }
+
+    /// Make SQS queue `name` take messages of up to `bytes` bytes from now on.
+    pub async fn set_max_message_size(&self, name: &str, bytes: usize) {
+        let client = aws_sdk_sqs::Client::new(&self.sdk_config());
+        let url = client
+            .get_queue_url()
+            .queue_name(name)
+            .send()
+            .await
+            .unwrap_or_else(|err| panic!("the URL of {name}: {err:?}"));
+        client
+            .set_queue_attributes()
+            .set_queue_url(url.queue_url)
+            .attributes(
+                aws_sdk_sqs::types::QueueAttributeName::MaximumMessageSize,
+                bytes.to_string(),
+            )
+            .send()
+            .await
+            .unwrap_or_else(|err| panic!("resizing {name}: {err:?}"));
+    }
 }
 
 impl Drop for Moto {
