@@ -287,6 +287,45 @@ async fn a_dead_letter_the_queue_refuses_stays_dead_and_the_others_are_requeued(
 }
 
 #[tokio::test]
+async fn a_reply_queue_beside_the_queue_needs_no_dead_letter_queue_and_is_never_created() {
+    let sqs = Sqs::start().await;
+    // Even on a mailbox that creates its own queues.
+    let mailbox = sqs.mailbox("jobs", "").await;
+    create_sized_queue(&sqs, "callers", 262_144).await;
+    let callers = mailbox.sibling("callers").expect("a reply queue");
+    assert_eq!(callers.queue(), "callers");
+    assert_eq!(
+        callers.send("r1", Bytes::from("the reply")).await.unwrap(),
+        Sent::Enqueued
+    );
+    let client = aws_sdk_sqs::Client::new(&sqs.moto.sdk_config());
+    let url = client.get_queue_url().queue_name("callers").send().await.unwrap();
+    let received = client
+        .receive_message()
+        .set_queue_url(url.queue_url)
+        .message_attribute_names("All")
+        .send()
+        .await
+        .unwrap();
+    let [message] = received.messages() else {
+        panic!("one reply: {received:?}")
+    };
+    assert!(
+        message.body().is_some_and(|body| body.contains("the reply")),
+        "{message:?}"
+    );
+
+    let nowhere = mailbox.sibling("nowhere").expect("a reply queue");
+    assert!(nowhere.send("r2", Bytes::from("lost")).await.is_err());
+    let listed = client.list_queues().send().await.unwrap();
+    assert!(
+        !listed.queue_urls().iter().any(|url| url.contains("nowhere")),
+        "{listed:?}"
+    );
+    assert!(mailbox.sibling("not a queue name").is_none());
+}
+
+#[tokio::test]
 async fn purge_removes_pending_messages_but_not_leased_ones() {
     let sqs = Sqs::start().await;
     let mailbox = sqs.mailbox("jobs", "").await;

@@ -204,9 +204,9 @@ pub trait Mailbox: Send + Sync + fmt::Debug {
 
     /// Queue `queue` of the same backend on this handle's connection, for
     /// sending replies to it; none where queues cannot share one (each
-    /// in-process queue is its own; SQS resolves each queue by URL) or the
-    /// name is not valid. A connection per reply queue would run the
-    /// backend out of connections when callers each name their own queue.
+    /// in-process queue is its own) or the name is not valid. A connection
+    /// per reply queue would run the backend out of connections when
+    /// callers each name their own queue.
     fn sibling(&self, _queue: &str) -> Option<std::sync::Arc<dyn Mailbox>> {
         None
     }

@@ -546,6 +546,31 @@ impl Mailbox for SqsMailbox {
         &self.queue
     }
 
+    /// Queue `queue` beside this one, for sending replies to: its URL is
+    /// this queue's with the other name (queue URLs of one account and
+    /// region differ only in it), so nothing is looked up, created or
+    /// required of it (no dead-letter queue, no size read at open). Opened
+    /// as the worker's own queue is, a reply queue needed a dead-letter
+    /// queue of its own, and `create=true` made the worker create the
+    /// queues callers named. It has no dead-letter queue: send to it only.
+    fn sibling(&self, queue: &str) -> Option<std::sync::Arc<dyn Mailbox>> {
+        let name = checked_queue_name(queue).ok()?;
+        let (prefix, _) = self.queue_url.rsplit_once('/')?;
+        Some(std::sync::Arc::new(Self {
+            queue: name.to_owned(),
+            client: self.client.clone(),
+            queue_url: format!("{prefix}/{name}"),
+            dlq_url: String::new(),
+            max_message_bytes: None,
+            dlq_max_message_bytes: None,
+            replies: None,
+            fifo: is_fifo(name),
+            redrive_receives: None,
+            leases: LocalLeases::default(),
+            recent_sends: Mutex::new(RecentSends::default()),
+        }))
+    }
+
     async fn send(&self, request_id: &str, payload: Bytes) -> Result<Sent, MailboxError> {
         validate_request_id(request_id).map_err(|err| MailboxError::Invalid(err.to_string()))?;
         let (body, mut attributes) = request_message(request_id, &payload)?;

@@ -15,7 +15,7 @@ use crate::mailbox::{self, Mailbox, MailboxError, Sent};
 const MAX_REMEMBERED: usize = 1024;
 
 /// Opens (once) and remembers the reply queues: beside the worker's own
-/// mailbox, on its connection, where the backend allows (Redis), else
+/// mailbox, on its connection, where the backend allows (Redis, SQS), else
 /// through the URL, which works for every shared backend. An in-process
 /// (`memory://`) queue must be registered to be reachable, since each open
 /// of `memory://` is a new queue.
