@@ -314,15 +314,25 @@ async fn a_reply_queue_beside_the_queue_needs_no_dead_letter_queue_and_is_never_
         message.body().is_some_and(|body| body.contains("the reply")),
         "{message:?}"
     );
+    let request_id = message
+        .message_attributes()
+        .and_then(|attributes| attributes.get("wink-request-id"))
+        .and_then(|value| value.string_value());
+    assert_eq!(request_id, Some("r1"), "{message:?}");
 
     let nowhere = mailbox.sibling("nowhere").expect("a reply queue");
-    assert!(nowhere.send("r2", Bytes::from("lost")).await.is_err());
+    let err = nowhere.send("r2", Bytes::from("lost")).await.unwrap_err().to_string();
+    assert!(
+        err.contains("NonExistentQueue") || err.contains("QueueDoesNotExist"),
+        "{err}"
+    );
     let listed = client.list_queues().send().await.unwrap();
     assert!(
         !listed.queue_urls().iter().any(|url| url.contains("nowhere")),
         "{listed:?}"
     );
     assert!(mailbox.sibling("not a queue name").is_none());
+    assert!(mailbox.sibling("jobs-dlq").is_none(), "never the dead-letter queue");
 }
 
 #[tokio::test]

@@ -556,10 +556,15 @@ impl Mailbox for SqsMailbox {
     fn sibling(&self, queue: &str) -> Option<std::sync::Arc<dyn Mailbox>> {
         let name = checked_queue_name(queue).ok()?;
         let (prefix, _) = self.queue_url.rsplit_once('/')?;
+        let queue_url = format!("{prefix}/{name}");
+        // Replies posing as dead letters would be requeued as jobs.
+        if queue_url == self.dlq_url {
+            return None;
+        }
         Some(std::sync::Arc::new(Self {
             queue: name.to_owned(),
             client: self.client.clone(),
-            queue_url: format!("{prefix}/{name}"),
+            queue_url,
             dlq_url: String::new(),
             max_message_bytes: None,
             dlq_max_message_bytes: None,

@@ -397,7 +397,7 @@ impl Shared {
                     pause *= 2;
                 }
                 Err(err) => {
-                    tracing::error!(reply_to = queue, error = %err, "cannot send the reply to reply_to; it is stored under the request id only");
+                    tracing::error!(reply_to = queue, error = %err, "cannot send the reply to reply_to; it is kept only where the mailbox keeps replies");
                     return;
                 }
             }
