@@ -664,3 +664,69 @@ async fn a_worker_dead_letters_a_job_whose_reply_its_replies_queue_cannot_take()
     );
     assert_eq!(mailbox.depth().await.expect("depth").dead, 1);
 }
+
+#[tokio::test]
+async fn a_worker_sends_replies_to_a_plain_reply_to_queue_and_creates_none() {
+    use common::worker_jobs::{envelope, eventually, send};
+    use wink_host::worker::{JobResources, ReplyRoutes, Worker, WorkerConfig};
+
+    let sqs = Sqs::start().await;
+    create_sized_queue(&sqs, "callers", 262_144).await;
+    // A worker that creates its own queues, as its URL says.
+    let url = sqs.url("&create=true");
+    let mailbox = std::sync::Arc::new(sqs.mailbox("jobs", "").await);
+    let config = WorkerConfig {
+        worker_id: Some("sqs-worker".into()),
+        poll_wait: common::worker_jobs::ms(200),
+        ..WorkerConfig::default()
+    };
+    let worker = Worker::new(
+        common::runtime(),
+        mailbox.clone(),
+        config,
+        JobResources::default(),
+        ReplyRoutes::beside(mailbox.clone(), url),
+    )
+    .expect("worker");
+    let task = tokio::spawn({
+        let worker = worker.clone();
+        async move { worker.run().await }
+    });
+    let mut answered = envelope("answered", "trivial", serde_json::json!({"n": 1}));
+    answered.reply_to = Some("callers".into());
+    send(mailbox.as_ref(), &answered).await;
+    let mut unanswered = envelope("unanswered", "trivial", serde_json::json!({"n": 2}));
+    unanswered.reply_to = Some("nowhere".into());
+    send(mailbox.as_ref(), &unanswered).await;
+
+    let client = aws_sdk_sqs::Client::new(&sqs.moto.sdk_config());
+    let callers = client.get_queue_url().queue_name("callers").send().await.unwrap();
+    let reply = eventually("the reply in callers", Duration::from_secs(20), || async {
+        let received = client
+            .receive_message()
+            .set_queue_url(callers.queue_url.clone())
+            .wait_time_seconds(1)
+            .send()
+            .await
+            .expect("receive");
+        received
+            .messages()
+            .first()
+            .and_then(|message| message.body().map(str::to_owned))
+    })
+    .await;
+    assert!(reply.contains("answered") && reply.contains("succeeded"), "{reply}");
+    eventually("both jobs settled", Duration::from_secs(20), || async {
+        let depth = mailbox.depth().await.expect("depth");
+        (depth.ready == 0 && depth.in_flight == 0).then_some(())
+    })
+    .await;
+    worker.shutdown();
+    let summary = task.await.expect("task").expect("run");
+    assert_eq!((summary.succeeded, summary.dead_lettered), (2, 0), "{summary:?}");
+    let listed = client.list_queues().send().await.unwrap();
+    assert!(
+        !listed.queue_urls().iter().any(|url| url.contains("nowhere")),
+        "{listed:?}"
+    );
+}
