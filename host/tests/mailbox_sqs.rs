@@ -621,28 +621,12 @@ async fn a_reply_larger_than_the_replies_queue_takes_dead_letters_the_job_instea
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_dead_letters_a_job_whose_reply_its_replies_queue_cannot_take() {
     use common::worker_jobs::{dead_letters, envelope, eventually, send};
-    use wink_host::worker::{JobResources, ReplyRoutes, Worker, WorkerConfig};
+    use wink_host::worker::ReplyRoutes;
 
     let sqs = Sqs::start().await;
     create_sized_queue(&sqs, "answers", 1024).await;
     let mailbox = std::sync::Arc::new(sqs.mailbox("jobs", "&replies=answers").await);
-    let config = WorkerConfig {
-        worker_id: Some("sqs-worker".into()),
-        poll_wait: common::worker_jobs::ms(200),
-        ..WorkerConfig::default()
-    };
-    let worker = Worker::new(
-        common::runtime(),
-        mailbox.clone(),
-        config,
-        JobResources::default(),
-        ReplyRoutes::registered_only(),
-    )
-    .expect("worker");
-    let task = tokio::spawn({
-        let worker = worker.clone();
-        async move { worker.run().await }
-    });
+    let worker = sqs_worker(mailbox.clone(), ReplyRoutes::registered_only());
     // The trivial agent echoes its input: this one's reply is over 2 KB.
     let large = envelope("large", "trivial", serde_json::json!({"text": "t".repeat(2000)}));
     send(mailbox.as_ref(), &large).await;
@@ -655,8 +639,7 @@ async fn a_worker_dead_letters_a_job_whose_reply_its_replies_queue_cannot_take()
         (depth.ready == 0 && depth.in_flight == 0).then_some(())
     })
     .await;
-    worker.shutdown();
-    let summary = task.await.expect("task").expect("run");
+    let summary = worker.stop().await;
     assert_eq!(
         (summary.dead_lettered, summary.succeeded, summary.claimed),
         (1, 1, 2),
@@ -668,30 +651,14 @@ async fn a_worker_dead_letters_a_job_whose_reply_its_replies_queue_cannot_take()
 #[tokio::test]
 async fn a_worker_sends_replies_to_a_plain_reply_to_queue_and_creates_none() {
     use common::worker_jobs::{envelope, eventually, send};
-    use wink_host::worker::{JobResources, ReplyRoutes, Worker, WorkerConfig};
+    use wink_host::worker::ReplyRoutes;
 
     let sqs = Sqs::start().await;
     create_sized_queue(&sqs, "callers", 262_144).await;
     // A worker that creates its own queues, as its URL says.
     let url = sqs.url("&create=true");
     let mailbox = std::sync::Arc::new(sqs.mailbox("jobs", "").await);
-    let config = WorkerConfig {
-        worker_id: Some("sqs-worker".into()),
-        poll_wait: common::worker_jobs::ms(200),
-        ..WorkerConfig::default()
-    };
-    let worker = Worker::new(
-        common::runtime(),
-        mailbox.clone(),
-        config,
-        JobResources::default(),
-        ReplyRoutes::beside(mailbox.clone(), url),
-    )
-    .expect("worker");
-    let task = tokio::spawn({
-        let worker = worker.clone();
-        async move { worker.run().await }
-    });
+    let worker = sqs_worker(mailbox.clone(), ReplyRoutes::beside(mailbox.clone(), url));
     let mut answered = envelope("answered", "trivial", serde_json::json!({"n": 1}));
     answered.reply_to = Some("callers".into());
     send(mailbox.as_ref(), &answered).await;
@@ -721,12 +688,30 @@ async fn a_worker_sends_replies_to_a_plain_reply_to_queue_and_creates_none() {
         (depth.ready == 0 && depth.in_flight == 0).then_some(())
     })
     .await;
-    worker.shutdown();
-    let summary = task.await.expect("task").expect("run");
+    let summary = worker.stop().await;
     assert_eq!((summary.succeeded, summary.dead_lettered), (2, 0), "{summary:?}");
     let listed = client.list_queues().send().await.unwrap();
     assert!(
         !listed.queue_urls().iter().any(|url| url.contains("nowhere")),
         "{listed:?}"
     );
+}
+
+/// A worker on `mailbox`, sending replies by `routes`, polling briskly.
+fn sqs_worker(
+    mailbox: std::sync::Arc<SqsMailbox>,
+    routes: wink_host::worker::ReplyRoutes,
+) -> common::worker_jobs::Running<SqsMailbox> {
+    let config = wink_host::worker::WorkerConfig {
+        worker_id: Some("sqs-worker".into()),
+        poll_wait: common::worker_jobs::ms(200),
+        ..wink_host::worker::WorkerConfig::default()
+    };
+    common::worker_jobs::Running::start(
+        common::runtime(),
+        mailbox,
+        config,
+        wink_host::worker::JobResources::default(),
+        routes,
+    )
 }

@@ -16,16 +16,16 @@ use wink_host::worker::{
 };
 
 /// A worker running on its own task over an in-memory queue.
-pub struct Running {
-    pub mailbox: Arc<MemoryMailbox>,
+pub struct Running<M = MemoryMailbox> {
+    pub mailbox: Arc<M>,
     pub worker: Worker,
     pub task: JoinHandle<Result<WorkerSummary, WorkerError>>,
 }
 
-impl Running {
+impl<M: Mailbox + 'static> Running<M> {
     pub fn start(
         runtime: Runtime,
-        mailbox: Arc<MemoryMailbox>,
+        mailbox: Arc<M>,
         config: WorkerConfig,
         resources: JobResources,
         routes: ReplyRoutes,
