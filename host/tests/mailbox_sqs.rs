@@ -336,6 +336,41 @@ async fn a_reply_queue_beside_the_queue_needs_no_dead_letter_queue_and_is_never_
 }
 
 #[tokio::test]
+async fn a_fifo_reply_queue_beside_a_standard_one_gets_each_reply_once() {
+    let sqs = Sqs::start().await;
+    let mailbox = sqs.mailbox("jobs", "").await;
+    let client = aws_sdk_sqs::Client::new(&sqs.moto.sdk_config());
+    let created = client
+        .create_queue()
+        .queue_name("callers.fifo")
+        .attributes(aws_sdk_sqs::types::QueueAttributeName::FifoQueue, "true")
+        .send()
+        .await
+        .unwrap();
+    let callers = mailbox.sibling("callers.fifo").expect("a reply queue");
+    for expected in [Sent::Enqueued, Sent::Duplicate] {
+        assert_eq!(callers.send("r1", Bytes::from("the reply")).await.unwrap(), expected);
+    }
+    let received = client
+        .receive_message()
+        .set_queue_url(created.queue_url)
+        .max_number_of_messages(10)
+        .message_system_attribute_names(aws_sdk_sqs::types::MessageSystemAttributeName::MessageGroupId)
+        .send()
+        .await
+        .unwrap();
+    let [message] = received.messages() else {
+        panic!("one reply: {received:?}")
+    };
+    assert!(
+        message.attributes().is_some_and(
+            |attributes| attributes.contains_key(&aws_sdk_sqs::types::MessageSystemAttributeName::MessageGroupId)
+        ),
+        "{message:?}"
+    );
+}
+
+#[tokio::test]
 async fn purge_removes_pending_messages_but_not_leased_ones() {
     let sqs = Sqs::start().await;
     let mailbox = sqs.mailbox("jobs", "").await;
