@@ -300,16 +300,7 @@ async fn a_reply_queue_beside_the_queue_needs_no_dead_letter_queue_and_is_never_
     );
     let client = aws_sdk_sqs::Client::new(&sqs.moto.sdk_config());
     let url = client.get_queue_url().queue_name("callers").send().await.unwrap();
-    let received = client
-        .receive_message()
-        .set_queue_url(url.queue_url)
-        .message_attribute_names("All")
-        .send()
-        .await
-        .unwrap();
-    let [message] = received.messages() else {
-        panic!("one reply: {received:?}")
-    };
+    let message = only_message(&client, url.queue_url).await;
     assert!(
         message.body().is_some_and(|body| body.contains("the reply")),
         "{message:?}"
@@ -351,17 +342,7 @@ async fn a_fifo_reply_queue_beside_a_standard_one_gets_each_reply_once() {
     for expected in [Sent::Enqueued, Sent::Duplicate] {
         assert_eq!(callers.send("r1", Bytes::from("the reply")).await.unwrap(), expected);
     }
-    let received = client
-        .receive_message()
-        .set_queue_url(created.queue_url)
-        .max_number_of_messages(10)
-        .message_system_attribute_names(aws_sdk_sqs::types::MessageSystemAttributeName::MessageGroupId)
-        .send()
-        .await
-        .unwrap();
-    let [message] = received.messages() else {
-        panic!("one reply: {received:?}")
-    };
+    let message = only_message(&client, created.queue_url).await;
     assert!(
         message.attributes().is_some_and(
             |attributes| attributes.contains_key(&aws_sdk_sqs::types::MessageSystemAttributeName::MessageGroupId)
@@ -730,6 +711,23 @@ async fn a_worker_sends_replies_to_a_plain_reply_to_queue_and_creates_none() {
         !listed.queue_urls().iter().any(|url| url.contains("nowhere")),
         "{listed:?}"
     );
+}
+
+/// The one message waiting in the queue at `url`, with its attributes.
+async fn only_message(client: &aws_sdk_sqs::Client, url: Option<String>) -> aws_sdk_sqs::types::Message {
+    let received = client
+        .receive_message()
+        .set_queue_url(url)
+        .max_number_of_messages(10)
+        .message_attribute_names("All")
+        .message_system_attribute_names(aws_sdk_sqs::types::MessageSystemAttributeName::All)
+        .send()
+        .await
+        .unwrap_or_else(|err| panic!("receiving: {err:?}"));
+    match received.messages() {
+        [message] => message.clone(),
+        _ => panic!("one message: {received:?}"),
+    }
 }
 
 /// A worker on `mailbox`, sending replies by `routes`, polling briskly.
