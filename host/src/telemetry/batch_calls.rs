@@ -244,13 +244,7 @@ mod tests {
     fn an_ack_that_failed_for_some_jobs_is_an_error_span_naming_how_many() {
         let (ended, tracer) = recording();
         let spans = BatchSpans { tracer, max_links: 128 };
-        let job = SpanLink(SpanContext::new(
-            opentelemetry::trace::TraceId::from(7),
-            opentelemetry::trace::SpanId::from(9),
-            opentelemetry::trace::TraceFlags::SAMPLED,
-            false,
-            Default::default(),
-        ));
+        let job = SpanLink::sampled_for_tests();
         spans.start().end(BatchOperation::Ack, "jobs", 3, 1, [job.clone()]);
         spans.start().end(BatchOperation::Claim, "jobs", 2, 0, []);
 
