@@ -26,7 +26,7 @@ use super::traces::{OtlpProtocol, TraceConfig};
 use super::{Redactor, SubscriberSlot};
 use answer::PartialSuccess;
 pub(super) use processor::EncodingBatchProcessor;
-use processor::Transport;
+use processor::{Placement, Transport};
 
 /// First wait between attempts of one export; it doubles per attempt.
 const FIRST_RETRY_DELAY: Duration = Duration::from_millis(100);
@@ -61,6 +61,7 @@ fn start(
         Retrying::new(client, config.timeout),
         redactor,
         config.batch,
+        Placement::Auto,
         subscriber,
     )
 }

@@ -15,9 +15,16 @@
 //! threads ending spans at the same time do not pass the queue's lock and
 //! buffers between their cores for every span: on two busy cores that
 //! traffic cost more than encoding the spans.
+//!
+//! A thread whose tokio runtime leaves a core free (a worker running fewer
+//! jobs at a time than the machine has cores) hands its spans to the export
+//! thread instead, which encodes and frees them on that free core, off the
+//! jobs' path: for a worker running one job at a time, encoding and freeing
+//! were most of what export cost each job ([`Placement`]).
 
 use std::cell::Cell;
 use std::collections::VecDeque;
+use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
@@ -56,6 +63,52 @@ pub(super) trait Transport: Send + Sync + 'static {
     fn send(&self, body: Bytes) -> Result<Option<PartialSuccess>, String>;
 }
 
+/// Where a span is encoded once it ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Placement {
+    /// On the export thread for spans ended on a thread whose tokio runtime
+    /// has fewer threads than the process has cores; on the ending thread
+    /// otherwise, and outside a runtime. When the runtime's threads fill
+    /// every core, moving the span to the export thread saves no CPU and
+    /// costs the traffic of its data between cores.
+    Auto,
+    /// Always on the export thread.
+    #[cfg_attr(
+        not(test),
+        expect(dead_code, reason = "tests pin it, on threads outside any runtime")
+    )]
+    ExportThread,
+}
+
+impl Placement {
+    /// Whether a span ended on this thread is encoded here.
+    fn encodes_here(self) -> bool {
+        match self {
+            Self::Auto => AUTO_ENCODES_HERE
+                .try_with(|decided| match decided.get() {
+                    Some(here) => here,
+                    None => {
+                        let here = runtime_fills_the_cores();
+                        decided.set(Some(here));
+                        here
+                    }
+                })
+                .unwrap_or(true),
+            Self::ExportThread => false,
+        }
+    }
+}
+
+/// Whether the tokio runtime this thread belongs to has a thread for every
+/// core the process may use (or this thread belongs to none).
+fn runtime_fills_the_cores() -> bool {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return true;
+    };
+    let cores = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
+    runtime.metrics().num_workers() >= cores
+}
+
 /// Encodes spans as they end; a thread of its own posts them in batches.
 pub(crate) struct EncodingBatchProcessor {
     shared: Arc<Shared>,
@@ -72,6 +125,8 @@ impl std::fmt::Debug for EncodingBatchProcessor {
 
 struct Shared {
     settings: BatchSettings,
+    /// Where ended spans are encoded.
+    placement: Placement,
     /// The batches being filled, one per thread by turns.
     shards: Box<[Shard]>,
     /// Spans in full batches waiting in `state.waiting` (written under the
@@ -127,6 +182,9 @@ struct Shard(Mutex<Batch>);
 thread_local! {
     /// This thread's shard number, taken by turns on its first span.
     static SHARD: Cell<Option<usize>> = const { Cell::new(None) };
+    /// Whether [`Placement::Auto`] encodes this thread's spans here,
+    /// decided on its first span: a thread stays in its runtime for life.
+    static AUTO_ENCODES_HERE: Cell<Option<bool>> = const { Cell::new(None) };
 }
 
 /// The next shard number to hand out.
@@ -177,11 +235,15 @@ impl State {
     }
 }
 
-/// The encoded spans of one request, by instrumentation scope (in
-/// practice one: the host's tracer).
+/// The spans of one request: encoded, by instrumentation scope (in
+/// practice one: the host's tracer), and still to be encoded by the export
+/// thread.
 #[derive(Default)]
 struct Batch {
     scopes: Vec<ScopeSpans>,
+    /// Spans the export thread encodes before it sends the batch.
+    deferred: Vec<SpanData>,
+    /// Spans, encoded or deferred.
     spans: usize,
     /// The encoded spans' bytes.
     bytes: usize,
@@ -208,6 +270,18 @@ impl ScopeSpans {
 impl Batch {
     /// Append a span of `scope` that `encode` writes.
     fn push(&mut self, scope: &InstrumentationScope, encode: impl FnOnce(&mut Vec<u8>)) {
+        self.encode(scope, encode);
+        self.spans += 1;
+    }
+
+    /// Append a span for the export thread to encode.
+    fn defer(&mut self, span: SpanData) {
+        self.deferred.push(span);
+        self.spans += 1;
+    }
+
+    /// Write a span of `scope`, counted already, with `encode`.
+    fn encode(&mut self, scope: &InstrumentationScope, encode: impl FnOnce(&mut Vec<u8>)) {
         let index = match self.scopes.iter().position(|entry| entry.scope == *scope) {
             Some(index) => index,
             None => {
@@ -225,11 +299,10 @@ impl Batch {
         let before = encoded.len();
         encode(encoded);
         self.bytes += encoded.len() - before;
-        self.spans += 1;
     }
 
     /// Whether it should leave now: it holds `max_spans` spans, or
-    /// [`MAX_BATCH_BYTES`] of them.
+    /// [`MAX_BATCH_BYTES`] of encoded ones.
     fn is_full(&self, max_spans: usize) -> bool {
         self.spans >= max_spans || self.bytes >= MAX_BATCH_BYTES
     }
@@ -240,22 +313,26 @@ impl Batch {
         for entry in &mut self.scopes {
             entry.encoded.clear();
         }
+        self.deferred.clear();
         self.spans = 0;
         self.bytes = 0;
     }
 }
 
 impl EncodingBatchProcessor {
-    /// Start the shipper thread, posting through `transport` and logging
-    /// to `subscriber` once there is one.
+    /// Start the shipper thread, posting through `transport`, encoding
+    /// spans where `placement` says and logging to `subscriber` once there
+    /// is one.
     pub(super) fn start(
         transport: impl Transport,
         redactor: Redactor,
         settings: BatchSettings,
+        placement: Placement,
         subscriber: SubscriberSlot,
     ) -> Result<Self, String> {
         let shared = Arc::new(Shared {
             settings: sane(settings),
+            placement,
             shards: (0..shard_count()).map(|_| Shard::default()).collect(),
             waiting_spans: AtomicUsize::new(0),
             dropped: AtomicU64::new(0),
@@ -307,7 +384,7 @@ impl SpanProcessor for EncodingBatchProcessor {
         if !span.span_context.is_sampled() {
             return;
         }
-        self.shared.enqueue(&span);
+        self.shared.enqueue(span);
     }
 
     fn force_flush(&self) -> OTelSdkResult {
@@ -351,9 +428,11 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
-    /// Encode `span` into this thread's batch, which is its own: no other
-    /// thread waits on its lock but the shipper, when it takes the batch.
-    fn enqueue(&self, span: &SpanData) {
+    /// Encode `span` into this thread's batch, or leave it there for the
+    /// shipper to encode, as the placement says. The batch is this
+    /// thread's own: no other thread waits on its lock but the shipper,
+    /// when it takes the batch.
+    fn enqueue(&self, span: SpanData) {
         let shard = &self.shards[shard_number() % self.shards.len()];
         let mut batch = lock(&shard.0);
         // Read under the shard's lock: `stopping` is set before the shipper
@@ -364,9 +443,13 @@ impl Shared {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        batch.push(&span.instrumentation_scope, |out| {
-            encode::span(out, span, &self.redactor);
-        });
+        if self.placement.encodes_here() {
+            batch.push(&span.instrumentation_scope, |out| {
+                encode::span(out, &span, &self.redactor);
+            });
+        } else {
+            batch.defer(span);
+        }
         if batch.is_full(self.settings.max_export_batch_size) {
             let mut state = lock(&self.state);
             let full = state.take_for_sending(&mut batch);
@@ -485,20 +568,20 @@ impl Shared {
         loop {
             match self.next_step(&mut shipper) {
                 Step::Send(mut batch) => {
-                    let outcome = self.send(transport, &mut batch);
-                    batch.clear();
+                    self.send_all(transport, &mut batch, |outcome| {
+                        if let Err(err) = &outcome {
+                            let mut state = lock(&self.state);
+                            state.failures += 1;
+                            state.last_failure = Some(err.clone());
+                        }
+                        shipper.warnings.export(outcome);
+                    });
                     let mut state = lock(&self.state);
                     // Partial batches taken at timed exports come back too;
                     // keep no more than the shards can take.
                     if state.spare.len() <= self.shards.len() {
                         state.spare.push(batch);
                     }
-                    if let Err(err) = &outcome {
-                        state.failures += 1;
-                        state.last_failure = Some(err.clone());
-                    }
-                    drop(state);
-                    shipper.warnings.export(outcome);
                 }
                 Step::Served(ticket) => {
                     lock(&self.state).flushes_served = ticket;
@@ -573,8 +656,41 @@ impl Shared {
         Some(batch)
     }
 
-    /// Post `batch`, which holds a span at least: full batches are, and
-    /// partial ones are taken only when they hold some.
+    /// Post `batch`, which holds a span at least, encoding its deferred
+    /// spans first: in one request, or in as many as [`MAX_BATCH_BYTES`]
+    /// takes once they are encoded. Each request's outcome goes to `sent`;
+    /// the batch is left empty.
+    fn send_all(
+        &self,
+        transport: &impl Transport,
+        batch: &mut Batch,
+        mut sent: impl FnMut(Result<Option<PartialSuccess>, String>),
+    ) {
+        let mut deferred = std::mem::take(&mut batch.deferred);
+        let mut spans = deferred.drain(..);
+        loop {
+            for span in spans.by_ref() {
+                batch.encode(&span.instrumentation_scope, |out| {
+                    encode::span(out, &span, &self.redactor);
+                });
+                if batch.bytes >= MAX_BATCH_BYTES {
+                    break;
+                }
+            }
+            sent(self.send(transport, batch));
+            batch.clear();
+            if spans.len() == 0 {
+                break;
+            }
+        }
+        drop(spans);
+        // Its room, for the shard that takes this batch next.
+        batch.deferred = deferred;
+    }
+
+    /// Post `batch`'s encoded spans, of which it holds one at least: full
+    /// batches do, partial ones are taken only when they hold some, and
+    /// [`Self::send_all`] encodes one at least of those it defers.
     fn send(&self, transport: &impl Transport, batch: &mut Batch) -> Result<Option<PartialSuccess>, String> {
         let resource = lock(&self.resource).clone();
         let mut filled = batch.scopes.iter_mut().filter(|entry| !entry.spans().is_empty());
@@ -848,7 +964,18 @@ mod tests {
         }
     }
 
+    /// A processor that encodes spans where they end: the tests' threads
+    /// belong to no runtime.
     fn processor(settings: BatchSettings, gated: bool, answers: &[Answer]) -> (EncodingBatchProcessor, Recorded) {
+        placed_processor(settings, Placement::Auto, gated, answers)
+    }
+
+    fn placed_processor(
+        settings: BatchSettings,
+        placement: Placement,
+        gated: bool,
+        answers: &[Answer],
+    ) -> (EncodingBatchProcessor, Recorded) {
         let (requests, requests_rx) = mpsc::channel();
         let (entered, entered_rx) = mpsc::channel();
         let (gate, gate_rx) = mpsc::channel();
@@ -863,6 +990,7 @@ mod tests {
             recorder,
             Redactor::new([], []).expect("redactor"),
             settings,
+            placement,
             Arc::default(),
         )
         .expect("start");
@@ -964,6 +1092,103 @@ mod tests {
         assert_eq!(span_ids(&body), [1, 2, 3, 4, 5, 6, 7]);
         processor.force_flush().expect("flush");
         assert_eq!(delivered(&recorded), [[8]]);
+    }
+
+    #[test]
+    fn spans_encoded_on_the_export_thread_are_sent_as_those_encoded_where_they_end() {
+        let sent = |placement| {
+            let (processor, recorded) = placed_processor(settings(8, 3), placement, false, &[]);
+            let mut with_event = span(4, true);
+            with_event.events.events.push(opentelemetry::trace::Event::new(
+                "limit hit",
+                SystemTime::UNIX_EPOCH,
+                vec![opentelemetry::KeyValue::new("limit", "fuel")],
+                0,
+            ));
+            for span in [
+                span(1, true),
+                span(2, true),
+                span(3, true),
+                with_event,
+                span(5, false),
+                span(6, true),
+            ] {
+                processor.on_end(span);
+            }
+            let full = recorded.requests.recv_timeout(WAIT).expect("a full batch");
+            processor.force_flush().expect("flush");
+            let rest: Vec<Bytes> = recorded.requests.try_iter().collect();
+            (full, rest)
+        };
+        let (full, rest) = sent(Placement::ExportThread);
+        assert_eq!(span_ids(&full), [1, 2, 3]);
+        assert_eq!(rest.iter().map(span_ids).collect::<Vec<_>>(), [[4, 6]]);
+        // Byte for byte, but for the times the spans were made at.
+        let (full_here, rest_here) = sent(Placement::Auto);
+        assert_eq!(without_times(&full), without_times(&full_here));
+        assert_eq!(without_times(&rest[0]), without_times(&rest_here[0]));
+    }
+
+    /// A request with its spans' start and end times zeroed.
+    fn without_times(body: &Bytes) -> ExportTraceServiceRequest {
+        let mut request = ExportTraceServiceRequest::decode(body.as_ref()).expect("protobuf");
+        for span in request
+            .resource_spans
+            .iter_mut()
+            .flat_map(|resource| &mut resource.scope_spans)
+            .flat_map(|scope| &mut scope.spans)
+        {
+            span.start_time_unix_nano = 0;
+            span.end_time_unix_nano = 0;
+        }
+        request
+    }
+
+    #[test]
+    fn large_spans_encoded_on_the_export_thread_leave_in_requests_of_the_byte_limit() {
+        let (processor, recorded) = placed_processor(settings(1_000, 100), Placement::ExportThread, false, &[]);
+        for n in 1..=15 {
+            let mut span = span(n, true);
+            span.attributes.push(opentelemetry::KeyValue::new(
+                "text",
+                "x".repeat(MAX_BATCH_BYTES / 7 + 1),
+            ));
+            processor.on_end(span);
+        }
+        processor.force_flush().expect("flush");
+        // Seven spans reach the limit, as they would encoded as they end.
+        assert_eq!(
+            delivered(&recorded),
+            [vec![1, 2, 3, 4, 5, 6, 7], vec![8, 9, 10, 11, 12, 13, 14], vec![15]]
+        );
+    }
+
+    #[test]
+    fn a_runtime_with_a_thread_per_core_encodes_its_spans_itself_and_one_with_fewer_leaves_them() {
+        let cores = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
+        let deferred_on = |runtime: tokio::runtime::Runtime| {
+            let (processor, _recorded) = processor(settings(64, 64), false, &[]);
+            let processor = Arc::new(processor);
+            let ending = processor.clone();
+            runtime.block_on(async move {
+                tokio::spawn(async move {
+                    ending.on_end(span(1, true));
+                    let shards = &ending.shared.shards;
+                    lock(&shards[shard_number() % shards.len()].0).deferred.len()
+                })
+                .await
+                .expect("task")
+            })
+        };
+        let one_thread = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+        assert_eq!(deferred_on(one_thread), usize::from(cores > 1));
+        let per_core = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(cores)
+            .build()
+            .expect("runtime");
+        assert_eq!(deferred_on(per_core), 0);
+        // Outside any runtime, here.
+        assert!(runtime_fills_the_cores());
     }
 
     #[test]
