@@ -1,4 +1,5 @@
-//! A span processor that encodes each span on the thread that ends it and
+//! A span processor that encodes each span on the thread that ends it (or,
+//! when that thread's runtime leaves cores free, on its own thread) and
 //! posts the encoded spans in batches from a thread of its own.
 //!
 //! It keeps the batch processor's contract: ending a span never blocks on
@@ -7,20 +8,21 @@
 //! counted); a batch leaves when `max_export_batch_size` spans fill it (or
 //! [`MAX_BATCH_BYTES`] of them), and every batch, full or not,
 //! `schedule_delay` after the last timed export;
-//! flush and shutdown send what waits. What waits is bytes, not `SpanData`:
-//! the span is freed where it was allocated, and batches reuse their
-//! buffers.
+//! flush and shutdown send what waits. What waits is mostly bytes, not
+//! `SpanData`: a span encoded where it ends is freed where it was
+//! allocated, and batches reuse their buffers.
 //!
 //! Each thread fills a batch of its own (a shard, taken by turns), so that
 //! threads ending spans at the same time do not pass the queue's lock and
 //! buffers between their cores for every span: on two busy cores that
 //! traffic cost more than encoding the spans.
 //!
-//! A thread whose tokio runtime leaves a core free (a worker running fewer
-//! jobs at a time than the machine has cores) hands its spans to the export
-//! thread instead, which encodes and frees them on that free core, off the
-//! jobs' path: for a worker running one job at a time, encoding and freeing
-//! were most of what export cost each job ([`Placement`]).
+//! A thread whose tokio runtime leaves at least half the cores free (a
+//! worker running few jobs at a time for the machine's cores) hands its
+//! spans to the export thread instead, which encodes and frees them on a
+//! free core, off the jobs' path: for a worker running one job at a time,
+//! encoding and freeing were most of what export cost each job
+//! ([`Placement`]).
 
 use std::cell::Cell;
 use std::collections::VecDeque;
@@ -67,10 +69,12 @@ pub(super) trait Transport: Send + Sync + 'static {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Placement {
     /// On the export thread for spans ended on a thread whose tokio runtime
-    /// has fewer threads than the process has cores; on the ending thread
-    /// otherwise, and outside a runtime. When the runtime's threads fill
-    /// every core, moving the span to the export thread saves no CPU and
-    /// costs the traffic of its data between cores.
+    /// has no more worker threads than half the cores the process may use;
+    /// on the ending thread otherwise, and outside a runtime. When the
+    /// runtime's threads fill the cores, moving spans to the export thread
+    /// saves no CPU and costs the traffic of their data between cores; and
+    /// one export thread encoding for many busy threads could fall behind
+    /// them (it takes about a fifteenth of a trivial job's CPU).
     Auto,
     /// Always on the export thread.
     #[cfg_attr(
@@ -99,17 +103,19 @@ impl Placement {
     }
 }
 
-/// Whether the tokio runtime this thread belongs to has a thread for every
-/// core the process may use (or this thread belongs to none).
+/// Whether the tokio runtime this thread belongs to has worker threads
+/// for more than half the cores the process may use (or this thread
+/// belongs to none).
 fn runtime_fills_the_cores() -> bool {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return true;
     };
     let cores = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
-    runtime.metrics().num_workers() >= cores
+    runtime.metrics().num_workers() * 2 > cores
 }
 
-/// Encodes spans as they end; a thread of its own posts them in batches.
+/// Encodes spans as they end (or has its thread encode them); a thread of
+/// its own posts them in batches.
 pub(crate) struct EncodingBatchProcessor {
     shared: Arc<Shared>,
     shipper: Mutex<Option<JoinHandle<()>>>,
@@ -183,7 +189,10 @@ thread_local! {
     /// This thread's shard number, taken by turns on its first span.
     static SHARD: Cell<Option<usize>> = const { Cell::new(None) };
     /// Whether [`Placement::Auto`] encodes this thread's spans here,
-    /// decided on its first span: a thread stays in its runtime for life.
+    /// decided on its first span and kept, as a hint: a runtime's worker
+    /// threads stay in it for life, and a thread that enters runtimes by
+    /// turns (`main`, say) keeps the first answer, wrong at worst about
+    /// where its few spans cost CPU.
     static AUTO_ENCODES_HERE: Cell<Option<bool>> = const { Cell::new(None) };
 }
 
@@ -247,6 +256,8 @@ struct Batch {
     spans: usize,
     /// The encoded spans' bytes.
     bytes: usize,
+    /// The deferred spans' bytes, roughly ([`approximate_size`]).
+    deferred_bytes: usize,
 }
 
 /// Bytes each batch buffer keeps free before its spans, for the head of
@@ -276,6 +287,7 @@ impl Batch {
 
     /// Append a span for the export thread to encode.
     fn defer(&mut self, span: SpanData) {
+        self.deferred_bytes += approximate_size(&span);
         self.deferred.push(span);
         self.spans += 1;
     }
@@ -302,9 +314,9 @@ impl Batch {
     }
 
     /// Whether it should leave now: it holds `max_spans` spans, or
-    /// [`MAX_BATCH_BYTES`] of encoded ones.
+    /// [`MAX_BATCH_BYTES`] of them (deferred ones as they will be about).
     fn is_full(&self, max_spans: usize) -> bool {
-        self.spans >= max_spans || self.bytes >= MAX_BATCH_BYTES
+        self.spans >= max_spans || self.bytes + self.deferred_bytes >= MAX_BATCH_BYTES
     }
 
     /// Empty it, keeping its buffers (and scopes, which the next spans
@@ -316,6 +328,55 @@ impl Batch {
         self.deferred.clear();
         self.spans = 0;
         self.bytes = 0;
+        self.deferred_bytes = 0;
+    }
+}
+
+/// About the bytes `span` takes encoded: the text and numbers it carries,
+/// without the protobuf's tags and lengths. Enough for a batch of large
+/// spans to leave near [`MAX_BATCH_BYTES`] without being encoded first; the
+/// export thread splits what it finds larger.
+fn approximate_size(span: &SpanData) -> usize {
+    /// Ids, times, kind, flags and status.
+    const FIXED: usize = 64;
+    /// A link's ids and flags.
+    const LINK: usize = 32;
+    let attributes = |attributes: &[opentelemetry::KeyValue]| -> usize {
+        attributes
+            .iter()
+            .map(|attribute| attribute.key.as_str().len() + value_size(&attribute.value))
+            .sum()
+    };
+    FIXED
+        + span.name.len()
+        + attributes(&span.attributes)
+        + span
+            .events
+            .iter()
+            .map(|event| FIXED + event.name.len() + attributes(&event.attributes))
+            .sum::<usize>()
+        + span
+            .links
+            .iter()
+            .map(|link| LINK + attributes(&link.attributes))
+            .sum::<usize>()
+        + match &span.status {
+            opentelemetry::trace::Status::Error { description } => description.len(),
+            _ => 0,
+        }
+}
+
+fn value_size(value: &opentelemetry::Value) -> usize {
+    use opentelemetry::{Array, Value};
+    /// A number or a flag, at most.
+    const SCALAR: usize = 9;
+    match value {
+        Value::String(text) => text.as_str().len(),
+        Value::Array(Array::String(texts)) => texts.iter().map(|text| text.as_str().len()).sum(),
+        Value::Array(Array::Bool(items)) => items.len() * SCALAR,
+        Value::Array(Array::I64(items)) => items.len() * SCALAR,
+        Value::Array(Array::F64(items)) => items.len() * SCALAR,
+        _ => SCALAR,
     }
 }
 
@@ -433,6 +494,8 @@ impl Shared {
     /// thread's own: no other thread waits on its lock but the shipper,
     /// when it takes the batch.
     fn enqueue(&self, span: SpanData) {
+        // Before the lock: a thread's first answer reads the cgroup's files.
+        let encode_here = self.placement.encodes_here();
         let shard = &self.shards[shard_number() % self.shards.len()];
         let mut batch = lock(&shard.0);
         // Read under the shard's lock: `stopping` is set before the shipper
@@ -443,7 +506,7 @@ impl Shared {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        if self.placement.encodes_here() {
+        if encode_here {
             batch.push(&span.instrumentation_scope, |out| {
                 encode::span(out, &span, &self.redactor);
             });
@@ -552,7 +615,8 @@ impl Shared {
 
     /// The shipper thread: send each batch as it fills up, everything
     /// waiting every `schedule_delay` and when a flush asks, one batch per
-    /// request, until stopped.
+    /// request (or more, for deferred spans larger encoded than estimated),
+    /// until stopped.
     fn ship(&self, transport: &impl Transport) {
         let _stopped = MarkStopped(self);
         let mut shipper = Shipper {
@@ -964,8 +1028,8 @@ mod tests {
         }
     }
 
-    /// A processor that encodes spans where they end: the tests' threads
-    /// belong to no runtime.
+    /// A processor placing spans as in production: on a thread in no
+    /// runtime, as the tests' own are, it encodes them where they end.
     fn processor(settings: BatchSettings, gated: bool, answers: &[Answer]) -> (EncodingBatchProcessor, Recorded) {
         placed_processor(settings, Placement::Auto, gated, answers)
     }
@@ -976,6 +1040,19 @@ mod tests {
         gated: bool,
         answers: &[Answer],
     ) -> (EncodingBatchProcessor, Recorded) {
+        let (recorder, recorded) = recorder(gated, answers);
+        let processor = EncodingBatchProcessor::start(
+            recorder,
+            Redactor::new([], []).expect("redactor"),
+            settings,
+            placement,
+            Arc::default(),
+        )
+        .expect("start");
+        (processor, recorded)
+    }
+
+    fn recorder(gated: bool, answers: &[Answer]) -> (Recorder, Recorded) {
         let (requests, requests_rx) = mpsc::channel();
         let (entered, entered_rx) = mpsc::channel();
         let (gate, gate_rx) = mpsc::channel();
@@ -986,20 +1063,12 @@ mod tests {
             gated,
             answers: Mutex::new(answers.iter().copied().collect()),
         };
-        let processor = EncodingBatchProcessor::start(
-            recorder,
-            Redactor::new([], []).expect("redactor"),
-            settings,
-            placement,
-            Arc::default(),
-        )
-        .expect("start");
         let recorded = Recorded {
             requests: requests_rx,
             entered: entered_rx,
             gate,
         };
-        (processor, recorded)
+        (recorder, recorded)
     }
 
     fn span(n: u64, sampled: bool) -> SpanData {
@@ -1116,17 +1185,39 @@ mod tests {
                 processor.on_end(span);
             }
             let full = recorded.requests.recv_timeout(WAIT).expect("a full batch");
+            let deferred = this_threads_batch(&processor).deferred.len();
             processor.force_flush().expect("flush");
-            let rest: Vec<Bytes> = recorded.requests.try_iter().collect();
-            (full, rest)
+            let Ok([rest]) = <[Bytes; 1]>::try_from(recorded.requests.try_iter().collect::<Vec<_>>()) else {
+                panic!("one request for the rest")
+            };
+            (full, rest, deferred)
         };
-        let (full, rest) = sent(Placement::ExportThread);
+        let (full, rest, deferred) = sent(Placement::ExportThread);
         assert_eq!(span_ids(&full), [1, 2, 3]);
-        assert_eq!(rest.iter().map(span_ids).collect::<Vec<_>>(), [[4, 6]]);
+        assert_eq!(span_ids(&rest), [4, 6]);
+        assert_eq!(deferred, 2, "spans 4 and 6 wait unencoded");
+        // This thread is in no runtime: it encodes its spans itself.
+        let (full_here, rest_here, deferred_here) = sent(Placement::Auto);
+        assert_eq!(deferred_here, 0);
         // Byte for byte, but for the times the spans were made at.
-        let (full_here, rest_here) = sent(Placement::Auto);
         assert_eq!(without_times(&full), without_times(&full_here));
-        assert_eq!(without_times(&rest[0]), without_times(&rest_here[0]));
+        assert_eq!(without_times(&rest), without_times(&rest_here));
+    }
+
+    /// The batch this thread fills.
+    fn this_threads_batch(processor: &EncodingBatchProcessor) -> MutexGuard<'_, Batch> {
+        let shards = &processor.shared.shards;
+        lock(&shards[shard_number() % shards.len()].0)
+    }
+
+    /// A span of `n` with text enough that seven fill a batch.
+    fn large_span(n: u64) -> SpanData {
+        let mut span = span(n, true);
+        span.attributes.push(opentelemetry::KeyValue::new(
+            "text",
+            "x".repeat(MAX_BATCH_BYTES / 7 + 1),
+        ));
+        span
     }
 
     /// A request with its spans' start and end times zeroed.
@@ -1145,22 +1236,39 @@ mod tests {
     }
 
     #[test]
-    fn large_spans_encoded_on_the_export_thread_leave_in_requests_of_the_byte_limit() {
+    fn a_batch_of_large_deferred_spans_leaves_once_it_reaches_the_byte_limit() {
         let (processor, recorded) = placed_processor(settings(1_000, 100), Placement::ExportThread, false, &[]);
-        for n in 1..=15 {
-            let mut span = span(n, true);
-            span.attributes.push(opentelemetry::KeyValue::new(
-                "text",
-                "x".repeat(MAX_BATCH_BYTES / 7 + 1),
-            ));
-            processor.on_end(span);
+        for n in 1..=8 {
+            processor.on_end(large_span(n));
         }
+        // By their estimated size, as spans encoded where they end leave.
+        let body = recorded.requests.recv_timeout(WAIT).expect("a batch at the byte limit");
+        assert_eq!(span_ids(&body), [1, 2, 3, 4, 5, 6, 7]);
+        assert_eq!(this_threads_batch(&processor).deferred.len(), 1);
         processor.force_flush().expect("flush");
-        // Seven spans reach the limit, as they would encoded as they end.
+        assert_eq!(delivered(&recorded), [[8]]);
+    }
+
+    #[test]
+    fn deferred_spans_larger_than_their_batch_leave_in_requests_of_the_byte_limit() {
+        let (recorder, recorded) = recorder(false, &[Answer::Fail]);
+        let (processor, _unused) = processor(settings(1_000, 100), false, &[]);
+        let mut batch = Batch::default();
+        for n in 1..=15 {
+            batch.defer(large_span(n));
+        }
+        let mut outcomes = Vec::new();
+        processor
+            .shared
+            .send_all(&recorder, &mut batch, |outcome| outcomes.push(outcome.is_ok()));
         assert_eq!(
             delivered(&recorded),
             [vec![1, 2, 3, 4, 5, 6, 7], vec![8, 9, 10, 11, 12, 13, 14], vec![15]]
         );
+        // The first request failed; the others were still sent.
+        assert_eq!(outcomes, [false, true, true]);
+        assert_eq!((batch.spans, batch.bytes, batch.deferred.len()), (0, 0, 0));
+        assert!(batch.deferred.capacity() >= 15, "the batch keeps its room");
     }
 
     #[test]
@@ -1173,15 +1281,15 @@ mod tests {
             runtime.block_on(async move {
                 tokio::spawn(async move {
                     ending.on_end(span(1, true));
-                    let shards = &ending.shared.shards;
-                    lock(&shards[shard_number() % shards.len()].0).deferred.len()
+                    this_threads_batch(&ending).deferred.len()
                 })
                 .await
                 .expect("task")
             })
         };
+        // On one core, no runtime leaves one free.
         let one_thread = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
-        assert_eq!(deferred_on(one_thread), usize::from(cores > 1));
+        assert_eq!(deferred_on(one_thread), usize::from(cores >= 2));
         let per_core = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(cores)
             .build()
@@ -1386,11 +1494,13 @@ mod tests {
 
     #[test]
     fn dropping_the_processor_still_sends_what_waits() {
-        let (processor, recorded) = processor(settings(8, 4), false, &[]);
-        processor.on_end(span(1, true));
-        drop(processor);
-        let body = recorded.requests.recv_timeout(WAIT).expect("sent on drop");
-        assert_eq!(span_ids(&body), [1]);
+        for placement in [Placement::Auto, Placement::ExportThread] {
+            let (processor, recorded) = placed_processor(settings(8, 4), placement, false, &[]);
+            processor.on_end(span(1, true));
+            drop(processor);
+            let body = recorded.requests.recv_timeout(WAIT).expect("sent on drop");
+            assert_eq!(span_ids(&body), [1], "{placement:?}");
+        }
     }
 
     #[test]
