@@ -1114,8 +1114,8 @@ mod tests {
 
     /// A processor whose export of its first batch, spans 1 and 2, hangs
     /// until the test opens the gate.
-    fn stuck_on_the_first_batch(settings: BatchSettings) -> (EncodingBatchProcessor, Recorded) {
-        let (processor, recorded) = processor(settings, true, &[]);
+    fn stuck_on_the_first_batch(settings: BatchSettings, placement: Placement) -> (EncodingBatchProcessor, Recorded) {
+        let (processor, recorded) = placed_processor(settings, placement, true, &[]);
         processor.on_end(span(1, true));
         processor.on_end(span(2, true));
         recorded.entered.recv_timeout(WAIT).expect("the export starts");
@@ -1360,25 +1360,27 @@ mod tests {
 
     #[test]
     fn spans_ended_on_many_threads_at_once_arrive_once_each() {
-        let (processor, recorded) = processor(settings(100_000, 64), false, &[]);
-        let processor = Arc::new(processor);
-        let threads: Vec<_> = (0..4_u64)
-            .map(|thread| {
-                let processor = processor.clone();
-                std::thread::spawn(move || {
-                    for n in 0..1_000 {
-                        processor.on_end(span(thread * 1_000 + n + 1, true));
-                    }
+        for placement in [Placement::Auto, Placement::ExportThread] {
+            let (processor, recorded) = placed_processor(settings(100_000, 64), placement, false, &[]);
+            let processor = Arc::new(processor);
+            let threads: Vec<_> = (0..4_u64)
+                .map(|thread| {
+                    let processor = processor.clone();
+                    std::thread::spawn(move || {
+                        for n in 0..1_000 {
+                            processor.on_end(span(thread * 1_000 + n + 1, true));
+                        }
+                    })
                 })
-            })
-            .collect();
-        for thread in threads {
-            thread.join().expect("thread");
+                .collect();
+            for thread in threads {
+                thread.join().expect("thread");
+            }
+            processor.force_flush().expect("flush");
+            let mut ids: Vec<u64> = delivered(&recorded).into_iter().flatten().collect();
+            ids.sort_unstable();
+            assert_eq!(ids, (1..=4_000).collect::<Vec<u64>>(), "{placement:?}");
         }
-        processor.force_flush().expect("flush");
-        let mut ids: Vec<u64> = delivered(&recorded).into_iter().flatten().collect();
-        ids.sort_unstable();
-        assert_eq!(ids, (1..=4_000).collect::<Vec<u64>>());
     }
 
     #[test]
@@ -1404,23 +1406,25 @@ mod tests {
 
     #[test]
     fn a_full_queue_drops_the_spans_that_do_not_fit() {
-        // The shipper holds the first batch, stuck in a slow export...
-        let (processor, recorded) = stuck_on_the_first_batch(settings(4, 2));
-        // ...while four spans fill the queue and three more are dropped.
-        for n in 3..=9 {
-            processor.on_end(span(n, true));
+        for placement in [Placement::Auto, Placement::ExportThread] {
+            // The shipper holds the first batch, stuck in a slow export...
+            let (processor, recorded) = stuck_on_the_first_batch(settings(4, 2), placement);
+            // ...while four spans fill the queue and three more are dropped.
+            for n in 3..=9 {
+                processor.on_end(span(n, true));
+            }
+            assert_eq!(processor.shared.dropped.load(Ordering::Relaxed), 3, "{placement:?}");
+            for _ in 0..3 {
+                recorded.gate.send(()).expect("gate");
+            }
+            processor.force_flush().expect("flush");
+            assert_eq!(delivered(&recorded), [[1, 2], [3, 4], [5, 6]], "{placement:?}");
         }
-        assert_eq!(processor.shared.dropped.load(Ordering::Relaxed), 3);
-        for _ in 0..3 {
-            recorded.gate.send(()).expect("gate");
-        }
-        processor.force_flush().expect("flush");
-        assert_eq!(delivered(&recorded), [[1, 2], [3, 4], [5, 6]]);
     }
 
     #[test]
     fn a_stuck_export_times_out_flush_and_shutdown_and_the_queue_still_drains() {
-        let (processor, recorded) = stuck_on_the_first_batch(settings(8, 2));
+        let (processor, recorded) = stuck_on_the_first_batch(settings(8, 2), Placement::Auto);
         processor.on_end(span(3, true));
         // Stuck: the flush gives up, and so does a shutdown.
         assert!(matches!(
@@ -1448,7 +1452,7 @@ mod tests {
 
     #[test]
     fn a_flush_returns_once_the_export_in_flight_and_what_queued_behind_it_are_sent() {
-        let (processor, recorded) = stuck_on_the_first_batch(settings(8, 2));
+        let (processor, recorded) = stuck_on_the_first_batch(settings(8, 2), Placement::Auto);
         processor.on_end(span(3, true));
         let processor = Arc::new(processor);
         let flush = std::thread::spawn({
