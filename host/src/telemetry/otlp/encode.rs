@@ -8,8 +8,9 @@
 //! generated types in the tests checks it against opentelemetry-proto's own
 //! conversion.
 //!
-//! Each span is encoded on its own, as it ends ([`span`]); a request then
-//! wraps the encoded spans of each instrumentation scope ([`request`]).
+//! Each span is encoded on its own ([`span`]), as it ends or on the export
+//! thread; a request then wraps the encoded spans of each instrumentation
+//! scope ([`request`]).
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

@@ -2,12 +2,12 @@
 //! batching.
 //!
 //! The SDK's batch processor hands the export thread whole `SpanData`
-//! values: moving them through its queue, encoding them there and freeing
-//! their strings on a thread other than the one that allocated them took
-//! more CPU than the job spans themselves were worth on trivial jobs, and
-//! under load its queue overflowed. Here each span is encoded where it
-//! ends ([`processor`](mod@processor)), into bytes that a thread of its own
-//! sends in batches. Both protocols carry the same
+//! values through one queue: with opentelemetry-otlp's encoder on top,
+//! that took more CPU than the job spans themselves were worth on trivial
+//! jobs, and under load its queue overflowed. Here each span is encoded
+//! where it ends, or, where the runtime leaves cores free, by the export
+//! thread from a batch per thread ([`processor`](mod@processor)), into
+//! bytes that a thread of its own sends in batches. Both protocols carry the same
 //! `ExportTraceServiceRequest` bytes: HTTP as the request body ([`http`]),
 //! gRPC as its one message ([`grpc`]).
 

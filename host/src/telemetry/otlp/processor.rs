@@ -111,7 +111,13 @@ fn runtime_fills_the_cores() -> bool {
         return true;
     };
     let cores = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
-    runtime.metrics().num_workers() * 2 > cores
+    fills_the_cores(runtime.metrics().num_workers(), cores)
+}
+
+/// Whether `threads` busy threads leave too few of `cores` free for the
+/// export thread to encode their spans: more than half of them.
+fn fills_the_cores(threads: usize, cores: usize) -> bool {
+    threads.saturating_mul(2) > cores
 }
 
 /// Encodes spans as they end (or has its thread encode them); a thread of
@@ -368,8 +374,8 @@ fn approximate_size(span: &SpanData) -> usize {
 
 fn value_size(value: &opentelemetry::Value) -> usize {
     use opentelemetry::{Array, Value};
-    /// A number or a flag, at most.
-    const SCALAR: usize = 9;
+    /// A number or a flag, with its tag, at most.
+    const SCALAR: usize = 11;
     match value {
         Value::String(text) => text.as_str().len(),
         Value::Array(Array::String(texts)) => texts.iter().map(|text| text.as_str().len()).sum(),
@@ -1267,12 +1273,35 @@ mod tests {
         );
         // The first request failed; the others were still sent.
         assert_eq!(outcomes, [false, true, true]);
-        assert_eq!((batch.spans, batch.bytes, batch.deferred.len()), (0, 0, 0));
+        assert_eq!(
+            (batch.spans, batch.bytes, batch.deferred_bytes, batch.deferred.len()),
+            (0, 0, 0, 0)
+        );
         assert!(batch.deferred.capacity() >= 15, "the batch keeps its room");
     }
 
     #[test]
-    fn a_runtime_with_a_thread_per_core_encodes_its_spans_itself_and_one_with_fewer_leaves_them() {
+    fn a_runtime_with_threads_for_at_most_half_the_cores_leaves_its_spans_to_the_export_thread() {
+        // Threads, cores: whether the threads encode their own spans.
+        for (threads, cores, fills) in [
+            (1, 1, true),
+            (1, 2, false),
+            (2, 2, true),
+            (2, 4, false),
+            (3, 4, true),
+            (8, 16, false),
+            (9, 16, true),
+        ] {
+            assert_eq!(
+                fills_the_cores(threads, cores),
+                fills,
+                "{threads} threads, {cores} cores"
+            );
+        }
+    }
+
+    #[test]
+    fn a_thread_places_its_spans_by_its_runtimes_threads_and_encodes_them_itself_outside_any() {
         let cores = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
         let deferred_on = |runtime: tokio::runtime::Runtime| {
             let (processor, _recorded) = processor(settings(64, 64), false, &[]);
@@ -1287,7 +1316,7 @@ mod tests {
                 .expect("task")
             })
         };
-        // On one core, no runtime leaves one free.
+        // A one-thread runtime leaves a core free on two cores or more.
         let one_thread = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
         assert_eq!(deferred_on(one_thread), usize::from(cores >= 2));
         let per_core = tokio::runtime::Builder::new_multi_thread()
