@@ -285,9 +285,9 @@ impl ScopeSpans {
 }
 
 impl Batch {
-    /// Append a span of `scope` that `encode` writes.
-    fn push(&mut self, scope: &InstrumentationScope, encode: impl FnOnce(&mut Vec<u8>)) {
-        self.encode(scope, encode);
+    /// Append `span`, encoded here, its strings redacted.
+    fn push(&mut self, span: &SpanData, redactor: &Redactor) {
+        self.encode(span, redactor);
         self.spans += 1;
     }
 
@@ -298,8 +298,9 @@ impl Batch {
         self.spans += 1;
     }
 
-    /// Write a span of `scope`, counted already, with `encode`.
-    fn encode(&mut self, scope: &InstrumentationScope, encode: impl FnOnce(&mut Vec<u8>)) {
+    /// Encode `span`, counted already, among the spans of its scope.
+    fn encode(&mut self, span: &SpanData, redactor: &Redactor) {
+        let scope = &span.instrumentation_scope;
         let index = match self.scopes.iter().position(|entry| entry.scope == *scope) {
             Some(index) => index,
             None => {
@@ -315,7 +316,7 @@ impl Batch {
             encoded.resize(HEAD_ROOM, 0);
         }
         let before = encoded.len();
-        encode(encoded);
+        encode::span(encoded, span, redactor);
         self.bytes += encoded.len() - before;
     }
 
@@ -513,9 +514,7 @@ impl Shared {
             return;
         }
         if encode_here {
-            batch.push(&span.instrumentation_scope, |out| {
-                encode::span(out, &span, &self.redactor);
-            });
+            batch.push(&span, &self.redactor);
         } else {
             batch.defer(span);
         }
@@ -740,9 +739,7 @@ impl Shared {
         let mut spans = deferred.drain(..);
         loop {
             for span in spans.by_ref() {
-                batch.encode(&span.instrumentation_scope, |out| {
-                    encode::span(out, &span, &self.redactor);
-                });
+                batch.encode(&span, &self.redactor);
                 if batch.bytes >= MAX_BATCH_BYTES {
                     break;
                 }
