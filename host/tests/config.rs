@@ -102,6 +102,11 @@ fn bad_values_are_named() {
         ("[budget]\nmax_usd = -1.0\n", "budget.max_usd", "-1"),
         ("[worker]\nmemory = \"64MB\"\n", "c.toml:2:", "64MB"),
         (
+            "[worker]\nreply_queues = [\"replies-*\", \"*x\"]\n",
+            "c.toml:2:",
+            "`*x`",
+        ),
+        (
             "[prices]\n\"m\" = { input_usd_per_mtok = -2, output_usd_per_mtok = 1 }\n",
             "input_usd_per_mtok",
             "-2",

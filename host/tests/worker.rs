@@ -21,7 +21,9 @@ use wink_host::model::{
 };
 use wink_host::policy::{HumanDuration, Policy};
 use wink_host::runtime::Runtime;
-use wink_host::worker::{HealthServer, JobResources, ReplyDocument, ReplyRoutes, ReplyStatus, WorkerConfig};
+use wink_host::worker::{
+    HealthServer, JobResources, ReplyDocument, ReplyQueues, ReplyRoutes, ReplyStatus, WorkerConfig,
+};
 
 const QUEUE: &str = "jobs";
 
@@ -229,6 +231,44 @@ async fn poison_messages_go_straight_to_the_dead_letter_queue_while_other_jobs_c
         (10, 6, 0),
         "{summary:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_to_outside_the_reply_queues_is_dead_lettered_before_the_job_runs() {
+    // Both queues are reachable: only the worker's list keeps a job from
+    // putting its reply on the other workers' job queue.
+    let replies = Arc::new(MemoryMailbox::new("replies-7"));
+    let jobs_elsewhere = Arc::new(MemoryMailbox::new("jobs-b"));
+    let routes = ReplyRoutes::registered_only()
+        .register(replies.clone())
+        .register(jobs_elsewhere.clone());
+    let config = WorkerConfig {
+        reply_queues: ReplyQueues::parse("replies-*").expect("reply queues"),
+        ..config()
+    };
+    let mailbox = Arc::new(MemoryMailbox::new(QUEUE));
+    let running = start_on(runtime(), mailbox.clone(), config, JobResources::default(), routes);
+    let mut hijack = envelope("hijack", "trivial", json!({}));
+    hijack.reply_to = Some("jobs-b".into());
+    send(mailbox.as_ref(), &hijack).await;
+    let mut routed = envelope("routed", "trivial", json!({}));
+    routed.reply_to = Some("replies-7".into());
+    send(mailbox.as_ref(), &routed).await;
+
+    let dead = dead_letters(mailbox.as_ref(), 1).await;
+    let letter = dead_letter(&dead, "hijack");
+    assert_eq!(letter.reason.kind, "invalid_envelope", "{letter:?}");
+    assert!(
+        letter.reason.message.contains("`jobs-b`") && letter.reason.message.contains("`replies-*`"),
+        "{}",
+        letter.reason.message
+    );
+    assert_eq!(reply(mailbox.as_ref(), "routed").await.status, ReplyStatus::Succeeded);
+    let summary = running.stop().await;
+    assert_eq!((summary.dead_lettered, summary.succeeded), (1, 1), "{summary:?}");
+    assert_eq!(mailbox.reply("hijack").await.expect("reply"), None, "the job never ran");
+    assert_eq!(jobs_elsewhere.depth().await.expect("depth").backlog(), 0);
+    assert_eq!(replies.depth().await.expect("depth").backlog(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -852,7 +892,7 @@ fn a_bad_tokio_worker_threads_is_a_one_line_error_not_a_panic() {
 
 #[test]
 fn bad_worker_options_exit_non_zero_with_a_one_line_reason() {
-    let cases: [(&[&str], &str); 4] = [
+    let cases: [(&[&str], &str); 5] = [
         (
             &["--lease", "1s", "--heartbeat", "1s"],
             "heartbeat 1000ms must be at most half the lease",
@@ -865,6 +905,10 @@ fn bad_worker_options_exit_non_zero_with_a_one_line_reason() {
         (
             &["--s3-endpoint", "minio:9000"],
             "worker option s3_endpoint `minio:9000` is not an S3 endpoint URL",
+        ),
+        (
+            &["--reply-queues", "replies,a*b"],
+            "reply queue `a*b` must be a queue name",
         ),
     ];
     for (args, expected) in cases {

@@ -15,7 +15,7 @@ use crate::model::ModelPolicy;
 use crate::policy::{HumanDuration, parse_duration};
 use crate::runtime::{Runtime, RuntimeConfig};
 use crate::session::MemorySessionStore;
-use crate::worker::{HealthServer, JobResources, ReplyRoutes, Worker, WorkerConfig};
+use crate::worker::{HealthServer, JobResources, ReplyQueues, ReplyRoutes, Worker, WorkerConfig};
 
 /// Arguments of `wink-host worker`.
 #[derive(Debug, Args)]
@@ -139,6 +139,12 @@ pub struct WorkerOptions {
     #[arg(long, env = "WINK_MAX_OUTPUT")]
     pub max_output: Option<usize>,
 
+    /// Queues a job's reply_to may name: comma-separated names, and prefixes
+    /// ending in `*` (`replies-*`); '' permits none. A job naming another is
+    /// dead-lettered unrun (invalid_envelope) [default: *, any].
+    #[arg(long, env = "WINK_REPLY_QUEUES", value_name = "QUEUES", value_parser = ReplyQueues::parse)]
+    pub reply_queues: Option<ReplyQueues>,
+
     /// Address of the health server (/health/live, /health/ready, /metrics) [default: 0.0.0.0].
     #[arg(long, env = "WINK_HEALTH_HOST")]
     pub health_host: Option<IpAddr>,
@@ -185,6 +191,7 @@ impl WorkerOptions {
             agent_idle,
             job_timeout,
             fuel,
+            reply_queues,
             health_host,
             health_port
         );

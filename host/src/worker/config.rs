@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::policy::{ByteSize, HumanDuration};
 use crate::runtime::Limits;
+use crate::worker::ReplyQueues;
 
 /// How a worker claims, runs, retries and releases jobs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -81,6 +82,10 @@ pub struct WorkerConfig {
     pub memory: ByteSize,
     /// Largest output of one job.
     pub max_output: ByteSize,
+    /// The queues an envelope's `reply_to` may name: names, and prefixes
+    /// ending in `*`. A job naming another is dead-lettered before it runs
+    /// (`invalid_envelope`). Default: any (`*`).
+    pub reply_queues: ReplyQueues,
     /// Address the health server listens on.
     pub health_host: IpAddr,
     /// Port of the health server; 0 picks a free one (logged).
@@ -113,6 +118,7 @@ impl Default for WorkerConfig {
             fuel: limits.fuel,
             memory: ByteSize(limits.memory_bytes),
             max_output: ByteSize(limits.output_bytes),
+            reply_queues: ReplyQueues::any(),
             health_host: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             health_port: 9090,
         }

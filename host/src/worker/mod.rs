@@ -36,7 +36,7 @@ pub use config::WorkerConfig;
 pub use health::{Health, HealthServer};
 pub use process::{DEADLINE_EXCEEDED, is_retryable};
 pub use reply::{REPLY_VERSION, ReplyDocument, ReplyError, ReplySpent, ReplyStatus, ReplyTimings, ReplyUsage};
-pub use routes::ReplyRoutes;
+pub use routes::{ReplyQueues, ReplyRoutes};
 
 use acker::AckItem;
 use agents::Agents;

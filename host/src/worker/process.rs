@@ -115,6 +115,7 @@ impl Shared {
     pub(super) async fn process(&self, delivery: Delivery, claim: Option<SpanLink>) {
         let parsed = Envelope::parse(&delivery.payload).and_then(|envelope| {
             let source = envelope.agent_ref()?;
+            self.config.reply_queues.check(&envelope)?;
             Ok((envelope, source))
         });
         let (envelope, source) = match parsed {

@@ -5,8 +5,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
+use serde::{Deserialize, Serialize};
 
-use crate::mailbox::{self, Mailbox, MailboxError, Sent};
+use crate::mailbox::{self, Envelope, EnvelopeError, Mailbox, MailboxError, Sent};
 
 /// Reply queues opened on first use remembered at most; past this one is
 /// forgotten for each new one (and its connection, if it has its own,
@@ -112,6 +113,100 @@ impl ReplyRoutes {
     }
 }
 
+/// The queues an envelope's `reply_to` may name (worker option
+/// `reply_queues`): queue names, and prefixes ending in `*`; `*` alone
+/// permits any queue, and an empty list none.
+///
+/// Whoever can enqueue a job chooses its `reply_to`, and the worker sends
+/// with its own credentials: without a narrower list, a job can put a reply
+/// under a request id of its choosing on any queue the worker reaches
+/// (another caller's reply queue, or a job queue).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "Vec<String>", into = "Vec<String>")]
+pub struct ReplyQueues(Vec<String>);
+
+impl ReplyQueues {
+    /// Any queue (`*`), the default.
+    pub fn any() -> Self {
+        Self(vec!["*".to_owned()])
+    }
+
+    /// A comma-separated list of names and prefixes (`replies-*,callbacks`);
+    /// empty: no queue at all.
+    pub fn parse(list: &str) -> Result<Self, String> {
+        let patterns: Vec<String> = list
+            .split(',')
+            .map(str::trim)
+            .filter(|pattern| !pattern.is_empty())
+            .map(str::to_owned)
+            .collect();
+        Self::try_from(patterns)
+    }
+
+    /// Whether `queue` is one of the permitted queues.
+    pub fn permits(&self, queue: &str) -> bool {
+        self.0.iter().any(|pattern| match pattern.strip_suffix('*') {
+            Some(prefix) => queue.starts_with(prefix),
+            None => pattern == queue,
+        })
+    }
+
+    /// Refuse an envelope whose `reply_to` is not permitted, as an invalid
+    /// field: it is dead-lettered before it runs.
+    pub fn check(&self, envelope: &Envelope) -> Result<(), EnvelopeError> {
+        match &envelope.reply_to {
+            Some(queue) if !self.permits(queue) => Err(EnvelopeError::Field {
+                field: "reply_to",
+                reason: format!(
+                    "queue `{queue}` is not one this worker sends replies to (worker option reply_queues: `{self}`)"
+                ),
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Default for ReplyQueues {
+    fn default() -> Self {
+        Self::any()
+    }
+}
+
+impl TryFrom<Vec<String>> for ReplyQueues {
+    type Error = String;
+
+    fn try_from(patterns: Vec<String>) -> Result<Self, String> {
+        for pattern in &patterns {
+            let name = pattern.strip_suffix('*').unwrap_or(pattern);
+            let valid = if name.is_empty() {
+                // `*` alone; a bare empty name is not a queue.
+                pattern == "*"
+            } else {
+                !name.contains('*') && mailbox::validate_queue_name(name).is_ok()
+            };
+            if !valid {
+                return Err(format!(
+                    "reply queue `{pattern}` must be a queue name (1-128 letters, digits, `-`, `_`, `.`, `:`), \
+                     optionally ending in `*` to take every queue it begins, or `*` alone"
+                ));
+            }
+        }
+        Ok(Self(patterns))
+    }
+}
+
+impl From<ReplyQueues> for Vec<String> {
+    fn from(queues: ReplyQueues) -> Self {
+        queues.0
+    }
+}
+
+impl std::fmt::Display for ReplyQueues {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.join(","))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,5 +223,45 @@ mod tests {
         assert_eq!(routes.opened.lock().expect("lock").len(), MAX_REMEMBERED);
         assert!(routes.get("jobs").is_some(), "the worker's own queue stays");
         assert!(routes.get(&format!("replies-{}", MAX_REMEMBERED + 99)).is_some());
+    }
+
+    #[test]
+    fn reply_queues_permit_names_and_prefixes_only() {
+        let queues = ReplyQueues::parse(" replies-* , callbacks").expect("valid list");
+        assert_eq!(queues.to_string(), "replies-*,callbacks");
+        for permitted in ["replies-", "replies-a", "callbacks"] {
+            assert!(queues.permits(permitted), "{permitted}");
+        }
+        for refused in ["replies", "callbacks2", "jobs", "Replies-a"] {
+            assert!(!queues.permits(refused), "{refused}");
+        }
+        assert!(ReplyQueues::any().permits("anything"));
+        let none = ReplyQueues::parse("").expect("empty list");
+        assert!(!none.permits("replies"));
+        assert_eq!(none.to_string(), "");
+    }
+
+    #[test]
+    fn reply_queue_patterns_that_name_no_queue_are_refused() {
+        for bad in ["a*b", "**", "has space", "slash/", "*x", &"q".repeat(129)] {
+            let err = ReplyQueues::parse(bad).expect_err(bad);
+            assert!(err.contains(&format!("`{bad}`")), "{err}");
+        }
+    }
+
+    #[test]
+    fn an_envelope_naming_a_queue_outside_the_list_is_an_invalid_reply_to() {
+        let queues = ReplyQueues::parse("replies-*").expect("valid list");
+        let mut envelope = Envelope::new("r-1", "agent.wasm");
+        assert!(queues.check(&envelope).is_ok(), "no reply_to");
+        envelope.reply_to = Some("replies-7".into());
+        assert!(queues.check(&envelope).is_ok());
+        envelope.reply_to = Some("jobs".into());
+        let err = queues.check(&envelope).expect_err("jobs is not permitted");
+        assert!(matches!(err, EnvelopeError::Field { field: "reply_to", .. }), "{err}");
+        assert!(
+            err.to_string().contains("`jobs`") && err.to_string().contains("`replies-*`"),
+            "{err}"
+        );
     }
 }
