@@ -163,6 +163,18 @@ fn settings_that_only_fail_together_are_named() {
 }
 
 #[test]
+fn an_empty_reply_queues_list_permits_no_reply_to() {
+    let config = HostConfig::parse("[worker]\nreply_queues = []\n", "c.toml").expect("valid");
+    let queues = &config.worker.reply_queues;
+    assert!(!queues.permits("replies") && !queues.permits(""), "{queues}");
+    assert_eq!(queues.to_string(), "none");
+    assert!(
+        WorkerConfig::default().reply_queues.permits("any-queue"),
+        "the default permits any"
+    );
+}
+
+#[test]
 fn flags_override_the_file_key_by_key() {
     let file = HostConfig::parse(
         "[bedrock]\nregion = \"eu-west-1\"\nstream = true\n[bedrock.retry]\nmax_attempts = 2\nbase_delay = \"1s\"\n\

@@ -908,7 +908,7 @@ fn bad_worker_options_exit_non_zero_with_a_one_line_reason() {
         ),
         (
             &["--reply-queues", "replies,a*b"],
-            "reply queue `a*b` must be a queue name",
+            "reply queue `a*b`: queue name `a*b` must be 1-128 characters",
         ),
     ];
     for (args, expected) in cases {

@@ -141,7 +141,7 @@ pub struct WorkerOptions {
 
     /// Queues a job's reply_to may name: comma-separated names, and prefixes
     /// ending in `*` (`replies-*`); '' permits none. A job naming another is
-    /// dead-lettered unrun (invalid_envelope) [default: *, any].
+    /// dead-lettered unrun (invalid_envelope) [default: *, any queue].
     #[arg(long, env = "WINK_REPLY_QUEUES", value_name = "QUEUES", value_parser = ReplyQueues::parse)]
     pub reply_queues: Option<ReplyQueues>,
 

@@ -311,6 +311,7 @@ impl Worker {
             queue = shared.mailbox.queue(),
             concurrency = shared.config.concurrency,
             async_threads = tokio::runtime::Handle::current().metrics().num_workers(),
+            reply_queues = %shared.config.reply_queues,
             "worker started"
         );
         let acker = tokio::spawn(acker::run(shared.clone(), ack_queue));

@@ -119,8 +119,9 @@ impl ReplyRoutes {
 ///
 /// Whoever can enqueue a job chooses its `reply_to`, and the worker sends
 /// with its own credentials: without a narrower list, a job can put a reply
-/// under a request id of its choosing on any queue the worker reaches
-/// (another caller's reply queue, or a job queue).
+/// under a request id of its choosing on any queue the worker reaches (a
+/// job queue, say). The list keeps replies off the queues outside it; it
+/// does not tell callers sharing a prefix apart.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "Vec<String>", into = "Vec<String>")]
 pub struct ReplyQueues(Vec<String>);
@@ -178,17 +179,14 @@ impl TryFrom<Vec<String>> for ReplyQueues {
     fn try_from(patterns: Vec<String>) -> Result<Self, String> {
         for pattern in &patterns {
             let name = pattern.strip_suffix('*').unwrap_or(pattern);
-            let valid = if name.is_empty() {
-                // `*` alone; a bare empty name is not a queue.
-                pattern == "*"
-            } else {
-                !name.contains('*') && mailbox::validate_queue_name(name).is_ok()
-            };
-            if !valid {
-                return Err(format!(
-                    "reply queue `{pattern}` must be a queue name (1-128 letters, digits, `-`, `_`, `.`, `:`), \
-                     optionally ending in `*` to take every queue it begins, or `*` alone"
-                ));
+            // `*` alone is the one pattern without a name before the star.
+            if pattern != "*" {
+                mailbox::validate_queue_name(name).map_err(|reason| {
+                    format!(
+                        "reply queue `{pattern}`: {reason}, optionally followed by `*` to permit every queue \
+                         beginning with it (or `*` alone, any queue)"
+                    )
+                })?;
             }
         }
         Ok(Self(patterns))
@@ -201,8 +199,12 @@ impl From<ReplyQueues> for Vec<String> {
     }
 }
 
+/// The list as `--reply-queues` takes it, or `none` when it is empty.
 impl std::fmt::Display for ReplyQueues {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("none");
+        }
         f.write_str(&self.0.join(","))
     }
 }
@@ -236,16 +238,24 @@ mod tests {
             assert!(!queues.permits(refused), "{refused}");
         }
         assert!(ReplyQueues::any().permits("anything"));
-        let none = ReplyQueues::parse("").expect("empty list");
+        let none = ReplyQueues::parse(" , ").expect("empty list");
         assert!(!none.permits("replies"));
-        assert_eq!(none.to_string(), "");
+        assert_eq!(none.to_string(), "none");
+        let mixed = ReplyQueues::parse("callbacks,*").expect("valid list");
+        assert!(mixed.permits("callbacks") && mixed.permits("anything"));
+        let longest = format!("{}*", "q".repeat(128));
+        assert!(
+            ReplyQueues::parse(&longest)
+                .expect("a 128-character prefix")
+                .permits(&"q".repeat(128))
+        );
     }
 
     #[test]
     fn reply_queue_patterns_that_name_no_queue_are_refused() {
         for bad in ["a*b", "**", "has space", "slash/", "*x", &"q".repeat(129)] {
             let err = ReplyQueues::parse(bad).expect_err(bad);
-            assert!(err.contains(&format!("`{bad}`")), "{err}");
+            assert!(err.starts_with(&format!("reply queue `{bad}`: ")), "{err}");
         }
     }
 
