@@ -827,22 +827,27 @@ async fn sqs_round_trip_enqueue_stats_and_purge_across_processes() {
     assert!(stderr(&out).contains("stores no replies"), "{}", stderr(&out));
 }
 
-#[tokio::test]
-async fn dlq_requeue_moves_what_the_queue_takes_and_exits_3_for_what_it_refuses() {
-    let moto = common::moto::Moto::start().await;
+/// SQS queue `queue` on `moto`, created, holding `payloads` as dead
+/// letters; its URL, and the mailbox.
+async fn sqs_dead_letters<S: AsRef<str>>(
+    moto: &common::moto::Moto,
+    queue: &str,
+    payloads: &[(S, Bytes)],
+) -> (String, SqsMailbox) {
     let url = format!("sqs://?endpoint={}&create=true", moto.endpoint());
     let options = SqsOptions::from_url(&url).expect("SQS URL");
-    let mailbox = SqsMailbox::connect(&moto.sdk_config(), "cli-dead", &options)
+    let mailbox = SqsMailbox::connect(&moto.sdk_config(), queue, &options)
         .await
         .expect("open the SQS queue");
-    mailbox.send("big", Bytes::from(vec![b'x'; 1200])).await.expect("send");
-    mailbox.send("small", Bytes::from("small")).await.expect("send");
+    for (request_id, payload) in payloads {
+        mailbox.send(request_id.as_ref(), payload.clone()).await.expect("send");
+    }
     let reason = DeadLetterReason {
         kind: "k".into(),
         message: "m".into(),
     };
     let mut dead = 0;
-    while dead < 2 {
+    while dead < payloads.len() {
         for delivery in drain(&mailbox).await {
             mailbox
                 .dead_letter(&delivery.lease, &reason)
@@ -851,6 +856,14 @@ async fn dlq_requeue_moves_what_the_queue_takes_and_exits_3_for_what_it_refuses(
             dead += 1;
         }
     }
+    (url, mailbox)
+}
+
+#[tokio::test]
+async fn dlq_requeue_moves_what_the_queue_takes_and_exits_3_for_what_it_refuses() {
+    let moto = common::moto::Moto::start().await;
+    let payloads = [("big", Bytes::from(vec![b'x'; 1200])), ("small", Bytes::from("small"))];
+    let (url, mailbox) = sqs_dead_letters(&moto, "cli-dead", &payloads).await;
     // The queue now takes less than the big dead letter holds.
     moto.set_max_message_size("cli-dead", 1024).await;
 
@@ -865,4 +878,33 @@ async fn dlq_requeue_moves_what_the_queue_takes_and_exits_3_for_what_it_refuses(
     assert!(stderr(&out).contains("refused 1, which stay dead"), "{}", stderr(&out));
     let depth = mailbox.depth().await.expect("depth");
     assert_eq!((depth.ready, depth.dead), (1, 1), "{depth:?}");
+}
+
+// Two threads: the proxy serves while the command runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dlq_requeue_cut_off_partway_prints_what_it_moved_and_exits_1() {
+    let moto = common::moto::Moto::start().await;
+    let payloads: Vec<(String, Bytes)> = (0..15).map(|i| (format!("r{i}"), Bytes::from("x"))).collect();
+    let (_, mailbox) = sqs_dead_letters(&moto, "cli-cut", &payloads).await;
+    // SQS goes away after the first scan of ten.
+    let upstream = moto.endpoint();
+    let proxy =
+        common::proxy::cutting_after(upstream.trim_start_matches("http://"), b"AmazonSQS.ReceiveMessage", 1).await;
+    let url = format!("sqs://?endpoint=http://{proxy}");
+
+    let out = wink_host_with(
+        &["dlq", "requeue", "--all", "--mailbox", &url, "--queue", "cli-cut"],
+        None,
+        &MOTO_ENV,
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "requeued 10 dead letters to queue cli-cut\n");
+    assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
+    assert!(
+        stderr(&out).starts_with("error: requeued 10 dead letters, then the mailbox failed: mailbox unavailable"),
+        "{}",
+        stderr(&out)
+    );
+    let depth = mailbox.depth().await.expect("depth");
+    assert_eq!((depth.ready, depth.dead), (10, 5), "{depth:?}");
 }

@@ -237,6 +237,46 @@ async fn every_key_of_a_queue_shares_its_hash_tag() {
 }
 
 #[tokio::test]
+async fn a_requeue_the_server_fails_partway_through_counts_what_it_moved() {
+    let server = RedisServer::start();
+    let mailbox = open(&server, "jobs").await;
+    // Loads the script, so that each call below is one request.
+    assert_eq!(mailbox.requeue_dead(&mailbox::DeadSelection::All).await.unwrap(), 0);
+    let reason = mailbox::DeadLetterReason {
+        kind: "k".into(),
+        message: "m".into(),
+    };
+    // One more than a script call moves.
+    for index in 0..1001 {
+        mailbox.send(&format!("r{index}"), Bytes::new()).await.unwrap();
+    }
+    let mut dead = 0;
+    while dead < 1001 {
+        for delivery in mailbox.claim(500, LEASE, NO_WAIT).await.unwrap() {
+            mailbox.dead_letter(&delivery.lease, &reason).await.unwrap();
+            dead += 1;
+        }
+    }
+    // The same queue through a proxy that lets one call of the script through.
+    let proxy = common::proxy::cutting_after(&format!("127.0.0.1:{}", server.port()), b"\r\nall\r\n", 1).await;
+    let cut_off = RedisMailbox::open(&format!("redis://{proxy}"), "jobs").await.unwrap();
+
+    let err = cut_off.requeue_dead(&mailbox::DeadSelection::All).await.unwrap_err();
+    let MailboxError::RequeueInterrupted { moved, refused, .. } = &err else {
+        panic!("{err:?}")
+    };
+    assert_eq!((moved, refused), (&1000, &0));
+    assert!(
+        err.to_string()
+            .starts_with("requeued 1000 dead letters, then the mailbox failed: "),
+        "{err}"
+    );
+    assert_eq!(mailbox.requeue_dead(&mailbox::DeadSelection::All).await.unwrap(), 1);
+    let depth = mailbox.depth().await.unwrap();
+    assert_eq!((depth.ready, depth.dead), (1001, 0));
+}
+
+#[tokio::test]
 async fn open_reads_the_url_and_names_bad_ones() {
     let server = RedisServer::start();
     let mailbox = mailbox::open(&format!("{}/3?reply_ttl=90s", server.url()), "q")

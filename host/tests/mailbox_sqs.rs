@@ -287,6 +287,46 @@ async fn a_dead_letter_the_queue_refuses_stays_dead_and_the_others_are_requeued(
 }
 
 #[tokio::test]
+async fn a_requeue_the_mailbox_fails_partway_through_counts_what_it_moved() {
+    let sqs = Sqs::start().await;
+    let mailbox = sqs.mailbox("jobs", "").await;
+    for index in 0..15 {
+        mailbox.send(&format!("r{index}"), Bytes::from("x")).await.unwrap();
+    }
+    let mut dead = 0;
+    while dead < 15 {
+        for delivery in mailbox.claim(10, LEASE, PATIENCE).await.unwrap() {
+            mailbox.dead_letter(&delivery.lease, &reason("k", "m")).await.unwrap();
+            dead += 1;
+        }
+    }
+    // The same queue through a proxy that lets one scan of ten through.
+    let upstream = sqs.moto.endpoint();
+    let proxy =
+        common::proxy::cutting_after(upstream.trim_start_matches("http://"), b"AmazonSQS.ReceiveMessage", 1).await;
+    let options = SqsOptions::from_url(&format!("sqs://?endpoint=http://{proxy}")).expect("url");
+    let cut_off = SqsMailbox::connect(&sqs.moto.sdk_config(), "jobs", &options)
+        .await
+        .expect("open through the proxy");
+
+    let err = cut_off.requeue_dead(&DeadSelection::All).await.unwrap_err();
+    let MailboxError::RequeueInterrupted { moved, refused, source } = &err else {
+        panic!("{err:?}")
+    };
+    assert_eq!((moved, refused), (&10, &0));
+    assert!(matches!(**source, MailboxError::Unavailable(_)), "{source:?}");
+    assert!(
+        err.to_string()
+            .starts_with("requeued 10 dead letters, then the mailbox failed: mailbox unavailable"),
+        "{err}"
+    );
+    // The ten stay moved; requeuing again takes up the rest.
+    assert_eq!(mailbox.requeue_dead(&DeadSelection::All).await.unwrap(), 5);
+    let depth = mailbox.depth().await.unwrap();
+    assert_eq!((depth.ready, depth.dead), (15, 0));
+}
+
+#[tokio::test]
 async fn a_reply_queue_beside_the_queue_needs_no_dead_letter_queue_and_is_never_created() {
     let sqs = Sqs::start().await;
     // Even on a mailbox that creates its own queues.

@@ -3,7 +3,7 @@
 //! | code | meaning |
 //! |---|---|
 //! | 0 | success |
-//! | 1 | failure: a bad value, an unreachable mailbox, an I/O error |
+//! | 1 | failure: a bad value, an unreachable mailbox, an I/O error (a `dlq requeue` the mailbox failed partway through first prints how many it moved) |
 //! | 2 | usage: an unknown flag, a missing or conflicting argument, a refused confirmation |
 //! | 3 | partial: `enqueue --jsonl` sent the good lines but rejected some; `dlq requeue` moved some dead letters but the queue refused others |
 //! | 4 | not found: no stored reply, or requested dead letters absent |

@@ -194,6 +194,45 @@ pub enum MailboxError {
         /// The first refused one's id, and why it was refused.
         first: String,
     },
+    /// The mailbox failed partway through [`Mailbox::requeue_dead`], after
+    /// it had moved some dead letters back (they stay moved). Requeuing
+    /// again takes up the rest.
+    #[error(
+        "requeued {moved} dead letters{}, then the mailbox failed: {source}",
+        refused_note(*.refused)
+    )]
+    RequeueInterrupted {
+        /// Dead letters moved back to the queue before the failure.
+        moved: u64,
+        /// Dead letters the queue refused before the failure (they stay dead).
+        refused: u64,
+        /// The failure.
+        source: Box<MailboxError>,
+    },
+}
+
+fn refused_note(refused: u64) -> String {
+    if refused == 0 {
+        String::new()
+    } else {
+        format!(" (the queue refused {refused}, which stay dead)")
+    }
+}
+
+impl MailboxError {
+    /// This error, met by [`Mailbox::requeue_dead`] after it had moved
+    /// `moved` dead letters and seen `refused` refused: with those counts,
+    /// unless there are none to report.
+    pub(crate) fn after_requeuing(self, moved: u64, refused: u64) -> Self {
+        if moved == 0 && refused == 0 {
+            return self;
+        }
+        Self::RequeueInterrupted {
+            moved,
+            refused,
+            source: Box::new(self),
+        }
+    }
 }
 
 /// A job queue with leases, retries, a dead-letter queue and stored replies.
@@ -271,7 +310,9 @@ pub trait Mailbox: Send + Sync + fmt::Debug {
     /// how many were moved. A dead letter the queue refuses (on SQS, one
     /// larger than the queue now takes) stays dead: the others are still
     /// moved, and the call then fails with [`MailboxError::RequeueRefused`],
-    /// so that one oversized letter does not hold back the rest.
+    /// so that one oversized letter does not hold back the rest. A failure
+    /// after some were moved is a [`MailboxError::RequeueInterrupted`] that
+    /// counts them.
     async fn requeue_dead(&self, selection: &DeadSelection) -> Result<u64, MailboxError>;
 
     /// The stored reply to a request, if any.
@@ -322,5 +363,28 @@ pub async fn open(url: &str, queue: &str) -> Result<std::sync::Arc<dyn Mailbox>,
              redis+cluster:// or rediss+cluster://)",
             self::redis::redact(url)
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MailboxError;
+
+    #[test]
+    fn a_requeue_failing_partway_counts_what_it_did_only_when_it_did_something() {
+        let unavailable = || MailboxError::Unavailable("connection reset".into());
+        assert!(matches!(
+            unavailable().after_requeuing(0, 0),
+            MailboxError::Unavailable(_)
+        ));
+        assert_eq!(
+            unavailable().after_requeuing(10, 0).to_string(),
+            "requeued 10 dead letters, then the mailbox failed: mailbox unavailable: connection reset"
+        );
+        assert_eq!(
+            unavailable().after_requeuing(0, 2).to_string(),
+            "requeued 0 dead letters (the queue refused 2, which stay dead), then the mailbox failed: \
+             mailbox unavailable: connection reset"
+        );
     }
 }

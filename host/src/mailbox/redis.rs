@@ -199,13 +199,19 @@ impl RedisMailbox {
     /// Call `script` with `args` until it moves fewer than [`MOVE_LIMIT`]
     /// messages (nothing left to do); the total moved.
     async fn run_to_completion(&self, script: &Script, args: &[&str]) -> Result<u64, MailboxError> {
+        self.run_counting(script, args).await.map_err(|(_, err)| err)
+    }
+
+    /// [`Self::run_to_completion`], whose error comes with the count of
+    /// what the runs before it moved.
+    async fn run_counting(&self, script: &Script, args: &[&str]) -> Result<u64, (u64, MailboxError)> {
         let mut invocation = self.keys.invoke(script);
         for arg in args {
             invocation.arg(*arg);
         }
         let mut total = 0;
         loop {
-            let moved: u64 = self.run(&invocation).await?;
+            let moved: u64 = self.run(&invocation).await.map_err(|err| (total, err))?;
             total += moved;
             if moved < MOVE_LIMIT {
                 return Ok(total);
@@ -566,7 +572,10 @@ impl Mailbox for RedisMailbox {
 
     async fn requeue_dead(&self, selection: &DeadSelection) -> Result<u64, MailboxError> {
         match selection {
-            DeadSelection::All => self.run_to_completion(&SCRIPTS.requeue_dead, &["all"]).await,
+            DeadSelection::All => self
+                .run_counting(&SCRIPTS.requeue_dead, &["all"])
+                .await
+                .map_err(|(moved, err)| err.after_requeuing(moved, 0)),
             DeadSelection::Ids(ids) => {
                 let mut moved = 0;
                 for chunk in ids.chunks(MAX_BATCH) {
@@ -575,7 +584,10 @@ impl Mailbox for RedisMailbox {
                     for id in chunk {
                         invocation.arg(id);
                     }
-                    moved += self.run::<u64>(&invocation).await?;
+                    moved += self
+                        .run::<u64>(&invocation)
+                        .await
+                        .map_err(|err| err.after_requeuing(moved, 0))?;
                 }
                 Ok(moved)
             }

@@ -781,7 +781,7 @@ impl Mailbox for SqsMailbox {
         }
         .await;
         self.release(&self.dlq_url, &skipped).await;
-        outcome?;
+        outcome.map_err(|err| err.after_requeuing(moved, refused.len() as u64))?;
         match first_refusal {
             None => Ok(moved),
             Some(first) => Err(MailboxError::RequeueRefused {

@@ -6,6 +6,7 @@
 pub mod logs;
 pub mod mailbox_model;
 pub mod moto;
+pub mod proxy;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

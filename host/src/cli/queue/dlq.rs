@@ -182,12 +182,21 @@ impl DlqArgs {
                 };
                 let (moved, refusal) = match mailbox.requeue_dead(&selection).await {
                     Ok(moved) => (moved, None),
-                    Err(err @ MailboxError::RequeueRefused { moved, .. }) => (moved, Some(err)),
+                    Err(
+                        err @ (MailboxError::RequeueRefused { moved, .. }
+                        | MailboxError::RequeueInterrupted { moved, .. }),
+                    ) => (moved, Some(err)),
                     Err(err) => return Err(anyhow::Error::new(err).context("cannot requeue dead letters")),
                 };
                 print_line(&format!("requeued {moved} dead letters to queue {}", mailbox.queue()))?;
-                if let Some(refusal) = refusal {
-                    return Err(Exit::new(Exit::PARTIAL, refusal.to_string()).into());
+                if let Some(err) = refusal {
+                    // Refused letters are done with until the limit is
+                    // raised; an interrupted requeue is a failure to retry.
+                    let code = match err {
+                        MailboxError::RequeueRefused { .. } => Exit::PARTIAL,
+                        _ => Exit::FAILURE,
+                    };
+                    return Err(Exit::new(code, err.to_string()).into());
                 }
                 let asked = ids.len() as u64;
                 if !all && moved < asked {
