@@ -880,8 +880,8 @@ async fn dlq_requeue_moves_what_the_queue_takes_and_exits_3_for_what_it_refuses(
     assert_eq!((depth.ready, depth.dead), (1, 1), "{depth:?}");
 }
 
-// Two threads: the proxy serves while the command runs.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// The proxy serves from a worker thread while the command blocks the test's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn dlq_requeue_cut_off_partway_prints_what_it_moved_and_exits_1() {
     let moto = common::moto::Moto::start().await;
     let payloads: Vec<(String, Bytes)> = (0..15).map(|i| (format!("r{i}"), Bytes::from("x"))).collect();

@@ -235,16 +235,7 @@ async fn dead_letters_keep_their_reason_and_can_be_requeued() {
 async fn requeue_all_moves_every_dead_letter_back() {
     let sqs = Sqs::start().await;
     let mailbox = sqs.mailbox("jobs", "").await;
-    for index in 0..12 {
-        mailbox.send(&format!("r{index}"), Bytes::from("x")).await.unwrap();
-    }
-    let mut dead = 0;
-    while dead < 12 {
-        for delivery in mailbox.claim(10, LEASE, PATIENCE).await.unwrap() {
-            mailbox.dead_letter(&delivery.lease, &reason("k", "m")).await.unwrap();
-            dead += 1;
-        }
-    }
+    dead_letters(&mailbox, 12).await;
     assert_eq!(mailbox.requeue_dead(&DeadSelection::All).await.unwrap(), 12);
     let depth = mailbox.depth().await.unwrap();
     assert_eq!((depth.ready, depth.dead), (12, 0));
@@ -286,30 +277,55 @@ async fn a_dead_letter_the_queue_refuses_stays_dead_and_the_others_are_requeued(
     assert_eq!((dead[0].message_id.as_str(), &dead[0].payload), (big_id.as_str(), &big));
 }
 
-#[tokio::test]
-async fn a_requeue_the_mailbox_fails_partway_through_counts_what_it_moved() {
-    let sqs = Sqs::start().await;
-    let mailbox = sqs.mailbox("jobs", "").await;
-    for index in 0..15 {
-        mailbox.send(&format!("r{index}"), Bytes::from("x")).await.unwrap();
+/// Send `count` jobs (`r0`, `r1`, ...) and dead-letter every one.
+async fn dead_letters(mailbox: &SqsMailbox, count: usize) {
+    for index in 0..count {
+        mailbox
+            .send(&format!("r{index}"), Bytes::from("x"))
+            .await
+            .expect("send");
     }
     let mut dead = 0;
-    while dead < 15 {
-        for delivery in mailbox.claim(10, LEASE, PATIENCE).await.unwrap() {
-            mailbox.dead_letter(&delivery.lease, &reason("k", "m")).await.unwrap();
+    while dead < count {
+        for delivery in mailbox.claim(10, LEASE, PATIENCE).await.expect("claim") {
+            mailbox
+                .dead_letter(&delivery.lease, &reason("k", "m"))
+                .await
+                .expect("dead-letter");
             dead += 1;
         }
     }
-    // The same queue through a proxy that lets one scan of ten through.
+}
+
+/// Fifteen dead letters requeued through a proxy that lets `passes`
+/// requests of SQS operation `operation` through and cuts the later ones:
+/// the requeue's error, and how many requeuing again at once (without the
+/// proxy) moves. Every letter is ready by then.
+async fn requeue_cut_off(operation: &'static [u8], passes: usize) -> (MailboxError, u64) {
+    let sqs = Sqs::start().await;
+    let mailbox = sqs.mailbox("jobs", "").await;
+    dead_letters(&mailbox, 15).await;
     let upstream = sqs.moto.endpoint();
-    let proxy =
-        common::proxy::cutting_after(upstream.trim_start_matches("http://"), b"AmazonSQS.ReceiveMessage", 1).await;
+    let proxy = common::proxy::cutting_after(upstream.trim_start_matches("http://"), operation, passes).await;
     let options = SqsOptions::from_url(&format!("sqs://?endpoint=http://{proxy}")).expect("url");
     let cut_off = SqsMailbox::connect(&sqs.moto.sdk_config(), "jobs", &options)
         .await
         .expect("open through the proxy");
 
-    let err = cut_off.requeue_dead(&DeadSelection::All).await.unwrap_err();
+    let err = cut_off
+        .requeue_dead(&DeadSelection::All)
+        .await
+        .expect_err("the requeue is cut off");
+    let again = mailbox.requeue_dead(&DeadSelection::All).await.expect("requeue again");
+    let depth = mailbox.depth().await.expect("depth");
+    assert_eq!((depth.ready, depth.dead), (15, 0));
+    (err, again)
+}
+
+#[tokio::test]
+async fn a_requeue_the_mailbox_fails_partway_through_counts_what_it_moved() {
+    // SQS goes away after one scan of ten.
+    let (err, again) = requeue_cut_off(b"AmazonSQS.ReceiveMessage", 1).await;
     let MailboxError::RequeueInterrupted { moved, refused, source } = &err else {
         panic!("{err:?}")
     };
@@ -320,10 +336,26 @@ async fn a_requeue_the_mailbox_fails_partway_through_counts_what_it_moved() {
             .starts_with("requeued 10 dead letters, then the mailbox failed: mailbox unavailable"),
         "{err}"
     );
-    // The ten stay moved; requeuing again takes up the rest.
-    assert_eq!(mailbox.requeue_dead(&DeadSelection::All).await.unwrap(), 5);
-    let depth = mailbox.depth().await.unwrap();
-    assert_eq!((depth.ready, depth.dead), (15, 0));
+    assert_eq!(again, 5, "the ten stay moved");
+}
+
+#[tokio::test]
+async fn a_requeue_cut_off_within_a_scan_gives_back_the_letters_it_had_not_moved() {
+    // SQS goes away at the fourth letter's send, within the first scan.
+    let (err, again) = requeue_cut_off(b"AmazonSQS.SendMessage", 3).await;
+    assert!(
+        matches!(
+            err,
+            MailboxError::RequeueInterrupted {
+                moved: 3,
+                refused: 0,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    // Those of the cut-off scan included: none is left hidden.
+    assert_eq!(again, 12);
 }
 
 #[tokio::test]

@@ -195,8 +195,8 @@ pub enum MailboxError {
         first: String,
     },
     /// The mailbox failed partway through [`Mailbox::requeue_dead`], after
-    /// it had moved some dead letters back (they stay moved). Requeuing
-    /// again takes up the rest.
+    /// it had moved some dead letters back (they stay moved) or seen some
+    /// refused. Requeuing again takes up the rest.
     #[error(
         "requeued {moved} dead letters{}, then the mailbox failed: {source}",
         refused_note(*.refused)
@@ -207,10 +207,13 @@ pub enum MailboxError {
         /// Dead letters the queue refused before the failure (they stay dead).
         refused: u64,
         /// The failure.
+        #[source]
         source: Box<MailboxError>,
     },
 }
 
+/// How [`MailboxError::RequeueInterrupted`] mentions refused letters: not at
+/// all when there were none.
 fn refused_note(refused: u64) -> String {
     if refused == 0 {
         String::new()
@@ -311,8 +314,8 @@ pub trait Mailbox: Send + Sync + fmt::Debug {
     /// larger than the queue now takes) stays dead: the others are still
     /// moved, and the call then fails with [`MailboxError::RequeueRefused`],
     /// so that one oversized letter does not hold back the rest. A failure
-    /// after some were moved is a [`MailboxError::RequeueInterrupted`] that
-    /// counts them.
+    /// after some were moved or refused is a
+    /// [`MailboxError::RequeueInterrupted`] that counts them.
     async fn requeue_dead(&self, selection: &DeadSelection) -> Result<u64, MailboxError>;
 
     /// The stored reply to a request, if any.

@@ -199,12 +199,14 @@ impl RedisMailbox {
     /// Call `script` with `args` until it moves fewer than [`MOVE_LIMIT`]
     /// messages (nothing left to do); the total moved.
     async fn run_to_completion(&self, script: &Script, args: &[&str]) -> Result<u64, MailboxError> {
-        self.run_counting(script, args).await.map_err(|(_, err)| err)
+        self.run_to_completion_counted(script, args)
+            .await
+            .map_err(|(_, err)| err)
     }
 
     /// [`Self::run_to_completion`], whose error comes with the count of
     /// what the runs before it moved.
-    async fn run_counting(&self, script: &Script, args: &[&str]) -> Result<u64, (u64, MailboxError)> {
+    async fn run_to_completion_counted(&self, script: &Script, args: &[&str]) -> Result<u64, (u64, MailboxError)> {
         let mut invocation = self.keys.invoke(script);
         for arg in args {
             invocation.arg(*arg);
@@ -573,7 +575,7 @@ impl Mailbox for RedisMailbox {
     async fn requeue_dead(&self, selection: &DeadSelection) -> Result<u64, MailboxError> {
         match selection {
             DeadSelection::All => self
-                .run_counting(&SCRIPTS.requeue_dead, &["all"])
+                .run_to_completion_counted(&SCRIPTS.requeue_dead, &["all"])
                 .await
                 .map_err(|(moved, err)| err.after_requeuing(moved, 0)),
             DeadSelection::Ids(ids) => {

@@ -473,7 +473,8 @@ impl SqsMailbox {
 
     /// Send a dead letter back to the queue as a new message, then delete it
     /// from the dead-letter queue; one the queue refuses stays where it is.
-    async fn requeue(&self, dead: &Message) -> Result<Requeued, MailboxError> {
+    async fn requeue(&self, dead: &Message) -> Result<Requeued, RequeueFailure> {
+        let unsent = |error| RequeueFailure { sent: false, error };
         let attributes = dead.message_attributes.clone().unwrap_or_default();
         let mut request = self
             .client
@@ -481,7 +482,7 @@ impl SqsMailbox {
             .queue_url(&self.queue_url)
             .message_body(dead.body.clone().unwrap_or_default())
             .set_message_attributes(Some(kept_attributes(&attributes)))
-            .message_attributes(attr::ENQUEUED_AT, number_attr(enqueued_at_ms(dead))?);
+            .message_attributes(attr::ENQUEUED_AT, number_attr(enqueued_at_ms(dead)).map_err(unsent)?);
         if self.fifo {
             let identity = attr_str(&attributes, attr::REQUEST_ID)
                 .or(dead.message_id.as_deref())
@@ -503,9 +504,11 @@ impl SqsMailbox {
         {
             Ok(_) => {}
             Err(MailboxError::Invalid(reason)) => return Ok(Requeued::Refused(reason)),
-            Err(err) => return Err(err),
+            Err(error) => return Err(unsent(error)),
         }
-        self.delete_all(&self.dlq_url, std::slice::from_ref(dead)).await?;
+        self.delete_all(&self.dlq_url, std::slice::from_ref(dead))
+            .await
+            .map_err(|error| RequeueFailure { sent: true, error })?;
         Ok(Requeued::Moved)
     }
 
@@ -756,7 +759,8 @@ impl Mailbox for SqsMailbox {
                     break;
                 }
                 seen += batch.len() as u64;
-                for message in batch {
+                let mut messages = batch.into_iter();
+                while let Some(message) = messages.next() {
                     let chosen = match selection {
                         DeadSelection::All => true,
                         DeadSelection::Ids(ids) => ids.iter().any(|id| id == dead_message_id(&message)),
@@ -765,14 +769,28 @@ impl Mailbox for SqsMailbox {
                         skipped.extend(message.receipt_handle);
                         continue;
                     }
-                    match self.requeue(&message).await? {
-                        Requeued::Moved => moved += 1,
+                    match self.requeue(&message).await {
+                        Ok(Requeued::Moved) => moved += 1,
                         // It stays dead, and does not hold back the others.
-                        Requeued::Refused(reason) => {
+                        Ok(Requeued::Refused(reason)) => {
                             let id = dead_message_id(&message).to_owned();
                             first_refusal.get_or_insert_with(|| format!("`{id}`: {reason}"));
                             refused.insert(id);
                             skipped.extend(message.receipt_handle);
+                        }
+                        Err(failure) => {
+                            // Given back at once, so that requeuing again
+                            // finds them: the batch's letters not tried yet,
+                            // and this one unless its copy is in the queue.
+                            // A copy sent counts as moved; its dead original
+                            // comes back when its hold lapses.
+                            if failure.sent {
+                                moved += 1;
+                            } else {
+                                skipped.extend(message.receipt_handle);
+                            }
+                            skipped.extend(messages.filter_map(|rest| rest.receipt_handle));
+                            return Err(failure.error);
                         }
                     }
                 }
@@ -807,6 +825,13 @@ enum Requeued {
     /// The queue refused it (larger than the queue now takes, say), for
     /// this reason: it stays dead.
     Refused(String),
+}
+
+/// Why a dead letter could not be requeued, and whether its copy had
+/// reached the queue by then (it is then both requeued and dead).
+struct RequeueFailure {
+    sent: bool,
+    error: MailboxError,
 }
 
 /// The request ids one handle sent to a FIFO queue within SQS's

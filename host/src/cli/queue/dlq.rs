@@ -38,7 +38,8 @@ pub enum DlqCommand {
     },
     /// Move dead letters back to the ready queue with a fresh attempt count
     /// (exit 3 when the queue refuses some, which stay dead; exit 4 when some
-    /// given ids are not dead letters).
+    /// given ids are not dead letters; exit 1, after printing how many moved,
+    /// when the mailbox fails partway: run it again for the rest).
     #[command(after_help = EXIT_CODES_HELP, group(ArgGroup::new("which").required(true).args(["all", "ids"])))]
     Requeue {
         /// The queue.
@@ -180,7 +181,7 @@ impl DlqArgs {
                 } else {
                     DeadSelection::Ids(ids.clone())
                 };
-                let (moved, refusal) = match mailbox.requeue_dead(&selection).await {
+                let (moved, partial) = match mailbox.requeue_dead(&selection).await {
                     Ok(moved) => (moved, None),
                     Err(
                         err @ (MailboxError::RequeueRefused { moved, .. }
@@ -189,7 +190,7 @@ impl DlqArgs {
                     Err(err) => return Err(anyhow::Error::new(err).context("cannot requeue dead letters")),
                 };
                 print_line(&format!("requeued {moved} dead letters to queue {}", mailbox.queue()))?;
-                if let Some(err) = refusal {
+                if let Some(err) = partial {
                     // Refused letters are done with until the limit is
                     // raised; an interrupted requeue is a failure to retry.
                     let code = match err {

@@ -26,7 +26,8 @@ pub use enqueue::{
 pub use time::{format_rfc3339_ms, parse_deadline};
 
 /// Exit statuses, as documented in every queue command's `--help`.
-const EXIT_CODES_HELP: &str = "Exit status: 0 success, 1 failure (bad value, unreachable mailbox), \
+const EXIT_CODES_HELP: &str = "Exit status: 0 success, 1 failure (bad value, unreachable mailbox, \
+                               a requeue cut off partway), \
                                2 usage error, 3 partly done (some JSONL lines rejected, some dead \
                                letters refused by the queue), 4 not found.";
 
