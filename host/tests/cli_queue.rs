@@ -860,6 +860,24 @@ async fn sqs_dead_letters<S: AsRef<str>>(
     (url, mailbox)
 }
 
+/// `wink-host dlq requeue --all` on SQS queue `queue` at `url`, which is
+/// to exit `code` after printing that it moved `moved`: its one-line error.
+fn requeue_all_partly(url: &str, queue: &str, code: i32, moved: u64) -> String {
+    let out = wink_host_with(
+        &["dlq", "requeue", "--all", "--mailbox", url, "--queue", queue],
+        None,
+        &MOTO_ENV,
+    );
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(code), "{err}");
+    assert_eq!(
+        stdout(&out),
+        format!("requeued {moved} dead letters to queue {queue}\n")
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    err
+}
+
 #[tokio::test]
 async fn dlq_requeue_moves_what_the_queue_takes_and_exits_3_for_what_it_refuses() {
     let moto = common::moto::Moto::start().await;
@@ -868,15 +886,8 @@ async fn dlq_requeue_moves_what_the_queue_takes_and_exits_3_for_what_it_refuses(
     // The queue now takes less than the big dead letter holds.
     moto.set_max_message_size("cli-dead", 1024).await;
 
-    let out = wink_host_with(
-        &["dlq", "requeue", "--all", "--mailbox", &url, "--queue", "cli-dead"],
-        None,
-        &MOTO_ENV,
-    );
-    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
-    assert_eq!(stdout(&out), "requeued 1 dead letters to queue cli-dead\n");
-    assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
-    assert!(stderr(&out).contains("refused 1, which stay dead"), "{}", stderr(&out));
+    let err = requeue_all_partly(&url, "cli-dead", 3, 1);
+    assert!(err.contains("refused 1, which stay dead"), "{err}");
     let depth = mailbox.depth().await.expect("depth");
     assert_eq!((depth.ready, depth.dead), (1, 1), "{depth:?}");
 }
@@ -888,23 +899,13 @@ async fn dlq_requeue_cut_off_partway_prints_what_it_moved_and_exits_1() {
     let payloads: Vec<(String, Bytes)> = (0..15).map(|i| (format!("r{i}"), Bytes::from("x"))).collect();
     let (_, mailbox) = sqs_dead_letters(&moto, "cli-cut", &payloads).await;
     // SQS goes away after the first scan of ten.
-    let upstream = moto.endpoint();
-    let proxy =
-        common::proxy::cutting_after(upstream.trim_start_matches("http://"), b"AmazonSQS.ReceiveMessage", 1).await;
-    let url = format!("sqs://?endpoint=http://{proxy}");
+    let endpoint = moto.cut_off_endpoint(b"AmazonSQS.ReceiveMessage", 1).await;
+    let url = format!("sqs://?endpoint={endpoint}");
 
-    let out = wink_host_with(
-        &["dlq", "requeue", "--all", "--mailbox", &url, "--queue", "cli-cut"],
-        None,
-        &MOTO_ENV,
-    );
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert_eq!(stdout(&out), "requeued 10 dead letters to queue cli-cut\n");
-    assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
+    let err = requeue_all_partly(&url, "cli-cut", 1, 10);
     assert!(
-        stderr(&out).starts_with("error: requeued 10 dead letters, then the mailbox failed: mailbox unavailable"),
-        "{}",
-        stderr(&out)
+        err.starts_with("error: requeued 10 dead letters, then the mailbox failed: mailbox unavailable"),
+        "{err}"
     );
     let depth = mailbox.depth().await.expect("depth");
     assert_eq!((depth.ready, depth.dead), (10, 5), "{depth:?}");

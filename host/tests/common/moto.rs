@@ -82,6 +82,15 @@ impl Moto {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// An endpoint in front of this server, through a proxy that passes
+    /// the first `passes` requests of SQS operation `operation`
+    /// (`b"AmazonSQS.ReceiveMessage"`) and cuts every later one: SQS going
+    /// away partway through.
+    pub async fn cut_off_endpoint(&self, operation: &'static [u8], passes: usize) -> String {
+        let proxy = super::proxy::cutting_after(&format!("127.0.0.1:{}", self.port), operation, passes).await;
+        format!("http://{proxy}")
+    }
+
     /// An SDK configuration with static credentials (moto accepts any) and a
     /// fixed region, so nothing consults the environment or instance metadata.
     pub fn sdk_config(&self) -> SdkConfig {
