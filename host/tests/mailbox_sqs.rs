@@ -299,15 +299,14 @@ async fn dead_letters(mailbox: &SqsMailbox, count: usize) {
 
 /// Fifteen dead letters requeued through a proxy that lets `passes`
 /// requests of SQS operation `operation` through and cuts the later ones:
-/// the requeue's error, and how many requeuing again at once (without the
-/// proxy) moves. Every letter is ready by then.
-async fn requeue_cut_off(operation: &'static [u8], passes: usize) -> (MailboxError, u64) {
+/// the requeue's error, how many requeuing again at once (without the
+/// proxy) moves, and then the ready and dead messages.
+async fn requeue_cut_off(operation: &'static [u8], passes: usize) -> (MailboxError, u64, (u64, u64)) {
     let sqs = Sqs::start().await;
     let mailbox = sqs.mailbox("jobs", "").await;
     dead_letters(&mailbox, 15).await;
-    let upstream = sqs.moto.endpoint();
-    let proxy = common::proxy::cutting_after(upstream.trim_start_matches("http://"), operation, passes).await;
-    let options = SqsOptions::from_url(&format!("sqs://?endpoint=http://{proxy}")).expect("url");
+    let endpoint = sqs.moto.cut_off_endpoint(operation, passes).await;
+    let options = SqsOptions::from_url(&format!("sqs://?endpoint={endpoint}")).expect("url");
     let cut_off = SqsMailbox::connect(&sqs.moto.sdk_config(), "jobs", &options)
         .await
         .expect("open through the proxy");
@@ -318,14 +317,13 @@ async fn requeue_cut_off(operation: &'static [u8], passes: usize) -> (MailboxErr
         .expect_err("the requeue is cut off");
     let again = mailbox.requeue_dead(&DeadSelection::All).await.expect("requeue again");
     let depth = mailbox.depth().await.expect("depth");
-    assert_eq!((depth.ready, depth.dead), (15, 0));
-    (err, again)
+    (err, again, (depth.ready, depth.dead))
 }
 
 #[tokio::test]
 async fn a_requeue_the_mailbox_fails_partway_through_counts_what_it_moved() {
     // SQS goes away after one scan of ten.
-    let (err, again) = requeue_cut_off(b"AmazonSQS.ReceiveMessage", 1).await;
+    let (err, again, depth) = requeue_cut_off(b"AmazonSQS.ReceiveMessage", 1).await;
     let MailboxError::RequeueInterrupted { moved, refused, source } = &err else {
         panic!("{err:?}")
     };
@@ -337,12 +335,13 @@ async fn a_requeue_the_mailbox_fails_partway_through_counts_what_it_moved() {
         "{err}"
     );
     assert_eq!(again, 5, "the ten stay moved");
+    assert_eq!(depth, (15, 0));
 }
 
 #[tokio::test]
 async fn a_requeue_cut_off_within_a_scan_gives_back_the_letters_it_had_not_moved() {
     // SQS goes away at the fourth letter's send, within the first scan.
-    let (err, again) = requeue_cut_off(b"AmazonSQS.SendMessage", 3).await;
+    let (err, again, depth) = requeue_cut_off(b"AmazonSQS.SendMessage", 3).await;
     assert!(
         matches!(
             err,
@@ -356,6 +355,28 @@ async fn a_requeue_cut_off_within_a_scan_gives_back_the_letters_it_had_not_moved
     );
     // Those of the cut-off scan included: none is left hidden.
     assert_eq!(again, 12);
+    assert_eq!(depth, (15, 0));
+}
+
+#[tokio::test]
+async fn a_letter_requeued_but_not_deleted_when_sqs_goes_away_counts_as_moved() {
+    // SQS goes away at the fourth letter's delete, after its copy was sent.
+    let (err, again, depth) = requeue_cut_off(b"AmazonSQS.DeleteMessage", 3).await;
+    assert!(
+        matches!(
+            err,
+            MailboxError::RequeueInterrupted {
+                moved: 4,
+                refused: 0,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    // Requeuing again at once finds the other eleven; the fourth's dead
+    // original stays held until its hold lapses (then it is requeued twice).
+    assert_eq!(again, 11);
+    assert_eq!(depth, (15, 1));
 }
 
 #[tokio::test]
