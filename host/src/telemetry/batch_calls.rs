@@ -18,18 +18,15 @@ use opentelemetry::trace::{Link, Span as _, SpanContext, SpanKind, Status, Trace
 use opentelemetry_sdk::trace::SdkTracer;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-/// Carries the exporting tracer in the subscriber, where
-/// [`BatchSpans::current`] finds it. In the subscriber only when spans are
-/// exported, behind a filter that enables nothing: it observes nothing, and
-/// must not make tracing ask the other layers' filters again about
-/// callsites they disabled for good.
+/// Carries the exporting tracer in the subscriber (in its
+/// [`ExportLayer`](super::export_layer::ExportLayer)), where
+/// [`BatchSpans::current`] finds it, when spans and mailbox spans are
+/// exported.
 pub(super) struct BatchTracer {
     pub(super) tracer: SdkTracer,
     /// The provider's most links per span.
     pub(super) max_links: usize,
 }
-
-impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for BatchTracer {}
 
 /// What a batch call does, in the messaging conventions' terms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,7 +174,7 @@ impl SpanLink {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::telemetry::{LogFormat, OtlpProtocol, Redactor, TelemetryOptions, TraceConfig, build};
 
@@ -213,7 +210,9 @@ mod tests {
 
     /// Keeps the spans that end, as a collector would receive them.
     #[derive(Debug, Clone, Default)]
-    struct Ended(std::sync::Arc<std::sync::Mutex<Vec<opentelemetry_sdk::trace::SpanData>>>);
+    pub(in crate::telemetry) struct Ended(
+        pub(in crate::telemetry) std::sync::Arc<std::sync::Mutex<Vec<opentelemetry_sdk::trace::SpanData>>>,
+    );
 
     impl opentelemetry_sdk::trace::SpanProcessor for Ended {
         fn on_start(&self, _span: &mut opentelemetry_sdk::trace::Span, _cx: &opentelemetry::Context) {}
@@ -232,7 +231,7 @@ mod tests {
     }
 
     /// The host's tracer on a provider whose ended spans `Ended` keeps.
-    fn recording() -> (Ended, SdkTracer) {
+    pub(in crate::telemetry) fn recording() -> (Ended, SdkTracer) {
         let ended = Ended::default();
         let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
             .with_span_processor(ended.clone())

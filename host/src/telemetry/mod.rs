@@ -10,6 +10,7 @@
 //! is set (see [`TraceConfig`] and docs/observability.md).
 
 mod batch_calls;
+mod export_layer;
 mod json_lines;
 mod metrics;
 mod otlp;
@@ -182,9 +183,9 @@ where
         .map(|traces| batch_calls::BatchTracer {
             tracer: traces::tracer(&provider),
             max_links: traces.max_links_per_span,
-        })
-        .map(|tracer| tracer.with_filter(filter_fn(|_| false)));
-    let dispatch = tracing::Dispatch::new(Registry::default().with(log_layer).with(trace_layer).with(batch_tracer));
+        });
+    let export_layer = export_layer::ExportLayer::new(trace_layer, batch_tracer);
+    let dispatch = tracing::Dispatch::new(Registry::default().with(log_layer).with(export_layer));
     let _ = dispatch_slot.set(dispatch.downgrade());
     let telemetry = Telemetry {
         provider,
