@@ -127,11 +127,11 @@ fn per_job_ns(time: Duration, jobs: usize) -> f64 {
 /// (`runtime/agent.rs`) record them.
 fn record_jobs(jobs: usize) {
     // Looked up once, as a worker does.
-    let mailbox = BatchSpans::current();
+    let mailbox = BatchSpans::current("bench-8-1");
     for n in 0..jobs {
         let claim = mailbox
             .as_ref()
-            .map(|spans| spans.start().end(BatchOperation::Claim, "bench-8-1", 1, 0, []));
+            .map(|spans| spans.start().end(BatchOperation::Claim, 1, 0, []));
         let request_id = format!("job-8-{n}");
         let job_id = format!("bench-{n}");
         let job = tracing::info_span!(
@@ -163,7 +163,7 @@ fn record_jobs(jobs: usize) {
         });
         if let Some(spans) = &mailbox {
             drop(job);
-            spans.start().end(BatchOperation::Ack, "bench-8-1", 1, 0, link);
+            spans.start().end(BatchOperation::Ack, 1, 0, link);
         }
     }
 }

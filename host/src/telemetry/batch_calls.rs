@@ -11,6 +11,7 @@
 //! nothing), and its start is then in the past. Nor are they log lines:
 //! the mailbox's failures are logged where they happen.
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use opentelemetry::KeyValue;
@@ -55,24 +56,47 @@ impl BatchOperation {
     }
 }
 
-/// Records batch calls' spans, with the tracer of the subscriber that was
-/// current when it was found: a worker looks it up once, not per call.
+/// Records the spans of batch calls to one queue, with the tracer of the
+/// subscriber that was current when it was found: a worker looks it up
+/// once, not per call, and its spans' names once, not per span.
 #[derive(Debug, Clone)]
 pub struct BatchSpans {
     tracer: SdkTracer,
     max_links: usize,
+    /// `messaging.destination.name`.
+    queue: Arc<str>,
+    /// The spans' names: `claim {queue}`, `ack {queue}`.
+    claim_name: String,
+    ack_name: String,
 }
 
 impl BatchSpans {
-    /// The current subscriber's, when it exports spans and wants mailbox
-    /// spans (`WINK_TRACE_MAILBOX_SPANS`).
-    pub fn current() -> Option<Self> {
+    /// The current subscriber's, for calls to `queue`, when it exports
+    /// spans and wants mailbox spans (`WINK_TRACE_MAILBOX_SPANS`).
+    pub fn current(queue: &str) -> Option<Self> {
         tracing::dispatcher::get_default(|dispatch| {
-            dispatch.downcast_ref::<BatchTracer>().map(|found| Self {
-                tracer: found.tracer.clone(),
-                max_links: found.max_links,
-            })
+            dispatch
+                .downcast_ref::<BatchTracer>()
+                .map(|found| Self::new(found.tracer.clone(), found.max_links, queue))
         })
+    }
+
+    fn new(tracer: SdkTracer, max_links: usize, queue: &str) -> Self {
+        Self {
+            tracer,
+            max_links,
+            queue: queue.into(),
+            claim_name: format!("{} {queue}", BatchOperation::Claim.name()),
+            ack_name: format!("{} {queue}", BatchOperation::Ack.name()),
+        }
+    }
+
+    /// The span name of `operation` on this queue.
+    fn name(&self, operation: BatchOperation) -> &str {
+        match operation {
+            BatchOperation::Claim => &self.claim_name,
+            BatchOperation::Ack => &self.ack_name,
+        }
     }
 
     /// Most jobs one call's span can link (`OTEL_SPAN_LINK_COUNT_LIMIT`);
@@ -84,7 +108,7 @@ impl BatchSpans {
     /// Start timing a call.
     pub fn start(&self) -> BatchCall<'_> {
         BatchCall {
-            tracer: &self.tracer,
+            spans: self,
             started: SystemTime::now(),
         }
     }
@@ -110,7 +134,7 @@ impl BatchSpans {
 /// span by [`BatchCall::end`].
 #[derive(Debug)]
 pub struct BatchCall<'a> {
-    tracer: &'a SdkTracer,
+    spans: &'a BatchSpans,
     started: SystemTime,
 }
 
@@ -122,7 +146,6 @@ impl BatchCall<'_> {
     pub fn end(
         self,
         operation: BatchOperation,
-        queue: &str,
         messages: usize,
         failed: usize,
         jobs: impl IntoIterator<Item = SpanLink>,
@@ -130,21 +153,24 @@ impl BatchCall<'_> {
         let attributes = vec![
             KeyValue::new("messaging.operation.type", operation.operation_type()),
             KeyValue::new("messaging.operation.name", operation.name()),
-            KeyValue::new("messaging.destination.name", queue.to_owned()),
+            KeyValue::new(
+                "messaging.destination.name",
+                opentelemetry::StringValue::from(self.spans.queue.clone()),
+            ),
             KeyValue::new(
                 "messaging.batch.message_count",
                 i64::try_from(messages).unwrap_or(i64::MAX),
             ),
         ];
         let links = jobs.into_iter().map(|job| Link::with_context(job.0)).collect();
-        let mut span = self
-            .tracer
-            .span_builder(format!("{} {queue}", operation.name()))
+        let tracer = &self.spans.tracer;
+        let mut span = tracer
+            .span_builder(self.spans.name(operation).to_owned())
             .with_kind(SpanKind::Client)
             .with_start_time(self.started)
             .with_attributes(attributes)
             .with_links(links)
-            .start_with_context(self.tracer, &opentelemetry::Context::new());
+            .start_with_context(tracer, &opentelemetry::Context::new());
         if failed > 0 {
             span.set_status(Status::error(format!("{failed} of {messages} failed")));
         }
@@ -203,7 +229,7 @@ pub(super) mod tests {
         ] {
             let dispatch = subscriber(traces);
             tracing::dispatcher::with_default(&dispatch, || {
-                assert_eq!(BatchSpans::current().is_some(), recorded);
+                assert_eq!(BatchSpans::current("jobs").is_some(), recorded);
             });
         }
     }
@@ -242,10 +268,10 @@ pub(super) mod tests {
     #[test]
     fn an_ack_that_failed_for_some_jobs_is_an_error_span_naming_how_many() {
         let (ended, tracer) = recording();
-        let spans = BatchSpans { tracer, max_links: 128 };
+        let spans = BatchSpans::new(tracer, 128, "jobs");
         let job = SpanLink::sampled_for_tests();
-        spans.start().end(BatchOperation::Ack, "jobs", 3, 1, [job.clone()]);
-        spans.start().end(BatchOperation::Claim, "jobs", 2, 0, []);
+        spans.start().end(BatchOperation::Ack, 3, 1, [job.clone()]);
+        spans.start().end(BatchOperation::Claim, 2, 0, []);
 
         let ended = ended.0.lock().expect("spans");
         let [ack, claim] = ended.as_slice() else {
@@ -282,15 +308,15 @@ pub(super) mod tests {
         let (ended, tracer) = recording();
         let subscriber =
             tracing_subscriber::registry().with(tracing_opentelemetry::layer().with_tracer(tracer.clone()));
-        let spans = BatchSpans { tracer, max_links: 128 };
+        let spans = BatchSpans::new(tracer, 128, "jobs");
         tracing::subscriber::with_default(subscriber, || {
-            let claim = spans.start().end(BatchOperation::Claim, "jobs", 1, 0, []);
+            let claim = spans.start().end(BatchOperation::Claim, 1, 0, []);
             let job = tracing::info_span!("job");
             let link = spans.join(&job, Some(claim.clone())).expect("sampled");
             // Entered after it started, as the worker's job runs in it.
             job.in_scope(|| {});
             drop(job);
-            spans.start().end(BatchOperation::Ack, "jobs", 1, 0, [link.clone()]);
+            spans.start().end(BatchOperation::Ack, 1, 0, [link.clone()]);
 
             let ended = ended.0.lock().expect("spans");
             let [_, job, ack] = ended.as_slice() else {
@@ -309,10 +335,10 @@ pub(super) mod tests {
     fn a_batch_call_links_to_its_jobs_and_its_context_is_valid() {
         let dispatch = subscriber(Some(exporting(true)));
         tracing::dispatcher::with_default(&dispatch, || {
-            let spans = BatchSpans::current().expect("exported");
+            let spans = BatchSpans::current("jobs").expect("exported");
             let job = tracing::info_span!(target: "wink_host::worker", "job");
             let link = spans.join(&job, None).expect("recorded");
-            let claim = spans.start().end(BatchOperation::Claim, "jobs", 1, 0, [link.clone()]);
+            let claim = spans.start().end(BatchOperation::Claim, 1, 0, [link.clone()]);
             assert!(claim.0.is_valid());
             assert_ne!(claim.0.trace_id(), link.0.trace_id(), "a trace of its own");
         });

@@ -186,7 +186,7 @@ async fn ack(
             .iter()
             .filter(|result| !matches!(result, Ok(Acked::Replied | Acked::AlreadyReplied)))
             .count();
-        call.end(BatchOperation::Ack, shared.queue(), batch.len(), failed, job_spans);
+        call.end(BatchOperation::Ack, batch.len(), failed, job_spans);
     }
     let mut acked = 0;
     for (((lease, reply), ok), result) in batch.iter().zip(succeeded).zip(results) {

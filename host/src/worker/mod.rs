@@ -227,6 +227,7 @@ impl Worker {
         let id = runtime.worker_id().to_owned();
         let resources = Arc::new(resources);
         let (acks, ack_queue) = mpsc::channel(config.ack_batch.max(config.concurrency) * 2);
+        let batch_spans = BatchSpans::current(mailbox.queue());
         Ok(Self {
             shared: Arc::new(Shared {
                 health: Arc::new(Health::new(config.ready_threshold.0)),
@@ -255,7 +256,7 @@ impl Worker {
                 job_seq: AtomicU64::new(0),
                 acks,
                 ack_queue: Mutex::new(Some(ack_queue)),
-                batch_spans: BatchSpans::current(),
+                batch_spans,
                 shutdown: CancellationToken::new(),
                 release: CancellationToken::new(),
             }),
@@ -370,7 +371,7 @@ impl Shared {
                     // workers poll all the time.
                     let claim = call
                         .filter(|_| !batch.is_empty())
-                        .map(|call| call.end(BatchOperation::Claim, self.queue(), batch.len(), 0, []));
+                        .map(|call| call.end(BatchOperation::Claim, batch.len(), 0, []));
                     self.dispatch(batch, claim);
                 }
                 Err(err) => {
