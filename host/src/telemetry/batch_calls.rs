@@ -139,8 +139,8 @@ pub struct BatchCall<'a> {
 }
 
 impl BatchCall<'_> {
-    /// Record the call, which just returned, as the span `{operation}
-    /// {queue}` over `messages` messages, linked to `jobs`; `failed` of the
+    /// Record the call, which just returned, as the queue's span for
+    /// `operation` over `messages` messages, linked to `jobs`; `failed` of the
     /// messages were not done (the span is then marked an error). Returns a
     /// link to the new span, for the spans of the jobs a claim delivered.
     pub fn end(

@@ -18,12 +18,13 @@ use super::batch_calls::BatchTracer;
 /// subscriber.
 ///
 /// Enters and exits are left out because a job's span is entered and exited
-/// on every poll of its future, and each time the per-layer filter looked
-/// the span up in the registry, and the OpenTelemetry layer looked it up
-/// again, locked its data and read the clock, to note the exit's time as
-/// the span's end. Without them a span ends when it closes: at its last
-/// exit for a span closed as its work ends, as the host's are, and later
-/// only for a span held after its work.
+/// on every poll of its future: each enter cost a registry lookup in the
+/// per-layer filter (for a layer that then did nothing), and each exit that
+/// lookup, another in the OpenTelemetry layer, two locks and a clock read,
+/// to note the exit's time as the span's end. Without them a span ends when
+/// it closes: when its work ends for the host's spans, which are dropped
+/// as it ends; later for a span held after its work, or one whose child
+/// spans (which keep it open) outlive it.
 ///
 /// The batch tracer is held here, rather than as a layer of its own, so
 /// that no further per-layer filter looks up each span the registry
@@ -126,7 +127,9 @@ mod tests {
     fn a_span_ends_when_it_closes_not_at_its_last_exit() {
         const HELD: Duration = Duration::from_millis(50);
         let (ended, tracer) = recording();
-        let layer = ExportLayer::new(tracing_opentelemetry::layer().with_tracer(tracer), None);
+        // As the host configures it, behind its filter, which takes this
+        // module's target.
+        let layer = ExportLayer::new(crate::telemetry::trace_layer(tracer), None);
         tracing::subscriber::with_default(Registry::default().with(layer), || {
             let span = tracing::info_span!("held after its work");
             span.in_scope(|| {});

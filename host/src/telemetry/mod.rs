@@ -160,22 +160,7 @@ where
         RedactingMakeWriter::new(writer, options.redactor),
         dispatch_slot.clone(),
     );
-    // Only attributes a backend makes use of: no source location, thread,
-    // Rust module path (`target`) or busy/idle time (`busy_ns`, `idle_ns`),
-    // three of every span's dozen attributes, paid for in export time.
-    let trace_layer = tracing_opentelemetry::layer()
-        .with_tracer(traces::tracer(&provider))
-        .with_location(false)
-        .with_threads(false)
-        .with_target(false)
-        .with_tracked_inactivity(false)
-        // Spans find their parent through tracing's own span tree, and the
-        // host reads OpenTelemetry contexts from tracing spans
-        // (`traceparent`, `trace_ids`), never from the thread's current
-        // OpenTelemetry context: keeping that current would cost an attach
-        // and a detach each time a job's future is polled.
-        .with_context_activation(false)
-        .with_filter(trace_targets());
+    let trace_layer = trace_layer(traces::tracer(&provider));
     let batch_tracer = options
         .traces
         .as_ref()
@@ -192,6 +177,30 @@ where
         exporting: options.traces.is_some(),
     };
     Ok((dispatch, telemetry))
+}
+
+/// The layer that makes the host's spans OpenTelemetry spans, recorded with
+/// `tracer`, behind the filter of what becomes OpenTelemetry data.
+fn trace_layer<S>(tracer: opentelemetry_sdk::trace::SdkTracer) -> impl Layer<S>
+where
+    S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
+{
+    // Only attributes a backend makes use of: no source location, thread,
+    // Rust module path (`target`) or busy/idle time (`busy_ns`, `idle_ns`),
+    // three of every span's dozen attributes, paid for in export time.
+    tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_location(false)
+        .with_threads(false)
+        .with_target(false)
+        .with_tracked_inactivity(false)
+        // Spans find their parent through tracing's own span tree, and the
+        // host reads OpenTelemetry contexts from tracing spans
+        // (`traceparent`, `trace_ids`), never from the thread's current
+        // OpenTelemetry context: keeping that current would cost an attach
+        // and a detach each time a job's future is polled.
+        .with_context_activation(false)
+        .with_filter(trace_targets())
 }
 
 /// What becomes OpenTelemetry data, whatever the log level: the host's own
