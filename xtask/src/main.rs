@@ -8,13 +8,14 @@ mod bench;
 mod ctx;
 mod demo;
 mod guests;
+mod instructions;
 mod runner;
 mod suite;
 mod toolchain;
 
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use clap::{Parser, Subcommand};
 
 use crate::ctx::Ctx;
@@ -73,6 +74,12 @@ enum Command {
         /// each costs.
         #[arg(long)]
         otel: bool,
+        /// With `throughput --otel`: count what the export adds to each
+        /// job's instructions under callgrind (valgrind, installed if
+        /// missing) instead of timing it, at concurrency 1 and 8 in memory;
+        /// writes T/bench/throughput-instructions.json. Takes a few minutes.
+        #[arg(long)]
+        instructions: bool,
     },
 }
 
@@ -96,7 +103,19 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Demo => demo::run(&mut ctx),
         Command::Test { cargo_test_args } => suite::run(&mut ctx, &cargo_test_args),
-        Command::Bench { scenario, otel } => bench::run(&mut ctx, &scenario, otel),
+        Command::Bench {
+            scenario,
+            otel,
+            instructions: true,
+        } => {
+            if scenario != "throughput" || !otel {
+                bail!(
+                    "--instructions counts the export of the throughput bench: cargo xtask bench throughput --otel --instructions"
+                );
+            }
+            instructions::run(&mut ctx)
+        }
+        Command::Bench { scenario, otel, .. } => bench::run(&mut ctx, &scenario, otel),
     }
 }
 
@@ -114,7 +133,7 @@ mod tests {
     fn test_passes_trailing_args() -> Result<()> {
         let cli = Cli::try_parse_from(["xtask", "ci", "--", "sandbox", "--", "--nocapture"])?;
         let Command::Test { cargo_test_args } = cli.command else {
-            anyhow::bail!("`ci` did not parse as `test`");
+            bail!("`ci` did not parse as `test`");
         };
         assert_eq!(cargo_test_args, ["sandbox", "--", "--nocapture"]);
         Ok(())
