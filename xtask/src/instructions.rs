@@ -225,6 +225,25 @@ mod tests {
     }
 
     #[test]
+    fn a_run_without_both_sides_profiles_is_an_error() {
+        let dir = std::env::temp_dir().join(format!("xtask-instructions-{}", std::process::id()));
+        fs::create_dir_all(&dir).expect("dir");
+        fs::write(dir.join("c1-500.out-01"), profile(LOGS_MARKER, 10)).expect("profile");
+        let err = count_sides(&dir, "c1-500.out-")
+            .err()
+            .map(|e| format!("{e:#}"))
+            .unwrap_or_default();
+        fs::remove_dir_all(&dir).expect("cleaned up");
+        assert_eq!(
+            err,
+            format!(
+                "found no profile of the logs side's or of the export side's threads (prefix c1-500.out- in {})",
+                dir.display()
+            )
+        );
+    }
+
+    #[test]
     fn a_profile_without_totals_is_an_error() {
         let mut sides = Sides::default();
         assert!(add_profile(&mut sides, "thread: 1\nfn=(1) logs_side_thread\n").is_err());

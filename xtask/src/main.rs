@@ -140,6 +140,23 @@ mod tests {
     }
 
     #[test]
+    fn instructions_only_count_the_throughput_export() -> Result<()> {
+        let without_otel: &[&str] = &["xtask", "bench", "throughput", "--instructions"];
+        let other_scenario: &[&str] = &["xtask", "bench", "spans", "--otel", "--instructions"];
+        for args in [without_otel, other_scenario] {
+            let err = run(Cli::try_parse_from(args)?)
+                .err()
+                .map(|e| format!("{e:#}"))
+                .unwrap_or_default();
+            assert_eq!(
+                err,
+                "--instructions counts the export of the throughput bench: cargo xtask bench throughput --otel --instructions"
+            );
+        }
+        Ok(())
+    }
+
+    #[test]
     fn unknown_scenario_is_one_line() -> Result<()> {
         let mut ctx = Ctx::new()?;
         let err = bench::run(&mut ctx, "nonsense", false)
